@@ -1,0 +1,35 @@
+# deskfleet entry points. `make demo` and `make test` each set up what they need.
+PY      ?= $(shell command -v python3.11 || command -v python3)
+# Outside the checkout: the masters serve the checkout as a file root. One venv per lock.
+VENV    ?= $(HOME)/.cache/deskfleet/venv-$(shell sha256sum requirements.lock | cut -c1-12)
+PYTHON  := $(VENV)/bin/python
+T       ?=
+STAMP   := $(VENV)/.installed
+
+.PHONY: demo test bench bench-ingest setup system-packages clean
+
+demo: setup
+	$(PYTHON) -m harness.demo
+
+test: setup
+	$(PYTHON) -m pytest $(T)
+
+bench: bench-ingest
+
+bench-ingest: setup
+	$(PYTHON) -m bench.ingest
+
+setup: system-packages $(STAMP)
+
+system-packages:
+	@tools/install-system-packages.sh
+
+$(STAMP): requirements.lock
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip==26.3
+	$(VENV)/bin/pip install -q --no-deps -r requirements.lock
+	$(VENV)/bin/pip check
+	touch $@
+
+clean:
+	rm -rf $(VENV)

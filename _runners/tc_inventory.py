@@ -1,0 +1,145 @@
+"""
+Thin-client inventory for ops, on the tc master.
+
+Answers from the inventory store that the ``tc_ingest`` engine fills from the
+``tc_status`` beacons. A seat's status comes from its last heartbeat:
+
+- ``online``: heard from within 1.5 heartbeats;
+- ``stale``: missed at least one heartbeat;
+- ``offline``: nothing for ``deskfleet:tc:offline_after`` heartbeats (default 3).
+
+The heartbeat is ``deskfleet:tc:heartbeat`` in the tc master's config.
+"""
+
+import logging
+import os
+import time
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "tc_inventory"
+__func_alias__ = {"list_": "list"}
+
+try:
+    import deskfleet_store
+    import tc_assets
+    import tc_report
+
+    HAS_ASSETS = True
+except ImportError as _exc:  # pragma: no cover - utils_dirs missing from the master config
+    HAS_ASSETS = False
+    _IMPORT_ERROR = str(_exc)
+
+
+def __virtual__():
+    if not HAS_ASSETS:
+        return (False, f"tc_inventory: deskfleet utils not importable (utils_dirs?): {_IMPORT_ERROR}")
+    role = (__opts__.get("deskfleet") or {}).get("role")
+    if role != "tc":
+        return (False, f"tc_inventory: runs on the tc master only (deskfleet:role is {role!r})")
+    return __virtualname__
+
+
+def _settings():
+    tc = (__opts__.get("deskfleet") or {}).get("tc") or {}
+    return float(tc.get("heartbeat", 300)), float(tc.get("offline_after", 3))
+
+
+def _query(**filters):
+    heartbeat, offline_after = _settings()
+    conn = tc_assets.open_store(__opts__)
+    try:
+        return tc_assets.seats(conn, time.time(), heartbeat, offline_after, **filters)
+    finally:
+        conn.close()
+
+
+def list_(status=None, firmware=None, site=None, idle_over=None):
+    """
+    List seats, optionally filtered. Returns a list of seat dicts (sorted by seat).
+
+    status
+        ``online``, ``stale`` or ``offline``
+    firmware
+        exact firmware/image version, e.g. ``13.2.1``
+    site
+        site name from the thin client's asset file
+    idle_over
+        only seats whose user has been idle at least this many seconds
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run tc_inventory.list
+        salt-run tc_inventory.list status=offline site=LON
+        salt-run tc_inventory.list firmware=12.9.0 --out=json
+    """
+    try:
+        return _query(status=status, firmware=firmware, site=site, idle_over=idle_over)
+    except ValueError as exc:
+        return {"error": str(exc)}
+
+
+def show(seat):
+    """
+    Everything known about one seat (its thin client's minion id).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run tc_inventory.show tc-lon-0042
+    """
+    heartbeat, offline_after = _settings()
+    conn = tc_assets.open_store(__opts__)
+    try:
+        found = tc_assets.seat(conn, str(seat), time.time(), heartbeat, offline_after)
+    finally:
+        conn.close()
+    return found if found is not None else {"error": f"unknown seat {seat!r}"}
+
+
+def summary():
+    """
+    Counts by status, site and firmware, plus the ingestion counters
+    (accepted, forged, malformed) and the last rejected events.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run tc_inventory.summary
+    """
+    seats = _query()
+    conn = tc_assets.open_store(__opts__)
+    try:
+        counters = tc_assets.counters(conn)
+        rejects = tc_assets.recent_rejects(conn)
+    finally:
+        conn.close()
+    return dict(tc_report.counts(seats), ingest=counters, recent_rejects=rejects)
+
+
+def report(path=None):
+    """
+    Write a self-contained HTML fleet report (counts by status, a firmware chart
+    as inline SVG, the offline seats). No external assets. Written atomically.
+
+    path
+        where to write; default ``<cachedir>/deskfleet/tc-report.html``
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run tc_inventory.report
+        salt-run tc_inventory.report path=/var/www/html/fleet.html
+    """
+    seats = _query()
+    heartbeat, offline_after = _settings()
+    path = path or os.path.join(__opts__["cachedir"], "deskfleet", "tc-report.html")
+    html = tc_report.render(seats, time.time(), heartbeat, offline_after)
+    deskfleet_store.write_atomic(path, html)
+    counts = tc_report.counts(seats)
+    return {"path": path, "seats": len(seats), "by_status": counts["by_status"]}

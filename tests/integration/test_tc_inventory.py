@@ -1,0 +1,77 @@
+"""
+Thin-client asset status end to end: beacon on real minions → tc master event
+bus → tc_ingest engine → SQLite store → tc_inventory runner.
+"""
+
+import time
+
+import pytest
+
+from harness import tcroot
+
+
+def wait_for(fn, timeout=60, interval=0.5, what="condition"):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+def run(master, fun, *args):
+    ret = master.salt_run_cli(timeout=60).run(fun, *args)
+    assert ret.returncode == 0, ret
+    return ret.data
+
+
+def seats(master, *args):
+    data = run(master, "tc_inventory.list", *args)
+    return {s["seat"]: s for s in data} if isinstance(data, list) else {}
+
+
+def test_beacon_reports_reach_inventory(tc_master, thin_clients):
+    found = wait_for(lambda: len(seats(tc_master)) == 2 and seats(tc_master), what="2 seats in inventory")
+    one, two = found["tc-0001"], found["tc-0002"]
+    assert one["serial"] == "TC000001" and one["mac"] == "52:54:00:00:00:01"
+    assert one["ips"] == ["10.20.0.3"] and one["firmware"] == "13.1.0" and one["site"] == "LON"
+    assert one["session_target"] == "desk-0001" and one["session_state"] == "connected"
+    assert two["firmware"] == "12.9.4" and two["session_state"] == "none"
+    assert two["idle_seconds"] >= 3600
+    assert one["status"] == "online" and one["uptime"] > 0
+
+
+def test_filters_and_show(tc_master, thin_clients):
+    wait_for(lambda: len(seats(tc_master)) == 2, what="2 seats")
+    assert list(seats(tc_master, "site=MAN")) == ["tc-0002"]
+    assert list(seats(tc_master, "firmware=13.1.0")) == ["tc-0001"]
+    assert list(seats(tc_master, "idle_over=1800")) == ["tc-0002"]
+    assert list(seats(tc_master, "status=offline")) == []
+    shown = run(tc_master, "tc_inventory.show", "tc-0002")
+    assert shown["seat"] == "tc-0002" and shown["serial"] == "TC000002"
+    assert "error" in run(tc_master, "tc_inventory.show", "tc-9999")
+    assert "error" in run(tc_master, "tc_inventory.list", "status=sleeping")
+
+
+def test_firmware_change_is_reported(tc_master, thin_clients, tc_roots):
+    wait_for(lambda: "tc-0001" in seats(tc_master), what="tc-0001")
+    tcroot.set_firmware(tc_roots["tc-0001"], "13.2.0")
+    updated = wait_for(
+        lambda: seats(tc_master, "firmware=13.2.0").get("tc-0001"), timeout=30, what="firmware 13.2.0"
+    )
+    assert updated["last_change"] >= updated["first_seen"]
+
+
+def test_offline_after_missed_heartbeats(tc_master, thin_clients):
+    wait_for(lambda: seats(tc_master, "status=online").get("tc-0002"), what="tc-0002 online")
+    minion = thin_clients["tc-0002"]
+    minion.terminate()
+    try:
+        # heartbeat 4 s, offline after 3 missed: offline within ~12 s of the last beat
+        wait_for(lambda: seats(tc_master, "status=offline").get("tc-0002"), timeout=40, what="tc-0002 offline")
+        assert "tc-0001" in seats(tc_master, "status=online")
+    finally:
+        minion.start()
+    wait_for(lambda: seats(tc_master, "status=online").get("tc-0002"), timeout=60, what="tc-0002 back online")
