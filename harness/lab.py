@@ -1,0 +1,188 @@
+"""
+A throwaway Salt lab for the demo and the benchmarks: real salt-master and
+salt-minion processes on 127.0.0.1, configured from the shipped files (see
+``harness.saltconf``), all state under one temp dir, every process stopped on
+exit. The tests use pytest-salt-factories instead; both start masters from the
+same ``lab_master_config``.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import yaml
+
+from harness import saltconf
+
+BIN = pathlib.Path(sys.executable).parent
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(fn, timeout=60, interval=0.5, what="condition"):
+    """Poll ``fn`` until it returns something truthy; return that, or raise TimeoutError."""
+    deadline = time.time() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.time() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Daemon:
+    kind = None
+
+    def __init__(self, lab, name, config):
+        self.lab = lab
+        self.name = name
+        self.root = lab.base / name
+        self.conf_dir = self.root / "conf"
+        self.conf_dir.mkdir(parents=True, exist_ok=True)
+        config = dict(config, root_dir=str(self.root), user=lab.user)
+        (self.conf_dir / self.kind).write_text(yaml.safe_dump(config))
+        self.config = config
+        self.proc = None
+
+    def start(self):
+        log = open(self.root / f"{self.kind}.out", "ab")  # pylint: disable=consider-using-with
+        self.proc = subprocess.Popen(  # pylint: disable=consider-using-with
+            [str(BIN / f"salt-{self.kind}"), "-c", str(self.conf_dir), "-l", "warning"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def stop(self, timeout=20):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        except ProcessLookupError:
+            pass
+
+
+class Master(Daemon):
+    kind = "master"
+
+    def __init__(self, lab, name, config):
+        config = dict(
+            config,
+            interface="127.0.0.1",
+            publish_port=free_port(),
+            ret_port=free_port(),
+            log_level_logfile="info",
+        )
+        super().__init__(lab, name, config)
+        import salt.config  # pylint: disable=import-outside-toplevel
+
+        self.opts = salt.config.master_config(str(self.conf_dir / "master"))
+
+    def _cli(self, tool, *args, timeout=120):
+        cmd = [str(BIN / tool), "-c", str(self.conf_dir), "--out=json", *args]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        if out.returncode != 0 and not out.stdout.strip():
+            raise RuntimeError(f"{' '.join(cmd[:1] + cmd[3:])} failed ({out.returncode}): {out.stderr[-800:]}")
+        text = out.stdout.strip()
+        return json.loads(text) if text else None
+
+    def run(self, fun, *args, timeout=120):
+        """``salt-run fun args`` → parsed JSON."""
+        return self._cli("salt-run", fun, *args, timeout=timeout)
+
+    def salt(self, target, fun, *args, timeout=60):
+        """``salt target fun args`` → ``{minion: return}``."""
+        return self._cli("salt", "--static", "-t", str(timeout), target, fun, *args, timeout=timeout + 30)
+
+    def keys(self):
+        return self._cli("salt-key", "-L")
+
+    def accept(self, minion_id):
+        subprocess.run(
+            [str(BIN / "salt-key"), "-c", str(self.conf_dir), "-y", "-a", minion_id],
+            capture_output=True,
+            check=True,
+        )
+
+    def wait_ready(self, timeout=90):
+        sock = pathlib.Path(self.opts["sock_dir"]) / "master_event_pub.ipc"
+
+        def ready():
+            if not sock.exists():
+                return False
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", self.config["ret_port"])) == 0
+
+        return wait_for(ready, timeout, what=f"{self.name} to listen")
+
+    def wait_minions(self, ids, timeout=120):
+        ids = set(ids)
+
+        def answered():
+            got = self.salt(",".join(sorted(ids)), "test.ping", "-L", timeout=10) or {}
+            return ids <= {m for m, v in got.items() if v is True}
+
+        return wait_for(answered, timeout, interval=1, what=f"{sorted(ids)} to answer on {self.name}")
+
+
+class Minion(Daemon):
+    kind = "minion"
+
+    def __init__(self, lab, name, master, config):
+        config = dict(
+            config,
+            id=name,
+            master="127.0.0.1",
+            master_port=master.config["ret_port"],
+            publish_port=master.config["publish_port"],
+            acceptance_wait_time=1,
+            random_reauth_delay=0,
+            log_level_logfile="info",
+        )
+        super().__init__(lab, name, config)
+        self.master = master
+
+
+class Lab:
+    """``with Lab(tmpdir) as lab:`` … every daemon is stopped on exit."""
+
+    def __init__(self, base):
+        self.base = pathlib.Path(base)
+        self.user = os.environ.get("USER") or __import__("pwd").getpwuid(os.getuid()).pw_name
+        self.daemons = []
+
+    def master(self, name, role, **deskfleet):
+        master = Master(self, name, saltconf.lab_master_config(role, self.base / "etc", **deskfleet))
+        self.daemons.append(master)
+        return master
+
+    def minion(self, name, master, **config):
+        minion = Minion(self, name, master, config)
+        self.daemons.append(minion)
+        return minion
+
+    def stop(self):
+        for daemon in reversed(self.daemons):
+            daemon.stop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
