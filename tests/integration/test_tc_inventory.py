@@ -75,3 +75,39 @@ def test_offline_after_missed_heartbeats(tc_master, thin_clients):
     finally:
         minion.start()
     wait_for(lambda: seats(tc_master, "status=online").get("tc-0002"), timeout=60, what="tc-0002 back online")
+
+
+def test_forged_and_malformed_events_are_counted_not_stored(tc_master, thin_clients):
+    """tc-0001 (a real, accepted thin client) tries to overwrite tc-0002's seat."""
+    before = wait_for(lambda: seats(tc_master).get("tc-0002"), what="tc-0002")
+    counters = run(tc_master, "tc_inventory.summary")["ingest"]
+    cli = tc_master.salt_cli(timeout=60)
+    forged = {
+        "v": 1, "seat": "tc-0002", "seq": 999, "ts": time.time() + 3600, "reason": "change",
+        "changed": ["firmware"], "heartbeat": 4, "sig": "Zm9yZ2Vk",
+        "facts": {"firmware": "0.0.0-pwned", "serial": "EVIL", "session_state": "none"},
+    }
+    import json
+
+    ret = cli.run("event.send", "salt/beacon/tc-0002/tc_status/status", f"data={json.dumps(forged)}", minion_tgt="tc-0001")
+    assert ret.returncode == 0 and ret.data is True, ret
+    ret = cli.run("event.send", "salt/beacon/tc-0001/tc_status/bogus", 'data={"v": 1}', minion_tgt="tc-0001")
+    assert ret.returncode == 0, ret
+
+    def counted():
+        now = run(tc_master, "tc_inventory.summary")["ingest"]
+        return (
+            now.get("forged", 0) > counters.get("forged", 0)
+            and now.get("malformed", 0) > counters.get("malformed", 0)
+            and now
+        )
+
+    wait_for(counted, timeout=30, what="forged and malformed counters to rise")
+    rejects = run(tc_master, "tc_inventory.summary")["recent_rejects"]
+    assert any(r["reason"] == "forged" and r["sender"] == "tc-0002" for r in rejects)
+    assert any(r["reason"] == "malformed" for r in rejects)
+    after = run(tc_master, "tc_inventory.show", "tc-0002")
+    assert after["firmware"] == before["firmware"] == "12.9.4"
+    assert after["serial"] == "TC000002"
+    # the pipeline keeps going: tc-0002's own heartbeats still land
+    wait_for(lambda: run(tc_master, "tc_inventory.show", "tc-0002")["last_seen"] > after["last_seen"], timeout=30, what="next heartbeat")

@@ -1,0 +1,1 @@
+"""Benchmarks for deskfleet (``make bench``). Bench-only code: nothing here ships to a master."""
