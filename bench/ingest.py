@@ -335,14 +335,18 @@ class Bench:
         r["error_lines"] = len(errors)
         r["taskpool_full"] = sum("TaskPool queue is full" in line for line in errors)
         r["slow_subscriber_discards"] = log.count("Publisher discarding slow subscriber")
-        r["error_samples"] = sorted({re.sub(r"^\S+ \S+ ", "", line)[:160] for line in errors})[:3]
+        # known noise (FACTS.md): asyncio "Task was destroyed but it is pending"
+        other = [line for line in errors if "Task was destroyed but it is pending" not in line]
+        r["error_lines_not_noise"] = len(other)
+        r["error_samples"] = sorted({re.sub(r"^\S+ \S+ ", "", line)[:160] for line in other})[:3]
         say(f"   fired {r['fired']}, on the bus {r['bus_distinct']}, stored (accepted) {r['stored']} "
             f"in {span:.1f} s from first event seen to last stored: {r['eps']:.1f} events/s")
         if r["unfinished_at_cap"]:
             say(f"   NOTE: still storing when the {self.naive_cap:.0f} s cap hit: 'lost' includes a backlog not yet stored")
-        say(f"   lost {r['lost']} ({r['lost'] / max(1, r['fired']):.1%}); master log: {r['error_lines']} ERROR lines, "
-            f"{r['taskpool_full']} 'TaskPool queue is full' (reactor_worker_hwm), "
-            f"{r['slow_subscriber_discards']} slow-subscriber discards")
+        say(f"   lost {r['lost']} ({r['lost'] / max(1, r['fired']):.1%}); master log: {r['error_lines']} ERROR lines "
+            f"({r['error_lines'] - r['error_lines_not_noise']} asyncio noise), "
+            f"{r['taskpool_full']} 'TaskPool queue is full' (reactor_worker_hwm {master.opts['reactor_worker_hwm']}, "
+            f"{master.opts['reactor_worker_threads']} threads), {r['slow_subscriber_discards']} slow bus subscribers discarded")
         for sample in r["error_samples"]:
             say(f"     ERROR: {sample}")
         self.results["naive"] = r
@@ -383,7 +387,7 @@ class Bench:
             [
                 sys.executable, "-m", "bench.ingest", "_fire",
                 "--master-conf", str(master.conf_dir / "master"),
-                "--out", str(out), "--ready", str(ready), "--n", str(n), "--start-seq", str(seq0),
+                "--out", str(out), "--ready", str(ready), "--count", str(n), "--start-seq", str(seq0),
                 *[f"--key={seat}={pem}" for seat, pem in keys.items()],
             ],
             self.work / f"{name}.fire.log",
@@ -469,6 +473,10 @@ class Bench:
             say(f"   login storm: 10,000 seats reporting at once are stored in ~{storm:.0f} s at the deskfleet rate")
         say(f"   wall time {wall:.0f} s; {self.n_minions} minions; {self.per_minion * self.n_minions} events on the "
             f"bus/deskfleet paths, {self.naive_per_minion * self.n_minions} on the naive path, {self.store_events} store-only")
+        box = self.results.get("box", {})
+        say(f"   box: 2-core budget shared by everything above; load avg {box.get('load_avg_at_start', 0):.2f} at start, "
+            f"{box.get('foreign_salt_procs_at_start', 0)} foreign salt processes at start, "
+            f"{_foreign_salt(self.base)} at the end")
         return {
             "bench": "ingest",
             "bus_ceiling_eps": round(ceiling, 1),
@@ -561,7 +569,7 @@ def _fire(args):
     facts = beacon.collect(beacon._conf({"root": str(root)}))  # pylint: disable=protected-access
     signers = {seat: salt.crypt.PrivateKey.from_file(pem) for seat, pem in keys}
     events = []
-    for i in range(args.n):
+    for i in range(args.count):
         seat = keys[i % len(keys)][0]
         payload = beacon.build_payload(seat, {"seq": args.start_seq + i // len(keys)}, "heartbeat", [], facts, time.time(), HEARTBEAT_S)
         payload["sig"] = base64.b64encode(signers[seat].sign(beacon.canonical(payload), algorithm=beacon.SIGN_ALGORITHM)).decode()
@@ -584,12 +592,27 @@ def _fire(args):
 # ---- main ------------------------------------------------------------------------------
 
 
+def _foreign_salt(base):
+    """How many salt-* processes not started by this bench run on the box (they share the cores)."""
+    count = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if re.search(r"/salt-(master|minion|run|call)\b|\bsalt \S", cmd) and str(base) not in cmd:
+            count += 1
+    return count
+
+
 def _interrupt(*_):
     raise KeyboardInterrupt
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     sub = parser.add_subparsers(dest="cmd")
     parser.add_argument("--minions", type=int, default=4)
     parser.add_argument("--events", type=int, default=3000, help="events per minion path (bus, deskfleet)")
@@ -608,7 +631,7 @@ def main(argv=None):
     fp = sub.add_parser("_fire")
     for name in ("--master-conf", "--out", "--ready"):
         fp.add_argument(name, required=True)
-    fp.add_argument("--n", type=int, required=True)
+    fp.add_argument("--count", type=int, required=True)
     fp.add_argument("--start-seq", type=int, default=1)
     fp.add_argument("--key", action="append", required=True, help="seat=path/to/minion.pem")
     args = parser.parse_args(argv)
@@ -625,7 +648,11 @@ def main(argv=None):
     base = pathlib.Path(tempfile.mkdtemp(prefix="dfb-"))
     say(f"deskfleet ingest bench: {args.minions} minions, {per_minion * args.minions} events per minion path "
         f"({naive_per_minion * args.minions} naive), {args.store_events} store-only; lab in {base}")
+    foreign = _foreign_salt(base)
+    if foreign:
+        say(f"   WARNING: {foreign} other salt processes are running on this box: rates are pessimistic")
     bench = Bench(base, args.minions, per_minion, naive_per_minion, args.store_events, args.naive_cap)
+    bench.results["box"] = {"load_avg_at_start": os.getloadavg()[0], "foreign_salt_procs_at_start": foreign}
     try:
         with bench.lab:
             if "bus" in only:
