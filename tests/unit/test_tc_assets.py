@@ -802,17 +802,22 @@ def test_components_are_versioned_independently(db_path):
     conn.close()
 
 
-def test_a_store_newer_than_the_code_is_refused(db_path):
+@pytest.mark.parametrize("stored", [2, 5])
+def test_a_store_newer_than_the_code_is_refused(db_path, stored):
     conn = store.connect(db_path, tc_assets.MIGRATIONS)
-    conn.execute("UPDATE schema_version SET version = 5 WHERE component = ?", (tc_assets.COMPONENT,))
+    conn.execute("UPDATE schema_version SET version = ? WHERE component = ?", (stored, tc_assets.COMPONENT))
     conn.close()
     with pytest.raises(store.StoreError) as info:
         store.connect(db_path, tc_assets.MIGRATIONS)
     message = str(info.value)
     assert db_path in message
-    assert "version 5" in message
+    assert f"version {stored}" in message
     assert "knows 1" in message
     assert "upgrade deskfleet" in message
+    # the store itself is left as it was
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == stored
+    conn.close()
 
 
 @pytest.mark.parametrize("content", [b"this is not a database, just text\n" * 40, os.urandom(4096)], ids=["text", "random"])

@@ -236,6 +236,14 @@ def test_validate_rejects_bad_values(item, needle):
     assert needle in message
 
 
+def test_validate_rejects_a_relative_root_even_if_it_exists(tmp_path, monkeypatch):
+    (tmp_path / "rel").mkdir()
+    monkeypatch.chdir(tmp_path)
+    ok, message = tc_status.validate([{"root": "rel"}])
+    assert ok is False
+    assert "absolute path" in message
+
+
 def test_validate_rejects_a_root_that_is_a_file(tmp_path):
     afile = tmp_path / "file"
     afile.write_text("x")
