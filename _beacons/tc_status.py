@@ -186,6 +186,14 @@ def _primary_iface(root):
     return next((n for n in names if n != "lo"), None)
 
 
+def _number(text):
+    """First field of a /proc line as a float, or None if absent or garbled."""
+    try:
+        return float(text.split()[0])
+    except (AttributeError, IndexError, ValueError):
+        return None
+
+
 def _session(root, rel):
     text = _read(root, rel)
     if text is None:
@@ -203,7 +211,7 @@ def _session(root, rel):
 
 def _idle_seconds(root, pattern, now):
     newest = None
-    for path in glob.glob(os.path.join(root, pattern)):
+    for path in glob.glob(os.path.join(glob.escape(root), pattern)):
         try:
             mtime = os.stat(path).st_mtime
         except OSError:
@@ -222,7 +230,7 @@ def collect(conf, now=None):
     iface = _primary_iface(root)
     osrel = read_kv(_read(root, "etc/os-release"))
     asset = read_kv(_read(root, conf["asset_file"]))
-    uptime = _line(root, "proc/uptime")
+    uptime = _number(_line(root, "proc/uptime"))
     target, state = _session(root, conf["session_file"])
     ips = ipv4_local(_read(root, "proc/net/fib_trie"))
     ips += ipv6_global(_read(root, "proc/net/if_inet6"), iface)
@@ -237,7 +245,7 @@ def collect(conf, now=None):
         "firmware": osrel.get("IMAGE_VERSION") or osrel.get("VERSION_ID"),
         "image": osrel.get("IMAGE_ID") or osrel.get("ID"),
         "boot_id": _line(root, "proc/sys/kernel/random/boot_id"),
-        "uptime": float(uptime.split()[0]) if uptime else None,
+        "uptime": uptime,
         "site": asset.get("site"),
         "department": asset.get("department"),
         "asset_id": asset.get("asset_id"),

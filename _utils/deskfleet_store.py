@@ -54,23 +54,26 @@ def connect(path, migrations):
 
 
 def _migrate(conn, path, component, steps):
-    row = conn.execute(
-        "SELECT version FROM schema_version WHERE component = ?", (component,)
-    ).fetchone()
-    have = row[0] if row else 0
-    if have > len(steps):
-        raise StoreError(
-            f"{path}: schema of {component} is at version {have}, this code knows "
-            f"{len(steps)}; upgrade deskfleet before using this store"
-        )
-    for version in range(have + 1, len(steps) + 1):
+    # Read the version inside the write lock: two processes may open a fresh store at once.
+    while True:
         with transaction(conn):
-            for statement in _split(steps[version - 1]):
+            row = conn.execute(
+                "SELECT version FROM schema_version WHERE component = ?", (component,)
+            ).fetchone()
+            have = row[0] if row else 0
+            if have > len(steps):
+                raise StoreError(
+                    f"{path}: schema of {component} is at version {have}, this code knows "
+                    f"{len(steps)}; upgrade deskfleet before using this store"
+                )
+            if have == len(steps):
+                return
+            for statement in _split(steps[have]):
                 conn.execute(statement)
             conn.execute(
                 "INSERT INTO schema_version (component, version) VALUES (?, ?)"
                 " ON CONFLICT(component) DO UPDATE SET version = excluded.version",
-                (component, version),
+                (component, have + 1),
             )
 
 

@@ -16,8 +16,10 @@ import base64
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
+import sqlite3
 import time
 
 # Salt puts utils_dirs on sys.path while it loads runners and engines.
@@ -28,9 +30,13 @@ log = logging.getLogger(__name__)
 COMPONENT = "tc_inventory"
 # regex (anchored at the start) for the bus subscription; TAG_RE then checks the exact shape
 TAG_MATCH = r"salt/beacon/[^/]+/tc_status/"
-TAG_RE = re.compile(r"^salt/beacon/([^/]{1,128})/tc_status/status$")
+TAG_RE = re.compile(r"salt/beacon/([^/]{1,128})/tc_status/status")
 # thin-client minion ids: a file name in pki_dir/minions, so no path tricks
-SENDER_RE = re.compile(r"^(?!\.)[\w.@-]{1,128}$")
+SENDER_RE = re.compile(r"(?!\.)[\w.@-]{1,128}")
+MAX_SEQ = 2**63 - 1  # SQLite INTEGER
+# errors that say "this row", not "this store": isolate the row instead of retrying forever
+STORE_REFUSALS = (sqlite3.IntegrityError, sqlite3.InterfaceError, OverflowError, ValueError)
+MAX_NUMBER = 1e12  # seconds: ~31,000 years of uptime
 SIGN_ALGORITHM = "PKCS1v15-SHA224"
 # Salt adds keys on the way (id, _stamp); only these are signed.
 SIGNED_FIELDS = ("v", "seat", "seq", "ts", "reason", "changed", "heartbeat", "facts")
@@ -143,6 +149,15 @@ def pki_verifier(pki_dir):
 # ---- validation --------------------------------------------------------------
 
 
+def _finite(value, low, high):
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and low <= value <= high
+    )
+
+
 def _check_fact(sender, name, value):
     kind, limit = FACT_SCHEMA[name]
     if value is None:
@@ -154,8 +169,8 @@ def _check_fact(sender, name, value):
             raise Rejected("malformed", sender, f"fact mac {value[:32]!r} is not a MAC address")
         return value.lower() if kind == "mac" else value
     if kind == "num":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise Rejected("malformed", sender, f"fact {name} is not a non-negative number")
+        if not _finite(value, 0, MAX_NUMBER):
+            raise Rejected("malformed", sender, f"fact {name} is not a number of seconds")
         return float(value)
     if kind == "enum":
         if value not in limit:
@@ -163,9 +178,11 @@ def _check_fact(sender, name, value):
         return value
     if not isinstance(value, list) or len(value) > limit:
         raise Rejected("malformed", sender, f"fact {name} must be a list of at most {limit} addresses")
+    if not all(isinstance(v, str) for v in value):
+        raise Rejected("malformed", sender, f"fact {name} must hold address strings")
     try:
         return json.dumps([str(ipaddress.ip_address(v)) for v in value])
-    except (ValueError, TypeError) as exc:
+    except ValueError as exc:
         raise Rejected("malformed", sender, f"fact {name}: {exc}") from exc
 
 
@@ -176,11 +193,11 @@ def parse_event(tag, data, verify, received_at):
     ``data`` is the beacon payload as the master bus carries it: the payload
     itself (beacon batches) or wrapped under ``data`` (a single fire_master).
     """
-    match = TAG_RE.match(tag or "")
+    match = TAG_RE.fullmatch(tag) if isinstance(tag, str) else None
     if not match:
         raise Rejected("malformed", None, f"tag {str(tag)[:80]!r} is not salt/beacon/<id>/tc_status/status")
     sender = match.group(1)
-    if not SENDER_RE.match(sender):
+    if not SENDER_RE.fullmatch(sender):
         raise Rejected("malformed", None, f"tag names an invalid minion id {sender[:64]!r}")
     if isinstance(data, dict) and isinstance(data.get("data"), dict) and "sig" not in data:
         data = data["data"]
@@ -207,10 +224,10 @@ def _row(sender, data, received_at):
     if data.get("v") != 1:
         raise Rejected("malformed", sender, f"unknown payload version {data.get('v')!r}")
     seq, ts, reason, facts = (data.get(k) for k in ("seq", "ts", "reason", "facts"))
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-        raise Rejected("malformed", sender, "seq is not a non-negative integer")
-    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
-        raise Rejected("malformed", sender, "ts is not a number")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
+        raise Rejected("malformed", sender, "seq is not a 64-bit non-negative integer")
+    if not _finite(ts, 0, MAX_NUMBER * 10):
+        raise Rejected("malformed", sender, "ts is not a finite epoch time")
     if reason not in REASONS:
         raise Rejected("malformed", sender, f"reason must be one of {', '.join(REASONS)}")
     if not isinstance(facts, dict):
@@ -232,7 +249,7 @@ def _row(sender, data, received_at):
 
 # ---- batched ingestion -------------------------------------------------------
 
-_UPSERT = "INSERT INTO seats ({cols}) VALUES ({marks}) ON CONFLICT(seat) DO UPDATE SET {sets} WHERE excluded.reported_at >= seats.reported_at".format(
+_UPSERT = "INSERT INTO seats ({cols}) VALUES ({marks}) ON CONFLICT(seat) DO UPDATE SET {sets}".format(
     cols=", ".join(SEAT_COLUMNS),
     marks=", ".join("?" for _ in SEAT_COLUMNS),
     sets=", ".join(
@@ -271,12 +288,13 @@ class Ingestor:
         except Exception as exc:  # pylint: disable=broad-except
             self.rejects.append((now, None, "malformed", f"unreadable event: {type(exc).__name__}"))
         else:
+            # Last arrival wins: a thin client emits at most once per interval, in order,
+            # and its own clock (reported_at) may be wrong, so it is kept but never trusted.
             self.accepted += 1
             prev = self.rows.get(row["seat"])
-            if prev is None or row["reported_at"] >= prev["reported_at"]:
-                if prev is not None and row["last_change"] is None:
-                    row["last_change"] = prev["last_change"]
-                self.rows[row["seat"]] = row
+            if prev is not None and row["last_change"] is None:
+                row["last_change"] = prev["last_change"]
+            self.rows[row["seat"]] = row
         if self.deadline is None:
             self.deadline = now + self.flush_interval
 
@@ -294,21 +312,19 @@ class Ingestor:
             self.deadline is not None and self.clock() >= self.deadline
         )
 
-    def flush(self):
-        """Write the buffer in one transaction. On error the buffer is kept for the next try."""
-        if not self.pending():
-            self.deadline = None
-            return {"accepted": 0, "rejected": 0}
-        rows = list(self.rows.values())
+    def _counts(self):
         counts = {"accepted": self.accepted}
         for _, _, reason, _ in self.rejects:
             counts[reason] = counts.get(reason, 0) + 1
+        return counts
+
+    def _write(self, rows):
         with store.transaction(self.conn):
             self.conn.executemany(_UPSERT, [tuple(r[c] for c in SEAT_COLUMNS) for r in rows])
             self.conn.executemany(
                 "INSERT INTO ingest_counters (name, value) VALUES (?, ?)"
                 " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                list(counts.items()),
+                list(self._counts().items()),
             )
             if self.rejects:
                 self.conn.executemany(
@@ -319,6 +335,29 @@ class Ingestor:
                     "DELETE FROM ingest_rejects WHERE id <= (SELECT MAX(id) FROM ingest_rejects) - ?",
                     (REJECT_LOG_KEEP,),
                 )
+
+    def _isolate(self):
+        for seat_id, row in list(self.rows.items()):
+            try:
+                with store.transaction(self.conn):
+                    self.conn.execute(_UPSERT, tuple(row[c] for c in SEAT_COLUMNS))
+            except STORE_REFUSALS as exc:
+                del self.rows[seat_id]
+                self.accepted -= 1
+                self.rejects.append((self.clock(), seat_id, "malformed", f"refused by the store: {exc}"))
+        self._write([])  # counters and rejects; the good rows are in
+
+    def flush(self):
+        """Write the buffer in one transaction. On a store error the buffer is kept for the next try."""
+        if not self.pending():
+            self.deadline = None
+            return {"accepted": 0, "rejected": 0}
+        try:
+            self._write(list(self.rows.values()))
+        except STORE_REFUSALS:
+            # A row the store refuses must not block the fleet: write one by one, reject the bad.
+            log.exception("tc_ingest: batch refused by the store; isolating the bad rows")
+            self._isolate()
         for _, sender, reason, detail in self.rejects[: self.log_rejects]:
             log.warning("tc_ingest: rejected %s event from %s: %s", reason, sender or "?", detail)
         if len(self.rejects) > self.log_rejects:

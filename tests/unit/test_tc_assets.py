@@ -482,24 +482,39 @@ def test_rejects_are_logged_up_to_log_rejects_per_batch(conn, verify, clock, cap
     assert "3 more rejected events" in messages[2]
 
 
-def test_older_event_does_not_overwrite_a_newer_one_across_flushes(conn, verify, clock, event):
+def test_last_arrival_wins_whatever_the_thin_clients_clock_says(conn, verify, clock, event):
+    """A thin client whose clock jumps back (NTP fix) must not freeze its seat."""
     ing = _ingestor(conn, verify, clock)
-    ing.add(*event("tc-0001", seq=9, ts=2000.0, firmware="13.2.0"))
+    ing.add(*event("tc-0001", seq=9, ts=2_000_000_000.0, firmware="13.2.0"))  # clock far ahead
     ing.flush()
     clock.t += 10
-    ing.add(*event("tc-0001", seq=8, ts=1999.0, firmware="13.1.0"))  # delivered late
+    ing.add(*event("tc-0001", seq=10, ts=1000.0, firmware="13.3.0"))  # clock corrected
     ing.flush()
     row = _row(conn, "tc-0001")
-    assert (row["firmware"], row["seq"], row["reported_at"]) == ("13.2.0", 9, 2000.0)
+    assert (row["firmware"], row["seq"], row["reported_at"]) == ("13.3.0", 10, 1000.0)
+    assert row["last_seen"] == clock.t
 
 
-def test_older_event_does_not_overwrite_a_newer_one_in_the_buffer(conn, verify, clock, event):
+def test_last_arrival_wins_in_the_buffer(conn, verify, clock, event):
     ing = _ingestor(conn, verify, clock)
     ing.add(*event("tc-0001", seq=9, ts=2000.0, firmware="13.2.0"))
-    ing.add(*event("tc-0001", seq=8, ts=1999.0, firmware="13.1.0"))
+    ing.add(*event("tc-0001", seq=10, ts=1999.0, firmware="13.1.0"))
     assert ing.flush()["accepted"] == 2
     row = _row(conn, "tc-0001")
-    assert (row["firmware"], row["seq"]) == ("13.2.0", 9)
+    assert (row["firmware"], row["seq"]) == ("13.1.0", 10)
+
+
+def test_a_row_the_store_refuses_is_isolated_not_retried_forever(conn, verify, clock, event):
+    ing = _ingestor(conn, verify, clock)
+    ing.add(*event("tc-0002", ts=1000.0))
+    ing.add(*event("tc-0001", ts=1000.0))
+    ing.rows["tc-0001"]["reported_at"] = None  # a value validation let through by mistake
+    result = ing.flush()
+    assert result["accepted"] == 1 and result["rejected"] == 1
+    assert _row(conn, "tc-0002") is not None and _row(conn, "tc-0001") is None
+    counters = tc_assets.counters(conn)
+    assert counters["accepted"] == 1 and counters["malformed"] == 1
+    assert ing.pending() == 0
 
 
 def test_newer_event_replaces_the_stored_one(conn, verify, clock, event):
@@ -622,36 +637,25 @@ def test_add_never_raises_on_a_buggy_event(conn, verify, clock, tag, data):
     assert counters.get("malformed", 0) + counters.get("forged", 0) == 1
 
 
-# Known bugs, kept as strict xfails: each turns into a failure once the bug is fixed,
-# so the marker can be dropped then.
+# Hostile-but-signed values must be refused at validation, not wedge the store.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=sqlite3.IntegrityError,
-    reason="BUG: ts=NaN passes _row() (float check only); NaN reported_at becomes NULL -> NOT NULL "
-    "constraint fails in flush(), the buffer is kept and every retry fails: ingestion wedged",
-)
 def test_signed_nan_timestamp_does_not_wedge_ingestion(conn, verify, clock, event):
     ing = _ingestor(conn, verify, clock)
     ing.add(*event("tc-0002", ts=1000.0))
     ing.add(*event("tc-0001", ts=math.nan))
     ing.flush()
-    assert _row(conn, "tc-0002") is not None
+    assert _row(conn, "tc-0002") is not None and _row(conn, "tc-0001") is None
+    assert tc_assets.counters(conn)["malformed"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="BUG: seq >= 2**63 passes _row() (int >= 0 only); sqlite3 cannot bind it, flush() raises "
-    "OverflowError, the buffer is kept and every retry fails: ingestion wedged",
-)
 def test_signed_huge_seq_does_not_wedge_ingestion(conn, verify, clock, event):
     ing = _ingestor(conn, verify, clock)
     ing.add(*event("tc-0002", ts=1000.0))
     ing.add(*event("tc-0001", seq=2**63, ts=1000.0))
     ing.flush()
-    assert _row(conn, "tc-0002") is not None
+    assert _row(conn, "tc-0002") is not None and _row(conn, "tc-0001") is None
+    assert tc_assets.counters(conn)["malformed"] == 1
 
 
 # ---- status_of and seats() -------------------------------------------------------------
@@ -840,13 +844,6 @@ def test_failed_migration_step_rolls_back_and_keeps_the_version(db_path):
     conn.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=sqlite3.OperationalError,
-    reason="BUG: _migrate() reads schema_version outside the BEGIN IMMEDIATE transaction; when two "
-    "processes open a fresh store at once, the loser re-runs step 1 and fails with 'table seats "
-    "already exists' (sqlite3.OperationalError, not StoreError)",
-)
 def test_two_processes_opening_a_fresh_store_at_once(db_path, monkeypatch):
     real = store.transaction
     raced = []
