@@ -78,4 +78,6 @@ def thin_clients(tc_master, tc_roots, enroll_secret):
 def desktop_vm(vm_master):
     factory = vm_master.salt_minion_daemon("desk-0001", overrides={"grains": {"deskfleet_role": "desktop"}})
     with factory.started():
+        ret = vm_master.salt_cli(timeout=120).run("saltutil.sync_all", minion_tgt="desk-0001")
+        assert ret.returncode == 0, ret
         yield factory

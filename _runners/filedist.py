@@ -1,0 +1,79 @@
+"""
+Distribute one file to many minions in batches (vm master), via ``filedist.push``
+on each minion. The hash is checked on every minion before the file goes live.
+"""
+
+import logging
+import re
+
+import salt.client
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "filedist"
+
+SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def __virtual__():
+    role = (__opts__.get("deskfleet") or {}).get("role")
+    if role != "vm":
+        return (False, f"filedist runner: runs on the vm master only (deskfleet:role is {role!r})")
+    return __virtualname__
+
+
+def _progress(message):
+    try:
+        __jid_event__.fire_event({"message": message}, "progress")  # noqa: F821 - injected by salt-run
+    except NameError:  # called outside salt-run (tests, orchestration)
+        log.info(message)
+
+
+def summarize(returns, expected):
+    """Per-minion results plus counts; minions that never answered count as failed."""
+    minions = {}
+    for minion in expected:
+        ret = returns.get(minion)
+        if not isinstance(ret, dict) or "result" not in ret:
+            minions[minion] = {"result": False, "comment": f"no valid answer: {str(ret)[:200]}"}
+        else:
+            minions[minion] = ret
+    ok = sorted(m for m, r in minions.items() if r["result"] is True)
+    return {
+        "total": len(minions),
+        "succeeded": len(ok),
+        "copied": sorted(m for m in ok if minions[m].get("copied")),
+        "unchanged": sorted(m for m in ok if not minions[m].get("copied")),
+        "failed": sorted(m for m, r in minions.items() if r["result"] is False),
+        "minions": minions,
+    }
+
+
+def distribute(tgt, source, dest, sha256, batch=10, tgt_type="glob", user=None, group=None, mode=None, test=False, timeout=600):
+    """
+    Push ``source`` to ``dest`` on every minion matching ``tgt``, ``batch`` minions
+    at a time; returns per-minion results and counts.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run filedist.distribute 'desk-*' https://files.example/agent.msi 'C:/deploy/agent.msi' sha256=… batch=50
+        salt-run filedist.distribute 'desk-*' salt://files/policy.json /etc/deskfleet/policy.json sha256=… mode=0644 test=True
+    """
+    if not SHA256_RE.fullmatch(str(sha256 or "")):
+        return {"error": "sha256 must be 64 hex digits"}
+    client = salt.client.LocalClient(mopts=__opts__)
+    kwarg = {"user": user, "group": group, "mode": mode, "test": bool(test)}
+    args = [source, dest, str(sha256).lower()]
+    expected = client.gather_minions(tgt, tgt_type)
+    if not expected:
+        return {"error": f"target {tgt!r} matches no accepted minion"}
+    returns = {}
+    for chunk in client.cmd_batch(
+        tgt, "filedist.push", arg=args, kwarg=kwarg, tgt_type=tgt_type, batch=str(batch), timeout=timeout, raw=False
+    ):
+        for minion, ret in chunk.items():
+            returns[minion] = ret.get("ret", ret) if isinstance(ret, dict) and "ret" in ret else ret
+        _progress(f"filedist: {len(returns)}/{len(expected)} minions done")
+    return summarize(returns, expected)
