@@ -6,7 +6,7 @@ PYTHON  := $(VENV)/bin/python
 T       ?=
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test bench bench-ingest setup system-packages clean
+.PHONY: demo test bench bench-ingest bench-filedist setup system-packages clean
 
 demo: setup
 	$(PYTHON) -m harness.demo
@@ -14,10 +14,13 @@ demo: setup
 test: setup
 	$(PYTHON) -m pytest $(T)
 
-bench: bench-ingest
+bench: bench-ingest bench-filedist
 
 bench-ingest: setup
 	$(PYTHON) -m bench.ingest
+
+bench-filedist: setup
+	$(PYTHON) -m bench.filedist
 
 setup: system-packages $(STAMP)
 

@@ -133,6 +133,8 @@ def push(source, dest, sha256, user=None, group=None, mode=None, saltenv="base",
         ``salt://path`` or ``http(s)://…``
     sha256
         required: the expected hex digest; a file that does not match is refused
+    dest
+        absolute path; ``{minion}`` in it becomes the minion id
     mode
         octal string or int, e.g. ``'0644'``
 
@@ -144,9 +146,10 @@ def push(source, dest, sha256, user=None, group=None, mode=None, saltenv="base",
         salt 'desk-*' filedist.push salt://files/motd /etc/motd sha256=… test=True
     """
     sha256 = str(sha256 or "").lower()
+    dest = str(dest).replace("{minion}", __opts__["id"])
     if not SHA256_RE.fullmatch(sha256):
         return _result(False, dest, "sha256 must be 64 hex digits")
-    if not os.path.isabs(str(dest)):
+    if not os.path.isabs(dest):
         return _result(False, dest, "dest must be an absolute path")
     if not str(source).startswith(("salt://", "http://", "https://")):
         return _result(False, dest, "source must be salt://, http:// or https://")

@@ -40,6 +40,18 @@ def wait_for(fn, timeout=60, interval=0.5, what="condition"):
         time.sleep(interval)
 
 
+def last_json(text):
+    """The last JSON document in ``text`` (salt-run prints progress events before the return)."""
+    decoder, pos, last = json.JSONDecoder(), 0, None
+    text = text.strip()
+    while pos < len(text):
+        last, end = decoder.raw_decode(text, pos)
+        pos = end
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+    return last
+
+
 class Daemon:
     kind = None
 
@@ -98,8 +110,7 @@ class Master(Daemon):
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
         if out.returncode != 0 and not out.stdout.strip():
             raise RuntimeError(f"{' '.join(cmd[:1] + cmd[3:])} failed ({out.returncode}): {out.stderr[-800:]}")
-        text = out.stdout.strip()
-        return json.loads(text) if text else None
+        return last_json(out.stdout)
 
     def run(self, fun, *args, timeout=120):
         """``salt-run fun args`` → parsed JSON."""
