@@ -32,9 +32,12 @@ LAB_OWNED = (
 
 
 def _merge(base, extra):
+    """Like Salt's master.d merge: dicts recursively, lists concatenated."""
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
             _merge(base[key], value)
+        elif isinstance(value, list) and isinstance(base.get(key), list):
+            base[key] = base[key] + copy.deepcopy(value)
         else:
             base[key] = copy.deepcopy(value)
     return base

@@ -1,1 +1,3 @@
-base: {}
+base:
+  '*':
+    - pools
