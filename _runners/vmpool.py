@@ -372,10 +372,11 @@ def mark_ready(server):
         found = conn.compute.find_server(str(server), ignore_missing=True)
         if found is None or keeper.POOL_KEY not in (found.metadata or {}):
             return _error(f"{server} is not a pool desktop")
-        if (found.metadata or {}).get(keeper.STATE_KEY) == "taken":
+        meta = dict(found.metadata)
+        if meta.get(keeper.STATE_KEY) == "taken":
             return _error(f"{server} is already taken by a user; not marking it ready")
         conn.compute.set_server_metadata(found, **{keeper.STATE_KEY: "ready"})
-        return {"server": found.name, "pool": found.metadata[keeper.POOL_KEY], "state": "ready"}
+        return {"server": found.name, "pool": meta[keeper.POOL_KEY], "state": "ready"}
     except openstack.exceptions.SDKException as exc:
         return _error(f"cloud error: {exc}")
     finally:
@@ -425,7 +426,9 @@ def on_event(tag, data):
     if match:
         if sender != match.group(1):
             return _refuse(tag, f"start event for {match.group(1)} sent by {sender}")
-        return {"server": sender, "pool_member": _is_member(sender, None)}
+        if not _is_member(sender, None):
+            return _refuse(tag, f"{sender} is not a pool desktop")
+        return {"server": sender, "pool_member": True}
     return _refuse(tag, "not a pool event")
 
 

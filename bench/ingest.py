@@ -28,6 +28,7 @@ import re
 import secrets
 import shutil
 import signal
+import statistics
 import sqlite3
 import subprocess
 import sys
@@ -203,7 +204,7 @@ class Store:
 
 
 class Bench:
-    def __init__(self, base, minions, per_minion, naive_per_minion, store_events, naive_cap):
+    def __init__(self, base, minions, per_minion, naive_per_minion, store_events, naive_cap, firers=3, rounds=3):
         from harness import saltconf  # pylint: disable=import-outside-toplevel
         from harness.lab import Lab  # pylint: disable=import-outside-toplevel
 
@@ -219,6 +220,9 @@ class Bench:
         self.naive_per_minion = naive_per_minion
         self.store_events = store_events
         self.naive_cap = naive_cap
+        self.firers = firers
+        self.rounds = rounds
+        self.naive_opts = {}
         self.results = {}
 
     # -- daemons
@@ -232,6 +236,7 @@ class Bench:
         if path == "naive":
             conf["runner_dirs"] = list(conf.get("runner_dirs", [])) + [str(BENCH / "_runners")]
             conf["reactor"] = [{"salt/beacon/*/tc_status/*": [str(BENCH / "reactor" / "tc_naive.sls")]}]
+            conf.update(self.naive_opts)
         return conf
 
     def start(self, path):
@@ -262,20 +267,24 @@ class Bench:
             daemon.stop()
 
     # -- one minion firehose
-    def firehose(self, master, minions, per_minion, name, store=None, stall=15.0, cap=120.0):
+    def firehose(self, master, minions, per_minion, name, store=None, stall=15.0, cap=120.0, seq0=1):
         """Fire ``per_minion`` events from every minion at once; count on the bus (and in the store)."""
         expect = per_minion * len(minions)
         base = store.accepted() if store else 0
         listener = Listener(master, self.work, name, expect, returns=len(minions), deadline=cap + 120)
+        cpu0 = cpu_snapshot(master, minions)
         t_trigger = time.time()
-        jid = trigger(master, "*", "tc_firehose.fire", f"n={per_minion}")
+        jid = trigger(master, "*", "tc_firehose.fire", f"n={per_minion}", f"start_seq={seq0}")
         stored = t_stored = None
         if store is not None:
             stored, t_stored = store.wait(base + expect, stall=stall, cap=cap, busy=lambda: not listener.done())
             stored -= base
             res_why = store.why
         bus = listener.result(timeout=cap + 60)
+        cpu1 = cpu_snapshot(master, minions)
         rets = bus.get("returns", {})
+        if len(rets) != len(minions):
+            say(f"   WARNING: {len(rets)}/{len(minions)} minion returns seen; 'fired' assumed to be the {expect} requested")
         fired = sum(r.get("sent", 0) for r in rets.values()) if len(rets) == len(minions) else expect
         errors = sum(r.get("errors", 0) for r in rets.values())
         res = {
@@ -290,6 +299,8 @@ class Bench:
             "bus_last": bus.get("last"),
             "payload_bytes": bus.get("payload_bytes"),
             "trigger_to_first_s": round((bus.get("first") or t_trigger) - t_trigger, 2),
+            # CPU ms per event, by process group (live processes), while the firehose ran
+            "cpu_ms_per_event": {k: round((cpu1[k] - cpu0[k]) * 1000 / max(1, expect), 3) for k in cpu0},
             "minion_send_eps": [
                 round(r["sent"] / r["send_s"], 1) for r in rets.values() if r.get("send_s")
             ],
@@ -299,23 +310,88 @@ class Bench:
         return res
 
     # -- paths
-    def path_bus(self):
-        say("\n== 1. bus ceiling: minions -> master bus -> bare listener (no engine, no reactor)")
-        master, minions = self.start("bus")
+    def run(self, only):
+        """bus and deskfleet interleaved round by round (both masters up), then store only, then naive."""
+        labs = {}
         try:
-            r = self.firehose(master, minions, self.per_minion, "bus")
+            if only & {"bus", "deskfleet"}:
+                say(f"\n== 1+3. bus ceiling and deskfleet, interleaved: {self.rounds} rounds of "
+                    f"{self.per_minion * self.n_minions} events each, alternating which goes first")
+                say("   bus: a master WITHOUT the tc_ingest engine, a bare listener counts on the bus; "
+                    "deskfleet: the shipped config (tc_ingest engine, batch 500 / flush 0.5 s)")
+            for path in ("bus", "deskfleet"):
+                if path in only:
+                    labs[path] = self.start(path)
+            store = Store(labs["deskfleet"][0]) if "deskfleet" in labs else None
+            order = [p for p in ("bus", "deskfleet") if p in labs]
+            for rnd in range(self.rounds if labs else 0):
+                for path in order if rnd % 2 == 0 else order[::-1]:
+                    master, minions = labs[path]
+                    seq0 = rnd * self.per_minion + 1
+                    if path == "bus":
+                        self.round_bus(master, minions, rnd, seq0)
+                    else:
+                        self.round_deskfleet(master, minions, store, rnd, seq0)
+            self.results["bus"] = self._median("bus")
+            self.results["deskfleet"] = self._median("deskfleet")
+            if "bus" in labs:
+                self.stop(*labs.pop("bus"))
+            if "deskfleet" in labs:
+                master, minions = labs["deskfleet"]
+                keys = {m.name: self._minion_key(m) for m in minions}
+                seq0 = self.rounds * self.per_minion + 1
+                self.results["tail"] = self.tail_probe(master, store, keys, seq0)
+                self.results["store"] = self.store_only(master, store, keys, seq0 + 100)
+                self.results["deskfleet_counters"] = store.counters()
+                store.close()
+                self.stop(*labs.pop("deskfleet"))
         finally:
-            self.stop(master, minions)
+            for master, minions in labs.values():
+                self.stop(master, minions)
+        if "naive" in only:
+            self.path_naive()
+
+    def _median(self, path):
+        rounds = self.results.get(f"{path}_rounds", [])
+        if not rounds:
+            return {}
+        eps = sorted(r["eps"] for r in rounds)
+        res = {
+            "eps": statistics.median(eps),
+            "eps_rounds": [round(e, 1) for e in eps],
+            "fired": sum(r["fired"] for r in rounds),
+            "lost": sum(r["lost"] for r in rounds),
+        }
+        if path == "deskfleet":
+            res["stored"] = sum(r["stored"] for r in rounds)
+            res["max_last_seen_to_stored_s"] = max(r["last_seen_to_stored_s"] for r in rounds)
+        return res
+
+    def round_bus(self, master, minions, rnd, seq0):
+        r = self.firehose(master, minions, self.per_minion, f"bus{rnd}", seq0=seq0)
         span = (r["bus_last"] or 0) - (r["bus_first"] or 0)
         r["eps"] = r["bus_distinct"] / span if span > 0 else 0.0
         r["lost"] = r["fired"] - r["bus_distinct"]
-        say(f"   fired {r['fired']} (send errors {r['send_errors']}), counted on the bus {r['bus_count']} "
-            f"({r['bus_distinct']} distinct) in {span:.2f} s from first to last: {r['eps']:.1f} events/s")
-        say(f"   per-minion send rate {r['minion_send_eps']} ev/s; payload ~{r['payload_bytes']} bytes on the bus")
-        self.results["bus"] = r
+        say(f"   round {rnd + 1} bus:       fired {r['fired']} (send errors {r['send_errors']}), counted {r['bus_count']} "
+            f"({r['bus_distinct']} distinct) in {span:.2f} s first->last: {r['eps']:6.1f} events/s | "
+            f"CPU/event {_cpu_text(r['cpu_ms_per_event'])}")
+        if rnd == 0:
+            say(f"     (per-minion send rates {r['minion_send_eps']} ev/s; payload ~{r['payload_bytes']} bytes on the bus)")
+        self.results.setdefault("bus_rounds", []).append(r)
+
+    def round_deskfleet(self, master, minions, store, rnd, seq0):
+        r = self.firehose(master, minions, self.per_minion, f"deskfleet{rnd}", store=store, stall=10.0, cap=120.0, seq0=seq0)
+        span = (r["t_stored"] or 0) - (r["bus_first"] or 0)
+        r["eps"] = r["stored"] / span if span > 0 else 0.0
+        r["lost"] = r["fired"] - r["stored"]
+        r["last_seen_to_stored_s"] = round((r["t_stored"] or 0) - (r["bus_last"] or 0), 3)
+        say(f"   round {rnd + 1} deskfleet: fired {r['fired']}, on the bus {r['bus_distinct']}, stored {r['stored']} "
+            f"in {span:.2f} s first seen->last stored: {r['eps']:6.1f} events/s; lost {r['lost']}; "
+            f"last seen->stored {r['last_seen_to_stored_s']} s | CPU/event {_cpu_text(r['cpu_ms_per_event'])}")
+        self.results.setdefault("deskfleet_rounds", []).append(r)
 
     def path_naive(self):
-        say("\n== 2. naive: reactor -> runner tc_naive.store per event (same store, same validation)")
+        say(f"\n== 2. naive: {self.naive_per_minion * self.n_minions} events, reactor -> runner tc_naive.store per event (same store, same validation)")
         master, minions = self.start("naive")
         store = Store(master)
         try:
@@ -341,6 +417,7 @@ class Bench:
         r["error_samples"] = sorted({re.sub(r"^\S+ \S+ ", "", line)[:160] for line in other})[:3]
         say(f"   fired {r['fired']}, on the bus {r['bus_distinct']}, stored (accepted) {r['stored']} "
             f"in {span:.1f} s from first event seen to last stored: {r['eps']:.1f} events/s")
+        say(f"   CPU per event: {_cpu_text(r['cpu_ms_per_event'])}")
         if r["unfinished_at_cap"]:
             say(f"   NOTE: still storing when the {self.naive_cap:.0f} s cap hit: 'lost' includes a backlog not yet stored")
         say(f"   lost {r['lost']} ({r['lost'] / max(1, r['fired']):.1%}); master log: {r['error_lines']} ERROR lines "
@@ -351,48 +428,52 @@ class Bench:
             say(f"     ERROR: {sample}")
         self.results["naive"] = r
 
-    def path_deskfleet(self):
-        say("\n== 3. deskfleet: shipped config, tc_ingest engine (batch 500 / flush 0.5 s)")
-        master, minions = self.start("deskfleet")
-        store = Store(master)
-        try:
-            r = self.firehose(master, minions, self.per_minion, "deskfleet", store=store, stall=10.0, cap=120.0)
-            span = (r["t_stored"] or 0) - (r["bus_first"] or 0)
-            r["eps"] = r["stored"] / span if span > 0 else 0.0
-            r["lost"] = r["fired"] - r["stored"]
-            r["last_seen_to_stored_s"] = round((r["t_stored"] or 0) - (r["bus_last"] or 0), 3)
-            say(f"   fired {r['fired']}, on the bus {r['bus_distinct']}, stored (accepted) {r['stored']} "
-                f"in {span:.2f} s from first event seen to last stored: {r['eps']:.1f} events/s")
-            say(f"   lost {r['lost']}; last event seen -> stored {r['last_seen_to_stored_s']} s")
-            self.results["deskfleet"] = r
-            keys = {m.name: self._minion_key(m) for m in minions}
-            seq0 = self.per_minion + 1
-            self.results["tail"] = self.tail_probe(master, store, keys, seq0)
-            seq0 += 100
-            self.results["store"] = self.store_only(master, store, keys, seq0)
-            self.results["deskfleet_counters"] = store.counters()
-        finally:
-            store.close()
-            self.stop(master, minions)
-
     @staticmethod
     def _minion_key(minion):
         import salt.config  # pylint: disable=import-outside-toplevel
 
         return os.path.join(salt.config.minion_config(str(minion.conf_dir / "minion"))["pki_dir"], "minion.pem")
 
-    def _fire_direct(self, master, keys, n, seq0, name):
+    def _fire_direct(self, master, keys, n, seq0, name, go=None):
         out, ready = self.work / f"{name}.fire.json", self.work / f"{name}.fire.ready"
         proc = _spawn(
             [
                 sys.executable, "-m", "bench.ingest", "_fire",
                 "--master-conf", str(master.conf_dir / "master"),
                 "--out", str(out), "--ready", str(ready), "--count", str(n), "--start-seq", str(seq0),
+                *([f"--go={go}"] if go else []),
                 *[f"--key={seat}={pem}" for seat, pem in keys.items()],
             ],
             self.work / f"{name}.fire.log",
         )
         return proc, out, ready
+
+    def _fire_parallel(self, master, keys, n, seq0, name):
+        """``self.firers`` processes sign their share of ``n`` events, then fire together on a go signal."""
+        go = self.work / f"{name}.go"
+        share = -(-n // self.firers)
+        firers = [
+            self._fire_direct(master, keys, min(share, n - j * share), seq0 + j * share, f"{name}{j}", go=go)
+            for j in range(self.firers)
+            if n - j * share > 0
+        ]
+        for proc, _, ready in firers:
+            _wait_file(ready, proc, 120, "a direct firer to sign its events")
+        return firers, go
+
+    @staticmethod
+    def _collect(firers):
+        outs = []
+        for proc, out, _ in firers:
+            proc.wait(120)
+            _reap(proc)
+            outs.append(json.loads(out.read_text()))
+        return {
+            "fired": sum(o["fired"] for o in outs),
+            "first": min(o["first"] for o in outs),
+            "last": max(o["last"] for o in outs),
+            "sign_s": max(o["sign_s"] for o in outs),
+        }
 
     def tail_probe(self, master, store, keys, seq0, n=7):
         say(f"\n   tail probe: {n} events (< batch_size 500) straight onto the bus, then nothing at all")
@@ -406,7 +487,7 @@ class Bench:
         got, t_got = store.wait(base + n, stall=5.0, cap=10.0)
         bus = listener.result(timeout=40)
         later = [e for e in bus.get("all_after_last_tc", []) if e[1] < t_got]
-        ok = got - base == n and not later
+        ok = got - base == n and bus.get("count") == n and not later
         res = {
             "events": n,
             "stored": got - base,
@@ -420,27 +501,80 @@ class Bench:
 
     def store_only(self, master, store, keys, seq0):
         n = self.store_events
-        say(f"\n== 4. store only: {n} signed events fired straight onto the deskfleet master's bus (no minions)")
+        say(f"\n== 4. store only: {self.rounds} rounds of {n} signed events fired straight onto the deskfleet master's bus "
+            f"(get_master_event().fire_event from {self.firers} processes, no minions)")
+        rounds = []
+        for rnd in range(self.rounds):
+            time.sleep(1.0)  # previous flush settles
+            base = store.accepted()
+            firers, go = self._fire_parallel(master, keys, n, seq0, f"store{rnd}")
+            seq0 += n
+            cpu0 = _group_cpu(master.proc.pid, "engines.tc_ingest")
+            go.write_text("go")
+            got, t_got = store.wait(
+                base + n, stall=10.0, cap=120.0, busy=lambda: any(p.poll() is None for p, _, _ in firers), interval=0.01
+            )
+            engine_ms = (_group_cpu(master.proc.pid, "engines.tc_ingest") - cpu0) * 1000 / max(1, n)
+            fire = self._collect(firers)
+            stored = got - base
+            span = t_got - fire["first"]
+            r = {
+                "fired": fire["fired"],
+                "stored": stored,
+                "lost": fire["fired"] - stored,
+                "sign_s": fire["sign_s"],
+                "fire_eps": round(fire["fired"] / max(1e-9, fire["last"] - fire["first"]), 1),
+                "last_fired_to_stored_s": round(t_got - fire["last"], 3),
+                "engine_cpu_ms_per_event": round(engine_ms, 3),
+                "eps": stored / span if span > 0 else 0.0,
+            }
+            say(f"   round {rnd + 1}: fired {r['fired']} in {fire['last'] - fire['first']:.2f} s ({r['fire_eps']:.0f}/s onto the bus), "
+                f"stored {stored} in {span:.2f} s first fired->last stored: {r['eps']:6.0f} events/s; lost {r['lost']}; "
+                f"last fired->stored {r['last_fired_to_stored_s']} s; engine CPU {engine_ms * 1000:.0f} us/event")
+            rounds.append(r)
+        eps = sorted(r["eps"] for r in rounds)
+        cpu = statistics.median(r["engine_cpu_ms_per_event"] for r in rounds)
+        res = {
+            "eps": statistics.median(eps),
+            "eps_rounds": [round(e, 1) for e in eps],
+            "fire_eps": statistics.median(r["fire_eps"] for r in rounds),
+            "lost": sum(r["lost"] for r in rounds),
+            "engine_cpu_ms_per_event": cpu,
+            "rounds": rounds,
+        }
+        say(f"   median {res['eps']:.0f} events/s; the engine spends ~{cpu * 1000:.0f} us CPU per event "
+            f"(~{1000 / max(1e-9, cpu):.0f} events/s if it had a core to itself)")
+        res["drain"] = self.engine_drain(master, store, keys, seq0)
+        return res
+
+    def engine_drain(self, master, store, keys, seq0):
+        """
+        Diagnostic: the engine alone, without the feeders' pace. The engine
+        process is paused (SIGSTOP) while the events are fired, so they queue
+        in its bus socket; then it is resumed and timed until all are stored.
+        """
+        n = self.store_events
+        pid = _engine_pid(master)
+        if pid is None:
+            say("   engine drain: tc_ingest engine process not found; skipped")
+            return {}
         time.sleep(1.0)
         base = store.accepted()
-        proc, out, ready = self._fire_direct(master, keys, n, seq0, "store")
-        _wait_file(ready, proc, 120, "the direct firer to sign its events")
-        got, t_got = store.wait(base + n, stall=10.0, cap=120.0, busy=lambda: proc.poll() is None, interval=0.01)
-        proc.wait(60)
-        _reap(proc)
-        fire = json.loads(out.read_text())
+        firers, go = self._fire_parallel(master, keys, n, seq0, "drain")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            go.write_text("go")
+            fire = self._collect(firers)
+            time.sleep(0.5)
+        finally:
+            t_resume = time.time()
+            os.kill(pid, signal.SIGCONT)
+        got, t_got = store.wait(base + n, stall=10.0, cap=60.0, interval=0.01)
         stored = got - base
-        span = t_got - fire["first"]
-        res = {
-            "fired": fire["fired"],
-            "stored": stored,
-            "lost": fire["fired"] - stored,
-            "sign_s": fire["sign_s"],
-            "fire_eps": round(fire["fired"] / max(1e-9, fire["last"] - fire["first"]), 1),
-            "eps": stored / span if span > 0 else 0.0,
-        }
-        say(f"   fired {res['fired']} at {res['fire_eps']:.0f} events/s (signing done beforehand, {res['sign_s']} s); "
-            f"stored {stored} in {span:.2f} s from first fired to last stored: {res['eps']:.0f} events/s; lost {res['lost']}")
+        span = t_got - t_resume
+        res = {"fired": fire["fired"], "stored": stored, "lost": fire["fired"] - stored, "eps": stored / span if span > 0 else 0.0}
+        say(f"   engine drain (diagnostic): {n} events queued while the engine was paused, stored {stored} "
+            f"{span:.2f} s after it resumed: {res['eps']:.0f} events/s; lost {res['lost']}")
         return res
 
     # -- summary
@@ -458,10 +592,12 @@ class Bench:
             return "PASS" if ok else "FAIL"
 
         say("\n== Summary")
-        say(f"   bus ceiling (minions -> bus, 1 event/request):  {ceiling:8.1f} events/s")
-        say(f"   naive reactor -> runner per event:              {naive_eps:8.1f} events/s  (lost {naive.get('lost')})")
-        say(f"   deskfleet tc_ingest engine:                     {desk_eps:8.1f} events/s  (lost {desk.get('lost')})")
-        say(f"   store only (engine fed on the bus):             {store_eps:8.1f} events/s")
+        say(f"   bus ceiling (minions -> bus, 1 event/request):  {ceiling:8.1f} events/s  (median of {bus.get('eps_rounds')})")
+        say(f"   naive reactor -> runner per event:              {naive_eps:8.1f} events/s  (lost {naive.get('lost')} of {naive.get('fired')})")
+        say(f"   deskfleet tc_ingest engine:                     {desk_eps:8.1f} events/s  (median of {desk.get('eps_rounds')}; "
+            f"lost {desk.get('lost')} of {desk.get('fired')})")
+        say(f"   store only (engine fed on the bus):             {store_eps:8.1f} events/s  (median of {st.get('eps_rounds')}; "
+            f"firers {st.get('fire_eps', 0):.0f}/s; engine draining a queued backlog {st.get('drain', {}).get('eps', 0):.0f}/s)")
         say(f"   [{verdict(vs_ceiling >= TARGETS['vs_ceiling'])}] deskfleet >= 0.9 x ceiling: {vs_ceiling:.2f} x")
         say(f"   [{verdict(vs_naive >= TARGETS['vs_naive'])}] deskfleet >= 8 x naive: {vs_naive:.1f} x")
         say(f"   [{verdict(tail_ok)}] deskfleet lost 0, incl. the tail: lost {desk.get('lost')}, "
@@ -471,8 +607,9 @@ class Bench:
             f"(50% headroom left for logins, changes and everything else the bus carries)")
         if storm:
             say(f"   login storm: 10,000 seats reporting at once are stored in ~{storm:.0f} s at the deskfleet rate")
-        say(f"   wall time {wall:.0f} s; {self.n_minions} minions; {self.per_minion * self.n_minions} events on the "
-            f"bus/deskfleet paths, {self.naive_per_minion * self.n_minions} on the naive path, {self.store_events} store-only")
+        say(f"   wall time {wall:.0f} s; {self.n_minions} minions; {self.rounds} rounds x {self.per_minion * self.n_minions} events "
+            f"on the bus and deskfleet paths, {self.naive_per_minion * self.n_minions} on the naive path, "
+            f"{self.rounds} x {self.store_events} store-only")
         box = self.results.get("box", {})
         say(f"   box: 2-core budget shared by everything above; load avg {box.get('load_avg_at_start', 0):.2f} at start, "
             f"{box.get('foreign_salt_procs_at_start', 0)} foreign salt processes at start, "
@@ -580,6 +717,8 @@ def _fire(args):
     with salt.utils.event.get_master_event(opts, opts["sock_dir"], listen=False) as bus:
         bus.connect_pull(timeout=10)
         pathlib.Path(args.ready).write_text("ready")
+        while args.go and not os.path.exists(args.go):
+            time.sleep(0.001)
         first = time.time()
         for tag, data in events:
             if bus.fire_event(data, tag):
@@ -590,6 +729,55 @@ def _fire(args):
 
 
 # ---- main ------------------------------------------------------------------------------
+
+
+def _group_cpu(pgid, match=None):
+    """CPU seconds (user+sys) of the live processes in process group ``pgid`` (optionally: cmdline contains ``match``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.getpgid(int(pid)) != pgid:
+                continue
+            if match and match not in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                continue
+            fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, ProcessLookupError):
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def cpu_snapshot(master, minions):
+    return {
+        "master": _group_cpu(master.proc.pid),
+        "reactor": _group_cpu(master.proc.pid, "engines.reactor"),
+        "engine": _group_cpu(master.proc.pid, "engines.tc_ingest"),
+        "minions": sum(_group_cpu(m.proc.pid) for m in minions),
+    }
+
+
+def _cpu_text(cpu):
+    return ", ".join(f"{k} {v:.2f} ms" for k, v in cpu.items() if v or k in ("master", "minions"))
+
+
+def _engine_pid(master):
+    """The tc_ingest engine process of ``master`` (same process group, named by Salt)."""
+    pgid = master.proc.pid
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.getpgid(int(pid)) != pgid:
+                continue
+            cmd = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ProcessLookupError):
+            continue
+        if "engines.tc_ingest" in cmd:
+            return int(pid)
+    return None
 
 
 def _foreign_salt(base):
@@ -618,7 +806,11 @@ def main(argv=None):
     parser.add_argument("--events", type=int, default=3000, help="events per minion path (bus, deskfleet)")
     parser.add_argument("--naive-events", type=int, default=None, help="events on the naive path (default: --events)")
     parser.add_argument("--store-events", type=int, default=4000)
+    parser.add_argument("--firers", type=int, default=3, help="processes firing the store-only events")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the bus/deskfleet/store-only paths (median)")
     parser.add_argument("--naive-cap", type=float, default=150.0, help="max seconds to wait for the naive path")
+    parser.add_argument("--naive-hwm", type=int, default=None, help="reactor_worker_hwm on the naive master (Salt default 10000)")
+    parser.add_argument("--naive-threads", type=int, default=None, help="reactor_worker_threads (Salt default 10)")
     parser.add_argument("--only", default="bus,naive,deskfleet", help="paths to run (store-only runs with deskfleet)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, stores) afterwards")
     lp = sub.add_parser("_listen")
@@ -633,6 +825,7 @@ def main(argv=None):
         fp.add_argument(name, required=True)
     fp.add_argument("--count", type=int, required=True)
     fp.add_argument("--start-seq", type=int, default=1)
+    fp.add_argument("--go", default=None, help="fire only once this file exists")
     fp.add_argument("--key", action="append", required=True, help="seat=path/to/minion.pem")
     args = parser.parse_args(argv)
     if args.cmd == "_listen":
@@ -651,16 +844,14 @@ def main(argv=None):
     foreign = _foreign_salt(base)
     if foreign:
         say(f"   WARNING: {foreign} other salt processes are running on this box: rates are pessimistic")
-    bench = Bench(base, args.minions, per_minion, naive_per_minion, args.store_events, args.naive_cap)
+    bench = Bench(base, args.minions, per_minion, naive_per_minion, args.store_events, args.naive_cap, args.firers, args.rounds)
+    for key, value in (("reactor_worker_hwm", args.naive_hwm), ("reactor_worker_threads", args.naive_threads)):
+        if value is not None:
+            bench.naive_opts[key] = value
     bench.results["box"] = {"load_avg_at_start": os.getloadavg()[0], "foreign_salt_procs_at_start": foreign}
     try:
         with bench.lab:
-            if "bus" in only:
-                bench.path_bus()
-            if "naive" in only:
-                bench.path_naive()
-            if "deskfleet" in only:
-                bench.path_deskfleet()
+            bench.run(only)
     finally:
         reap_all()
         if args.keep:

@@ -1,14 +1,21 @@
 """
 ``make demo``: both deskfleet masters doing real work on embedded defaults.
 
-Starts the tc master and the vm master on 127.0.0.1 from the shipped config,
-four thin clients with varied (fake) hardware plus one with a wrong enrollment
-secret, and one desktop VM minion. Syncs the modules, waits for the beacons,
-prints the inventory, writes the HTML report, changes one thin client's
-firmware and shows the inventory follow. Stops everything on the way out.
+tc master: four thin clients with varied (fake) hardware enroll by autosign
+grain (a fifth with the wrong secret stays pending); their beacons fill the
+inventory; the HTML report is written; one thin client is re-imaged and the
+inventory follows.
+
+vm master: a desktop VM minion gets a scheduled software install (batched
+rollout) and a LAPS-style password rotation (escrowed, shown with the operator
+key); a pool of pre-booted desktops is filled on an embedded Nova (real API,
+placement, scheduler, fake hypervisor) and refilled through the reactor after a
+desktop is taken. Every daemon is stopped on the way out.
 """
 
 import argparse
+import contextlib
+import json
 import pathlib
 import secrets
 import shutil
@@ -16,7 +23,9 @@ import sys
 import tempfile
 import time
 
-from harness import saltconf, tcroot
+import yaml
+
+from harness import novalab, saltconf, tcroot
 from harness.lab import Lab, wait_for
 
 HEARTBEAT = 15
@@ -53,8 +62,8 @@ def main(argv=None):
     out = pathlib.Path.cwd() / "build"
     out.mkdir(exist_ok=True)
     try:
-        with Lab(base) as lab:
-            run_demo(lab, base, out)
+        with Lab(base) as lab, contextlib.ExitStack() as stack:
+            run_demo(lab, base, out, stack)
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
@@ -62,10 +71,45 @@ def main(argv=None):
     return 0
 
 
-def run_demo(lab, base, out):
+def demo_vm_setup(base, stack):
+    """Embedded defaults for the vm master: a Nova lab, a pool, the escrow key, a throwaway root."""
+    from cryptography.hazmat.primitives import serialization  # pylint: disable=import-outside-toplevel
+    from cryptography.hazmat.primitives.asymmetric import rsa  # pylint: disable=import-outside-toplevel
+
+    nova = stack.enter_context(novalab.NovaLab(base_dir=str(base)))
+    pillar = base / "vm-pillar"
+    pillar.mkdir()
+    (pillar / "pools.sls").write_text(yaml.safe_dump({"deskfleet": {"pools": {"demo": {
+        "flavor": "desk.small", "image": nova.image_id, "network": nova.network_id,
+        "metadata": {"department": "sales"}, "spares": 3, "max_size": 5, "max_in_flight": 3,
+    }}}}))
+    key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    operator_key = base / "operator.pem"
+    operator_key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    operator_key.chmod(0o600)
+    (base / "etc").mkdir(exist_ok=True)
+    (base / "etc" / "password-escrow.pub").write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    desk_root = base / "desk-0001-root"  # the desktop's throwaway system root (passwords, installs)
+    (desk_root / "etc").mkdir(parents=True)
+    (desk_root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nlocaladmin:x:1000:1000::/home/localadmin:/bin/sh\n")
+    (desk_root / "etc" / "shadow").write_text("root:*:19000:0:99999:7:::\nlocaladmin:!:19000:0:99999:7:::\n")
+    (desk_root / "etc" / "group").write_text("root:x:0:\nlocaladmin:x:1000:\n")
+    (desk_root / "etc" / "shadow").chmod(0o600)
+    return nova, pillar, operator_key, desk_root
+
+
+def run_demo(lab, base, out, stack):
     say("== 1. Two masters from the shipped config (salt_tc/master.d, salt_vm/master.d)")
+    nova, vm_pillar, operator_key, desk_root = demo_vm_setup(base, stack)
+    say(f"   embedded Nova + placement up in {nova.startup_seconds:.1f} s on {nova.compute_url}")
     tc = lab.master("tc-master", "tc", heartbeat=HEARTBEAT, beacon_interval=1)
-    vm = lab.master("vm-master", "vm")
+    vm = lab.master(
+        "vm-master", "vm", pillar_first=vm_pillar,
+        drop_schedule=("deskfleet_software_tick", "deskfleet_password_rotate_due"),
+        cloud=nova.cloud, clouds_yaml=nova.clouds_yaml,
+    )
     secret = secrets.token_hex(16)
     saltconf.write_enroll_secret(tc.opts, secret)
     for master in (tc, vm):
@@ -80,7 +124,10 @@ def run_demo(lab, base, out):
         lab.minion(seat, tc, **saltconf.tc_minion_config(secret, root)).start()
     rogue_root = tcroot.make(base / "tc-roots" / "tc-rogue-0001", 99)
     lab.minion("tc-rogue-0001", tc, **saltconf.tc_minion_config("not-the-secret", rogue_root)).start()
-    lab.minion("desk-0001", vm, grains={"deskfleet_role": "desktop"}).start()
+    lab.minion(
+        "desk-0001", vm, grains={"deskfleet_role": "desktop", "deskfleet_lab_root": str(desk_root)},
+        deskfleet={"passwords": {"linux_root": str(desk_root)}},
+    ).start()
     seats = [t[0] for t in THIN_CLIENTS]
     wait_for(lambda: "tc-rogue-0001" in (tc.keys() or {}).get("minions_pre", []), 60, what="the rogue key to show up")
     tc.wait_minions(seats)
@@ -122,6 +169,61 @@ def run_demo(lab, base, out):
     table(tc.run("tc_inventory.list", "firmware=13.2.0"))
     summary = tc.run("tc_inventory.summary")
     say(f"\n   by firmware: {summary['by_firmware']}; ingest counters: {summary['ingest']}")
+    demo_vm(vm, nova, operator_key)
+
+
+def demo_vm(vm, nova, operator_key):
+    vm.salt("desk-0001", "saltutil.sync_all", timeout=120)
+    vm.salt("desk-0001", "saltutil.refresh_pillar", "wait=True")
+
+    say("\n== 7. vm master: a software install scheduled into a maintenance window")
+    rollout = vm.run("software.schedule", "target=desk-0001", "software=deskfleet-demo", "start=now", "end=+1h", "batch=1")
+    say(f"   salt-run software.schedule ... -> rollout {rollout.get('id')} ({rollout.get('state', rollout.get('error'))})")
+    for _ in range(5):
+        vm.run("software.tick", timeout=180)  # what the master schedule does every minute
+        status = vm.run("software.status", str(rollout.get("id")))
+        if status.get("state") in ("done", "succeeded", "completed", "halted", "failed"):
+            break
+    minions = status.get("minions", {})
+    say(f"   rollout state: {status.get('state')}; per minion: {json.dumps({m: v.get('state', v) if isinstance(v, dict) else v for m, v in minions.items()})}")
+    say(f"   desk-0001 now reports: {vm.salt('desk-0001', 'software.status', 'deskfleet-demo').get('desk-0001')}")
+
+    say("\n== 8. vm master: LAPS-style password rotation, escrowed to the operators' key")
+    rotated = vm.run("password.rotate", "desk-0001", "localadmin")
+    say(f"   salt-run password.rotate desk-0001 localadmin -> {json.dumps(rotated)[:300]}")
+    shown = __import__("subprocess").run(
+        [str(vm_bin("salt-run")), "-c", str(vm.conf_dir), "password.show", "desk-0001", "localadmin", f"key={operator_key}"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    say("   salt-run password.show desk-0001 localadmin key=operator.pem (plaintext goes to this terminal only):")
+    for line in shown.stdout.strip().splitlines()[:6]:
+        say(f"     {line}")
+    say(f"   audit: {json.dumps(vm.run('password.audit'))[:300]}")
+
+    say("\n== 9. vm master: pool 'demo' filled on the embedded Nova, refilled after a desktop is taken")
+    filled = vm.run("vmpool.reconcile")
+    say(f"   salt-run vmpool.reconcile -> booted {filled.get('booted')}")
+    conn = nova.connect()
+    try:
+        servers = wait_for(lambda: (s := [x for x in conn.compute.servers() if (x.metadata or {}).get('deskfleet_pool') == 'demo'])
+                           and all(x.status == "ACTIVE" for x in s) and s, 90, what="3 ACTIVE desktops")
+        for server in servers:  # what the minion-start reactor's orchestration does once the baseline ran
+            vm.run("vmpool.mark_ready", server.name)
+        say(f"   status: {vm.run('vmpool.status')['pools']['demo']}")
+        conn.compute.set_server_metadata(servers[0], deskfleet_state="taken")
+        say(f"   a user takes {servers[0].name}; the broker fires deskfleet/pool/taken")
+        vm.run("event.send", "deskfleet/pool/taken", '{"pool": "demo"}')
+        wait_for(lambda: len([x for x in conn.compute.servers() if (x.metadata or {}).get('deskfleet_pool') == 'demo']) == 4,
+                 60, what="the reactor to boot a replacement")
+        say(f"   after the reactor ran vmpool.on_event: {vm.run('vmpool.status')['pools']['demo']}")
+    finally:
+        conn.close()
+
+
+def vm_bin(name):
+    from harness.lab import BIN  # pylint: disable=import-outside-toplevel
+
+    return BIN / name
 
 
 if __name__ == "__main__":

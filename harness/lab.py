@@ -177,8 +177,18 @@ class Lab:
         self.user = os.environ.get("USER") or __import__("pwd").getpwuid(os.getuid()).pw_name
         self.daemons = []
 
-    def master(self, name, role, **deskfleet):
-        master = Master(self, name, saltconf.lab_master_config(role, self.base / "etc", **deskfleet))
+    def master(self, name, role, pillar_first=None, drop_schedule=(), **deskfleet):
+        """
+        A master from the shipped config. ``pillar_first``: a pillar dir searched before the
+        shipped one (its SLS files shadow the shipped ones of the same name);
+        ``drop_schedule``: schedule entries to leave out.
+        """
+        config = saltconf.lab_master_config(role, self.base / "etc", **deskfleet)
+        if pillar_first:
+            config["pillar_roots"]["base"].insert(0, str(pillar_first))
+        for job in drop_schedule:
+            config.get("schedule", {}).pop(job, None)
+        master = Master(self, name, config)
         self.daemons.append(master)
         return master
 

@@ -1,3 +1,7 @@
 base:
+  # '*' also covers the vm master's own pillar, which the runners render
+  # (pool keeper, software catalog, password policy).
   '*':
     - pools
+    - software
+    - passwords

@@ -15,7 +15,6 @@ import salt.beacons
 import salt.config
 import salt.crypt
 import salt.loader
-from salt._logging import impl as salt_logging
 
 import tc_assets
 from harness import tcroot
@@ -23,25 +22,6 @@ from harness import tcroot
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 BEACONS_DIR = CHECKOUT / "_beacons"
 MINION_ID = "tc-0042"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _no_deferred_salt_log_handler():
-    """
-    ``import salt`` puts a deferred handler on the root logger that queues every
-    warning and writes the queue at exit to the stream captured at import time
-    (closed by then: "Logging error ... I/O operation on closed file"). Keep it
-    off while Salt's beacon machinery logs here; pytest's capture still sees it all.
-    """
-    handler = salt_logging.get_temp_handler()
-    if handler is None or handler not in logging.root.handlers:
-        yield
-        return
-    logging.root.removeHandler(handler)
-    try:
-        yield
-    finally:
-        logging.root.addHandler(handler)
 
 
 @pytest.fixture(scope="module")

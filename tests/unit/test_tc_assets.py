@@ -13,7 +13,6 @@ import sqlite3
 
 import pytest
 import salt.crypt
-from salt._logging import impl as salt_logging
 
 import deskfleet_store as store
 import tc_assets
@@ -21,25 +20,6 @@ from tc_assets import Rejected
 
 SEATS = ("tc-0001", "tc-0002", "tc-0003")
 TAG = "salt/beacon/{}/tc_status/status"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _no_deferred_salt_log_handler():
-    """
-    ``import salt`` puts a deferred handler on the root logger that queues every
-    warning and writes the queue at exit to the stream captured at import time
-    (closed by then: "Logging error ... I/O operation on closed file"). Keep it
-    off while this module's code logs; pytest's own capture still sees everything.
-    """
-    handler = salt_logging.get_temp_handler()
-    if handler is None or handler not in logging.root.handlers:
-        yield
-        return
-    logging.root.removeHandler(handler)
-    try:
-        yield
-    finally:
-        logging.root.addHandler(handler)
 
 
 # ---- keys and signed payloads ----------------------------------------------------

@@ -1,0 +1,613 @@
+"""
+Local password escrow in the style of Windows LAPS: plain functions for the
+``local_password`` execution module (on each machine) and the ``password``
+runner (on the vm master). No Salt imports here, so it is tested without Salt.
+
+Minion side
+    ``policy_from`` validates the pillar policy, ``generate`` makes the password
+    with :mod:`secrets`, ``encrypt`` seals it to the escrow PUBLIC key (hybrid:
+    a random AES-256-GCM key wrapped with RSA-OAEP-SHA256) and ``sha512_crypt``
+    makes the ``$6$`` hash fed to ``chpasswd -e`` on Linux.
+
+Master side
+    ``check_return`` vets what a minion sent (only ciphertext + metadata, sealed
+    to the escrow key the master trusts, labelled with the returning minion),
+    the store keeps every escrowed ciphertext (history) and an audit log of every
+    read; ``decrypt`` runs only in ``password.show`` with the operator's private key.
+
+Nothing in here logs, and no exception raised here carries a password.
+"""
+
+import base64
+import hashlib
+import json
+import math
+import secrets
+import string
+import time
+
+# Salt puts utils_dirs (and a minion's synced extmods/utils) on sys.path while it loads modules.
+import deskfleet_store as store
+
+COMPONENT = "password_escrow"
+FORMAT = "deskfleet-escrow-v1"
+ALGORITHM = "RSA-OAEP-SHA256+AES-256-GCM"
+DEFAULT_ACCOUNT = "localadmin"
+MIN_LENGTH = 14  # Windows LAPS default length
+MAX_LENGTH = 127  # longest password NetUserSetInfo takes
+MIN_RSA_BITS = 2048
+DEFAULT_MAX_AGE_DAYS = 30  # Windows LAPS default
+DEFAULT_HISTORY = 12  # escrowed ciphertexts kept per machine and account
+# No quotes, backslash, backtick, pipe or space: safe to type, paste and quote.
+DEFAULT_SPECIAL = "!#$%&()*+,-./:;<=>?@[]^_{}~"
+CLASSES = {
+    "upper": string.ascii_uppercase,
+    "lower": string.ascii_lowercase,
+    "digit": string.digits,
+    "special": DEFAULT_SPECIAL,
+}
+DEFAULT_POLICY = {
+    "length": MIN_LENGTH,
+    "classes": ["upper", "lower", "digit", "special"],
+    "special": DEFAULT_SPECIAL,
+    "exclude": "",
+    "max_age_days": DEFAULT_MAX_AGE_DAYS,
+}
+PLACEHOLDER_MARK = "REPLACE"
+ACCOUNT_CHARS = set(string.ascii_letters + string.digits + "._-$")
+RETURN_KEYS = {
+    "account",
+    "rotated_at",
+    "length",
+    "max_age_days",
+    "fingerprint",
+    "ciphertext",
+    "verified",
+    "platform",
+}
+
+MIGRATIONS = {
+    COMPONENT: [
+        # v1: every escrowed ciphertext (history) and the audit log of reads and rotations
+        """
+        CREATE TABLE password_escrow (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            vm TEXT NOT NULL,
+            account TEXT NOT NULL,
+            rotated_at REAL NOT NULL,
+            stored_at REAL NOT NULL,
+            fingerprint TEXT NOT NULL,
+            length INTEGER NOT NULL,
+            max_age_days REAL NOT NULL,
+            verified INTEGER,
+            platform TEXT,
+            jid TEXT,
+            envelope TEXT NOT NULL
+        );
+        CREATE INDEX password_escrow_machine ON password_escrow (vm, account, id);
+        CREATE TABLE password_audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            who TEXT NOT NULL,
+            salt_user TEXT,
+            action TEXT NOT NULL,
+            vm TEXT NOT NULL,
+            account TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            reason TEXT,
+            escrow_id INTEGER,
+            key_fingerprint TEXT,
+            jid TEXT
+        );
+        CREATE INDEX password_audit_machine ON password_audit (vm, account, id)
+        """,
+    ]
+}
+
+
+class EscrowError(Exception):
+    """A configuration, key or ciphertext problem. Messages never hold a password."""
+
+
+class Refused(EscrowError):
+    """A minion's return, or an operator's key, that the master does not accept."""
+
+
+# ---- policy and generation ---------------------------------------------------
+
+
+def check_account(account):
+    """A local account name: short, no path or shell characters."""
+    if not isinstance(account, str) or not 0 < len(account) <= 64 or not set(account) <= ACCOUNT_CHARS:
+        raise EscrowError(f"invalid account name {str(account)[:64]!r}")
+    return account
+
+
+def policy_from(raw):
+    """
+    The password policy from pillar (``deskfleet:passwords:policy``), validated,
+    with LAPS-like defaults: 14 characters, upper + lower + digit + special, 30 days.
+    """
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise EscrowError("password policy must be a mapping")
+    unknown = set(raw) - set(DEFAULT_POLICY)
+    if unknown:
+        raise EscrowError(f"unknown password policy keys: {', '.join(sorted(unknown))}")
+    policy = dict(DEFAULT_POLICY, **raw)
+    length = policy["length"]
+    if isinstance(length, bool) or not isinstance(length, int) or not MIN_LENGTH <= length <= MAX_LENGTH:
+        raise EscrowError(f"policy length must be an integer from {MIN_LENGTH} to {MAX_LENGTH}")
+    classes = policy["classes"]
+    if isinstance(classes, str):
+        classes = [classes]
+    if not isinstance(classes, list) or not classes or not set(classes) <= set(CLASSES):
+        raise EscrowError(f"policy classes must be a non-empty list of {', '.join(CLASSES)}")
+    policy["classes"] = sorted(set(classes), key=list(CLASSES).index)
+    for key in ("special", "exclude"):
+        if not isinstance(policy[key], str):
+            raise EscrowError(f"policy {key} must be a string of characters")
+    if any(c.isspace() or not c.isprintable() for c in policy["special"]):
+        raise EscrowError("policy special characters must be printable and not blank")
+    if len(policy["classes"]) > length:
+        raise EscrowError("policy length is shorter than its number of character classes")
+    for name in policy["classes"]:
+        if len(_alphabet(policy, name)) < 2:
+            raise EscrowError(f"policy leaves fewer than 2 characters in class {name}")
+    max_age = policy["max_age_days"]
+    if isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or not 0 < max_age <= 3650:
+        raise EscrowError("policy max_age_days must be a number of days from 1 to 3650")
+    return policy
+
+
+def _alphabet(policy, name):
+    chars = policy["special"] if name == "special" else CLASSES[name]
+    return "".join(sorted(set(chars) - set(policy["exclude"]), key=chars.index))
+
+
+def entropy_bits(policy):
+    """Roughly how many bits of randomness a password under ``policy`` has."""
+    pool = set().union(*(_alphabet(policy, n) for n in policy["classes"]))
+    return policy["length"] * math.log2(len(pool))
+
+
+def generate(policy, account=None):
+    """
+    A password under ``policy`` (from :func:`policy_from`): at least one
+    character of every class, the rest from all of them, shuffled with
+    :mod:`secrets`. Never contains the account name (Windows complexity rule).
+    """
+    alphabets = [_alphabet(policy, n) for n in policy["classes"]]
+    pool = "".join(sorted(set("".join(alphabets))))
+    rng = secrets.SystemRandom()
+    for _ in range(100):
+        chars = [secrets.choice(a) for a in alphabets]
+        chars += [secrets.choice(pool) for _ in range(policy["length"] - len(chars))]
+        rng.shuffle(chars)
+        password = "".join(chars)
+        if not (account and len(account) >= 3 and account.lower() in password.lower()):
+            return password
+    raise EscrowError("could not generate a password that avoids the account name")  # pragma: no cover
+
+
+# ---- SHA-512 crypt (glibc "$6$"), for chpasswd -e ------------------------------
+
+_ITOA64 = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_SHA512_ORDER = (
+    (0, 21, 42), (22, 43, 1), (44, 2, 23), (3, 24, 45), (25, 46, 4), (47, 5, 26), (6, 27, 48),
+    (28, 49, 7), (50, 8, 29), (9, 30, 51), (31, 52, 10), (53, 11, 32), (12, 33, 54), (34, 55, 13),
+    (56, 14, 35), (15, 36, 57), (37, 58, 16), (59, 17, 38), (18, 39, 60), (40, 61, 19), (62, 20, 41),
+)  # fmt: skip
+
+
+def sha512_crypt(password, salt=None, rounds=None):
+    """
+    The ``$6$`` hash of ``password`` (Drepper's SHA-crypt, as glibc/libxcrypt
+    and ``chpasswd -e`` read it), in pure Python: the ``crypt`` module is
+    deprecated and absent on Windows. ``salt`` defaults to 16 random characters;
+    ``rounds`` to the system default 5000 (then not written into the hash).
+    """
+    if salt is None:
+        salt = "".join(secrets.choice(_ITOA64) for _ in range(16))
+    salt = salt[:16]
+    if not salt or any(c not in _ITOA64 for c in salt):
+        raise EscrowError("crypt salt must be 1-16 characters of [./0-9A-Za-z]")
+    custom = rounds is not None
+    rounds = 5000 if rounds is None else min(max(int(rounds), 1000), 999_999_999)
+    key = password.encode("utf-8") if isinstance(password, str) else bytes(password)
+    salt_b = salt.encode("ascii")
+    sha = hashlib.sha512
+
+    alt = sha(key + salt_b + key).digest()
+    ctx = sha(key + salt_b)
+    n = len(key)
+    while n > 64:
+        ctx.update(alt)
+        n -= 64
+    ctx.update(alt[:n])
+    n = len(key)
+    while n:
+        ctx.update(alt if n & 1 else key)
+        n >>= 1
+    digest_a = ctx.digest()
+
+    dp = sha(key * len(key)).digest()
+    p_bytes = (dp * (len(key) // 64 + 1))[: len(key)]
+    ds = sha(salt_b * (16 + digest_a[0])).digest()
+    s_bytes = ds[: len(salt_b)]
+
+    c = digest_a
+    for i in range(rounds):
+        ctx = sha(p_bytes if i & 1 else c)
+        if i % 3:
+            ctx.update(s_bytes)
+        if i % 7:
+            ctx.update(p_bytes)
+        ctx.update(c if i & 1 else p_bytes)
+        c = ctx.digest()
+
+    out = []
+    for x, y, z in _SHA512_ORDER:
+        v = (c[x] << 16) | (c[y] << 8) | c[z]
+        for _ in range(4):
+            out.append(_ITOA64[v & 0x3F])
+            v >>= 6
+    v = c[63]
+    for _ in range(2):
+        out.append(_ITOA64[v & 0x3F])
+        v >>= 6
+    prefix = f"$6$rounds={rounds}$" if custom else "$6$"
+    return f"{prefix}{salt}${''.join(out)}"
+
+
+def sha512_crypt_matches(password, hashed):
+    """True if ``hashed`` (a ``$6$`` hash) is the hash of ``password``."""
+    if not isinstance(hashed, str) or not hashed.startswith("$6$"):
+        return False
+    parts = hashed.split("$")
+    rounds = None
+    if parts[2].startswith("rounds="):
+        rounds = int(parts[2][len("rounds=") :])
+        salt = parts[3]
+    else:
+        salt = parts[2]
+    return secrets.compare_digest(sha512_crypt(password, salt, rounds), hashed)
+
+
+# ---- keys and the envelope -----------------------------------------------------
+
+
+def _crypto():
+    # cryptography ships with Salt 3008 (salt.crypt uses it); imported late so
+    # the policy and hash functions work without it.
+    from cryptography.exceptions import InvalidTag  # pylint: disable=import-outside-toplevel
+    from cryptography.hazmat.primitives import hashes, serialization  # pylint: disable=import-outside-toplevel
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa  # pylint: disable=import-outside-toplevel
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # pylint: disable=import-outside-toplevel
+
+    return InvalidTag, hashes, serialization, padding, rsa, AESGCM
+
+
+def _oaep():
+    _, hashes, _, padding, _, _ = _crypto()
+    return padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+
+
+def load_public_key(pem):
+    """The escrow RSA public key from PEM text; refuses placeholders and keys under 2048 bits."""
+    _, _, serialization, _, rsa, _ = _crypto()
+    if isinstance(pem, bytes):
+        pem = pem.decode("ascii", "replace")
+    if not isinstance(pem, str) or not pem.strip() or PLACEHOLDER_MARK in pem:
+        raise EscrowError("no escrow public key configured (deskfleet:passwords:escrow_pubkey is a placeholder)")
+    try:
+        key = serialization.load_pem_public_key(pem.strip().encode())
+    except ValueError as exc:
+        raise EscrowError(f"the escrow public key is not a PEM public key: {exc}") from None
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise EscrowError("the escrow public key must be an RSA key")
+    if key.key_size < MIN_RSA_BITS:
+        raise EscrowError(f"the escrow public key has {key.key_size} bits; at least {MIN_RSA_BITS} are required")
+    return key
+
+
+def load_private_key(data, passphrase=None):
+    """An operator's RSA private key from PEM bytes. Raises :class:`EscrowError` with no key material."""
+    _, _, serialization, _, rsa, _ = _crypto()
+    if isinstance(passphrase, str):
+        passphrase = passphrase.encode()
+    try:
+        key = serialization.load_pem_private_key(data, password=passphrase)
+    except TypeError as exc:
+        # "Password was not given but private key is encrypted" and the reverse
+        raise EscrowError(f"private key: {exc}") from None
+    except ValueError:
+        raise EscrowError("not a readable PEM private key (or a wrong passphrase)") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise EscrowError("the operator key must be an RSA private key")
+    return key
+
+
+def fingerprint(public_key):
+    """sha256 (hex) of the DER SubjectPublicKeyInfo of ``public_key`` (public or private key object)."""
+    _, _, serialization, _, rsa, _ = _crypto()
+    if isinstance(public_key, rsa.RSAPrivateKey):
+        public_key = public_key.public_key()
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def canonical(aad):
+    """The associated data bound into the AES-GCM tag: which machine, account and rotation."""
+    return json.dumps(aad, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _b64(data):
+    return base64.b64encode(data).decode("ascii")
+
+
+def encrypt(public_key, password, aad):
+    """
+    Seal ``password`` to ``public_key``: a fresh AES-256-GCM key and 96-bit
+    nonce, ``aad`` (``vm``, ``account``, ``rotated_at``) authenticated, the AES
+    key wrapped with RSA-OAEP-SHA256. Returns a JSON-safe envelope.
+    """
+    _, _, _, _, _, aesgcm = _crypto()
+    data_key = aesgcm.generate_key(bit_length=256)
+    nonce = secrets.token_bytes(12)
+    sealed = aesgcm(data_key).encrypt(nonce, password.encode("utf-8"), canonical(aad))
+    return {
+        "format": FORMAT,
+        "alg": ALGORITHM,
+        "kid": fingerprint(public_key),
+        "aad": dict(aad),
+        "wrapped_key": _b64(public_key.encrypt(data_key, _oaep())),
+        "nonce": _b64(nonce),
+        "ciphertext": _b64(sealed),
+    }
+
+
+def _check_envelope(envelope):
+    if not isinstance(envelope, dict):
+        raise Refused("ciphertext is not an escrow envelope")
+    if envelope.get("format") != FORMAT or envelope.get("alg") != ALGORITHM:
+        raise Refused(f"ciphertext is not {FORMAT} / {ALGORITHM}")
+    if not isinstance(envelope.get("aad"), dict):
+        raise Refused("ciphertext has no associated data")
+    raw = {}
+    for field, size in (("wrapped_key", None), ("nonce", 12), ("ciphertext", None)):
+        value = envelope.get(field)
+        if not isinstance(value, str) or len(value) > 8192:
+            raise Refused(f"ciphertext field {field} is missing or too long")
+        try:
+            raw[field] = base64.b64decode(value, validate=True)
+        except ValueError:
+            raise Refused(f"ciphertext field {field} is not base64") from None
+        if size is not None and len(raw[field]) != size:
+            raise Refused(f"ciphertext field {field} must be {size} bytes")
+    # at least one character + the 16-byte GCM tag
+    if len(raw["ciphertext"]) < 17:
+        raise Refused("ciphertext is too short")
+    return raw
+
+
+def decrypt(private_key, envelope):
+    """The password sealed in ``envelope``; :class:`Refused` if the key or the data do not match."""
+    invalid_tag, _, _, _, _, aesgcm = _crypto()
+    raw = _check_envelope(envelope)
+    if envelope.get("kid") != fingerprint(private_key):
+        raise Refused("key fingerprint mismatch")
+    try:
+        data_key = private_key.decrypt(raw["wrapped_key"], _oaep())
+        plain = aesgcm(data_key).decrypt(raw["nonce"], raw["ciphertext"], canonical(envelope["aad"]))
+    except (ValueError, invalid_tag):
+        raise Refused("decryption failed: the ciphertext or its labels were altered") from None
+    return plain.decode("utf-8")
+
+
+# ---- vetting a minion's return (master) ---------------------------------------------
+
+
+def check_return(ret, vm, account, expected_fingerprint):
+    """
+    What the vm master accepts from ``vm`` for ``account``: exactly the
+    documented keys, sealed to the escrow key the master is configured with,
+    and labelled (AES-GCM associated data) with this machine, account and
+    rotation time. Returns the row to store, or raises :class:`Refused`.
+    """
+    if not isinstance(ret, dict):
+        raise Refused(f"return is not a mapping: {str(ret)[:200]!r}")
+    extra = set(ret) - RETURN_KEYS
+    if extra:
+        raise Refused(f"return carries unexpected keys: {', '.join(sorted(map(str, extra)))[:200]}")
+    missing = {"account", "rotated_at", "length", "fingerprint", "ciphertext"} - set(ret)
+    if missing:
+        raise Refused(f"return lacks {', '.join(sorted(missing))}")
+    if ret["fingerprint"] != expected_fingerprint:
+        raise Refused(
+            f"escrow key fingerprint mismatch: the minion sealed to {str(ret['fingerprint'])[:64]},"
+            f" the master's escrow key is {expected_fingerprint}"
+        )
+    envelope = ret["ciphertext"]
+    _check_envelope(envelope)
+    if envelope.get("kid") != expected_fingerprint:
+        raise Refused("escrow key fingerprint mismatch inside the ciphertext")
+    if ret["account"] != account:
+        raise Refused(f"return is for account {str(ret['account'])[:64]!r}, not {account!r}")
+    rotated_at = ret["rotated_at"]
+    if isinstance(rotated_at, bool) or not isinstance(rotated_at, (int, float)) or not 0 < rotated_at < 1e11:
+        raise Refused("rotated_at is not an epoch time")
+    if envelope["aad"] != {"vm": vm, "account": account, "rotated_at": rotated_at}:
+        raise Refused("ciphertext is labelled for another machine, account or rotation")
+    length = ret["length"]
+    if isinstance(length, bool) or not isinstance(length, int) or not MIN_LENGTH <= length <= MAX_LENGTH:
+        raise Refused("length is not a policy length")
+    max_age = ret.get("max_age_days", DEFAULT_MAX_AGE_DAYS)
+    if isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or not 0 < max_age <= 3650:
+        raise Refused("max_age_days is not a number of days")
+    verified = ret.get("verified")
+    return {
+        "vm": vm,
+        "account": account,
+        "rotated_at": float(rotated_at),
+        "fingerprint": expected_fingerprint,
+        "length": length,
+        "max_age_days": float(max_age),
+        "verified": None if verified is None else int(bool(verified)),
+        "platform": str(ret.get("platform") or "")[:32] or None,
+        "envelope": json.dumps(envelope, sort_keys=True),
+    }
+
+
+# ---- the store (master) -----------------------------------------------------------
+
+
+def open_store(opts):
+    """The vm master's store (``deskfleet:vm:db`` or ``<cachedir>/deskfleet/deskfleet.sqlite``)."""
+    return store.connect(store.default_path(opts, "vm"), MIGRATIONS)
+
+
+def add_escrow(conn, row, jid=None, now=None, keep=DEFAULT_HISTORY):
+    """Store one escrowed ciphertext; keep the newest ``keep`` per machine and account. Returns its id."""
+    now = time.time() if now is None else now
+    with store.transaction(conn):
+        cur = conn.execute(
+            "INSERT INTO password_escrow (vm, account, rotated_at, stored_at, fingerprint, length,"
+            " max_age_days, verified, platform, jid, envelope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row["vm"],
+                row["account"],
+                row["rotated_at"],
+                now,
+                row["fingerprint"],
+                row["length"],
+                row["max_age_days"],
+                row["verified"],
+                row["platform"],
+                jid,
+                row["envelope"],
+            ),
+        )
+        escrow_id = cur.lastrowid
+        if keep:
+            conn.execute(
+                "DELETE FROM password_escrow WHERE vm = ? AND account = ? AND id NOT IN"
+                " (SELECT id FROM password_escrow WHERE vm = ? AND account = ?"
+                " ORDER BY rotated_at DESC, id DESC LIMIT ?)",
+                (row["vm"], row["account"], row["vm"], row["account"], int(keep)),
+            )
+    return escrow_id
+
+
+def _meta(row, current_id=None):
+    meta = {k: row[k] for k in row.keys() if k != "envelope"}
+    if meta.get("verified") is not None:
+        meta["verified"] = bool(meta["verified"])
+    if current_id is not None:
+        meta["current"] = row["id"] == current_id
+    return meta
+
+
+def escrowed(conn, vm, account, escrow_id=None):
+    """The newest escrow row for ``vm``/``account`` (or the one ``escrow_id``), with its envelope, or None."""
+    if escrow_id is None:
+        row = conn.execute(
+            "SELECT * FROM password_escrow WHERE vm = ? AND account = ? ORDER BY rotated_at DESC, id DESC LIMIT 1",
+            (vm, account),
+        ).fetchone()
+    else:
+        row = conn.execute(
+            "SELECT * FROM password_escrow WHERE vm = ? AND account = ? AND id = ?", (vm, account, int(escrow_id))
+        ).fetchone()
+    if row is None:
+        return None
+    found = _meta(row)
+    found["envelope"] = json.loads(row["envelope"])
+    return found
+
+
+def escrowed_at(conn, vm, account, rotated_at):
+    """True if the rotation of ``vm``/``account`` at ``rotated_at`` is already in the store."""
+    row = conn.execute(
+        "SELECT 1 FROM password_escrow WHERE vm = ? AND account = ? AND rotated_at = ?",
+        (vm, account, float(rotated_at)),
+    ).fetchone()
+    return row is not None
+
+
+def history(conn, vm, account):
+    """Every kept escrow of ``vm``/``account``, newest first, WITHOUT ciphertexts."""
+    rows = conn.execute(
+        "SELECT * FROM password_escrow WHERE vm = ? AND account = ? ORDER BY rotated_at DESC, id DESC", (vm, account)
+    ).fetchall()
+    current = rows[0]["id"] if rows else None
+    return [_meta(r, current) for r in rows]
+
+
+def add_audit(conn, *, who, action, vm, account, outcome, reason=None, escrow_id=None,
+              key_fingerprint=None, salt_user=None, jid=None, now=None):  # fmt: skip
+    """Append one audit record (who, when, which machine, what, ok/refused). Returns its id."""
+    with store.transaction(conn):
+        cur = conn.execute(
+            "INSERT INTO password_audit (at, who, salt_user, action, vm, account, outcome, reason,"
+            " escrow_id, key_fingerprint, jid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                time.time() if now is None else now,
+                who,
+                salt_user,
+                action,
+                vm,
+                account,
+                outcome,
+                reason,
+                escrow_id,
+                key_fingerprint,
+                jid,
+            ),
+        )
+        return cur.lastrowid
+
+
+def audit_log(conn, vm=None, action=None, limit=50):
+    """Audit records, newest first, optionally for one machine and/or action."""
+    where, args = [], []
+    if vm is not None:
+        where.append("vm = ?")
+        args.append(vm)
+    if action is not None:
+        where.append("action = ?")
+        args.append(action)
+    sql = "SELECT * FROM password_audit" + (" WHERE " + " AND ".join(where) if where else "")
+    sql += " ORDER BY id DESC LIMIT ?"
+    return [dict(r) for r in conn.execute(sql, args + [int(limit)])]
+
+
+def due(conn, vms, account, now, current_fingerprint=None, max_age_days=None):
+    """
+    Which of ``vms`` need a rotation of ``account``: never escrowed, older than
+    their policy's ``max_age_days`` (or the override), or sealed to an escrow key
+    that is no longer the current one. Returns ``{vm: {...}}`` for every vm.
+    """
+    found = {}
+    for vm in sorted(vms):
+        row = escrowed(conn, vm, account)
+        if row is None:
+            found[vm] = {"due": True, "reason": "never escrowed", "rotated_at": None}
+            continue
+        limit = float(max_age_days) if max_age_days is not None else row["max_age_days"]
+        age = (now - row["rotated_at"]) / 86400.0
+        entry = {
+            "rotated_at": row["rotated_at"],
+            "age_days": round(age, 2),
+            "max_age_days": limit,
+            "escrow_id": row["id"],
+            "verified": row["verified"],
+            "due": False,
+            "reason": None,
+        }
+        if age >= limit:
+            entry.update(due=True, reason=f"older than {limit:g} days")
+        elif current_fingerprint and row["fingerprint"] != current_fingerprint:
+            entry.update(due=True, reason="sealed to an old escrow key")
+        found[vm] = entry
+    return found

@@ -1,0 +1,24 @@
+# Host-maintenance step (issue 4): audit -> repair -> verify the compute host's Open vSwitch ports
+# against libvirt's domains, and fail while any VM port stays broken or orphaned.
+#   salt 'cmp-*' state.apply host.ovs_ports            # after a reboot, before re-enabling the compute service
+#   salt 'cmp-*' state.apply host.ovs_ports test=True  # nothing runs (module.run reports what would)
+#   salt 'cmp-01' host_net.repair test=True            # dry run with the exact actions
+# Where the daemons are and how careful repair is come from config.get (minion config or pillar):
+# host_net:ovs_db, host_net:libvirt_uri, host_net:confirm_delay, host_net:settle, host_net:restart_domains
+# (see pillar/host_boot_order.pillar.example). Needs _modules/host_net.py synced (saltutil.sync_modules).
+
+host-ovs-ports-audit:
+  module.run:
+    - host_net.audit: []
+
+host-ovs-ports-repair:
+  module.run:
+    - host_net.repair: []
+    - require:
+      - module: host-ovs-ports-audit
+
+host-ovs-ports-verify:
+  module.run:
+    - host_net.verify: []
+    - require:
+      - module: host-ovs-ports-repair

@@ -1,0 +1,229 @@
+"""
+The pool keeper against a real Nova + placement (novalab), through Salt's
+runner loader (salt.runner.RunnerClient) with the vm master's shipped config.
+"""
+
+import concurrent.futures
+import pathlib
+import threading
+import time
+
+import pytest
+import yaml
+
+from harness import saltconf
+
+POOL_KEY, STATE_KEY = "deskfleet_pool", "deskfleet_state"
+
+
+class Keeper:
+    """The vmpool runner as the vm master runs it, pointed at a novalab."""
+
+    def __init__(self, root, lab, pools, **keeper_settings):
+        import salt.config  # pylint: disable=import-outside-toplevel
+
+        pillar = root / "pillar"
+        pillar.mkdir(parents=True)
+        (pillar / "top.sls").write_text("base:\n  '*':\n    - pools\n")
+        (pillar / "pools.sls").write_text(yaml.safe_dump({"deskfleet": {"pools": pools}}))
+        conf = saltconf.lab_master_config("vm", root / "etc")
+        conf.pop("schedule", None)
+        conf.pop("reactor", None)
+        conf.update(root_dir=str(root / "master"), pillar_roots={"base": [str(pillar)]}, user="root")
+        conf["deskfleet"]["vm"].update(cloud=lab.cloud, clouds_yaml=lab.clouds_yaml)
+        conf["deskfleet"]["vm"]["pool_keeper"].update(keeper_settings)
+        (root / "master.conf").write_text(yaml.safe_dump(conf))
+        self.opts = salt.config.master_config(str(root / "master.conf"))
+        for key in ("cachedir", "sock_dir", "pki_dir"):  # what a running master would have made
+            pathlib.Path(self.opts[key]).mkdir(parents=True, exist_ok=True)
+        (pathlib.Path(self.opts["cachedir"]) / "proc").mkdir(exist_ok=True)
+
+    def __call__(self, fun, *args):
+        import salt.runner  # pylint: disable=import-outside-toplevel
+
+        with salt.runner.RunnerClient(self.opts) as client:
+            return client.cmd(f"vmpool.{fun}", list(args), print_event=False)
+
+
+def pool(lab, **overrides):
+    conf = {"flavor": "desk.small", "image": lab.image_id, "network": lab.network_id, "spares": 3, "max_size": 10, "max_in_flight": 3}
+    conf.update(overrides)
+    return conf
+
+
+def members(conn, name):
+    return [s for s in conn.compute.servers(details=True) if (s.metadata or {}).get(POOL_KEY) == name]
+
+
+def wait_active(conn, name, count, timeout=90):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        servers = members(conn, name)
+        if len([s for s in servers if s.status == "ACTIVE"]) >= count:
+            return servers
+        time.sleep(0.3)
+    raise AssertionError(f"{count} ACTIVE servers in {name} not reached: {[(s.name, s.status) for s in members(conn, name)]}")
+
+
+def mark_all_ready(keeper, conn, name):
+    """What the start reactor + baseline orchestration do for each booted desktop."""
+    for server in members(conn, name):
+        if server.status == "ACTIVE" and not (server.metadata or {}).get(STATE_KEY):
+            assert keeper("mark_ready", server.name)["state"] == "ready"
+
+
+def test_fill_take_refill(tmp_path, novalab, cloud):
+    keeper = Keeper(tmp_path, novalab, {"sales": pool(novalab)})
+    first = keeper("reconcile")
+    assert first["pools"]["sales"]["boots"] == 3 and len(first["booted"]) == 3
+    assert keeper("reconcile")["boots"] == 0  # booting desktops count toward the target
+    wait_active(cloud, "sales", 3)
+    mark_all_ready(keeper, cloud, "sales")
+    status = keeper("status")["pools"]["sales"]
+    assert (status["ready"], status["in_flight"], status["health"]) == (3, 0, "ok")
+
+    # the broker hands two desktops to users: it tags them taken in the cloud
+    for server in members(cloud, "sales")[:2]:
+        cloud.compute.set_server_metadata(server, **{STATE_KEY: "taken"})
+    refill = keeper("replenish", "sales")
+    assert refill["pools"]["sales"]["boots"] == 2
+    wait_active(cloud, "sales", 5)
+    mark_all_ready(keeper, cloud, "sales")
+    status = keeper("status")["pools"]["sales"]
+    assert (status["ready"], status["taken"], status["in_flight"]) == (3, 2, 0)
+
+
+def test_unknown_pool_and_bad_pillar_are_refused(tmp_path, novalab, cloud):
+    keeper = Keeper(tmp_path, novalab, {"sales": pool(novalab)})
+    assert "unknown pool" in keeper("replenish", "nosuch")["error"]
+    assert not members(cloud, "nosuch")
+    bad = Keeper(tmp_path / "bad", novalab, {"sales": {"flavor": "desk.small"}})
+    assert "image is required" in bad("reconcile")["error"]
+    assert not list(cloud.compute.servers())
+
+
+def test_placement_headroom_caps_boots(tmp_path, novalab, cloud):
+    # one compute: (8192 - 512) x 1.5 = 11520 MB; desk.small is 2048 MB -> 5 fit
+    keeper = Keeper(tmp_path, novalab, {"big": pool(novalab, spares=8, max_size=8, max_in_flight=8)}, max_in_flight_total=8)
+    plan = keeper("reconcile")
+    assert plan["pools"]["big"]["boots"] == 5 and "headroom" in plan["pools"]["big"]["reason"]
+    servers = wait_active(cloud, "big", 5)
+    assert all(s.status == "ACTIVE" for s in servers)  # nothing planned past capacity, so nothing ERRORs
+    assert keeper("reconcile")["pools"]["big"]["boots"] == 0
+
+
+def test_no_valid_host_degrades_the_pool_instead_of_looping(tmp_path, novalab, cloud):
+    """Placement has room, but no host has the trait the flavor demands: real NoValidHost."""
+    flavor = cloud.compute.create_flavor(name="desk.gpu", ram=2048, vcpus=1, disk=10)
+    cloud.compute.create_flavor_extra_specs(flavor, {"trait:CUSTOM_DESKFLEET_GPU": "required"})
+    try:
+        keeper = Keeper(
+            tmp_path, novalab, {"gpu": pool(novalab, flavor="desk.gpu", spares=2, max_in_flight=2)},
+            backoff_base=1, backoff_max=2, degraded_after=3,
+        )
+        booted = 0
+        for _ in range(12):
+            booted += keeper("reconcile")["pools"]["gpu"]["boots"]
+            errored = [s for s in members(cloud, "gpu") if s.status == "ERROR"]
+            for server in errored:
+                assert "No valid host" in str((server.fault or {}).get("message", ""))
+            if keeper("status")["pools"]["gpu"]["health"] == "degraded":
+                break
+            time.sleep(1.5)
+        status = keeper("status")["pools"]["gpu"]
+        assert status["health"] == "degraded" and status["failures"] >= 3
+        later = keeper("reconcile")["pools"]["gpu"]
+        assert later["boots"] == 0 and later["reason"] == "degraded"
+        assert booted <= 6  # bounded: at most max_in_flight per attempt, 3 attempts
+        assert keeper("reset", "gpu")["failures"] == 0
+    finally:
+        for server in members(cloud, "gpu"):
+            cloud.compute.delete_server(server, ignore_missing=True)
+            cloud.compute.wait_for_delete(server, wait=60)
+        cloud.compute.delete_flavor(flavor)
+
+
+def test_fifty_concurrent_taken_events_never_overshoot_nor_storm(tmp_path, novalab_factory):
+    lab = novalab_factory(computes=2, ram_mb=16384)  # room for 10 spares + 10 taken
+    cloud = lab.connect()
+    keeper = Keeper(tmp_path, lab, {"sales": pool(lab, spares=10, max_size=30, max_in_flight=2)}, max_in_flight_total=2)
+    stop = threading.Event()
+    peak = {"in_flight": 0}
+
+    def ready_marker():
+        # plays the start reactor: marks booted desktops ready, and records boots in flight
+        while not stop.is_set():
+            servers = members(cloud, "sales")
+            flying = [s for s in servers if s.status == "BUILD" or (s.status == "ACTIVE" and not (s.metadata or {}).get(STATE_KEY))]
+            peak["in_flight"] = max(peak["in_flight"], len(flying))
+            for s in servers:
+                if s.status == "ACTIVE" and not (s.metadata or {}).get(STATE_KEY):
+                    cloud.compute.set_server_metadata(s, **{STATE_KEY: "ready"})
+            time.sleep(0.2)
+
+    marker = threading.Thread(target=ready_marker, daemon=True)
+    marker.start()
+    try:
+        for _ in range(40):  # fill the pool first
+            keeper("reconcile")
+            if keeper("status")["pools"]["sales"]["ready"] == 10:
+                break
+            time.sleep(1)
+        ready = [s for s in members(cloud, "sales") if (s.metadata or {}).get(STATE_KEY) == "ready"]
+        assert len(ready) == 10
+        for server in ready:  # ten users log in at once
+            cloud.compute.set_server_metadata(server, **{STATE_KEY: "taken"})
+        with concurrent.futures.ThreadPoolExecutor(max_workers=10) as pool_exec:
+            results = list(pool_exec.map(lambda _: keeper("replenish", "sales"), range(50)))
+        assert all("error" not in r for r in results), [r for r in results if "error" in r][:2]
+        for _ in range(60):  # the periodic reconcile finishes what the events started
+            status = keeper("status")["pools"]["sales"]
+            if status["ready"] == 10 and status["in_flight"] == 0:
+                break
+            keeper("reconcile")
+            time.sleep(1)
+        status = keeper("status")["pools"]["sales"]
+        assert (status["ready"], status["taken"], status["in_flight"]) == (10, 10, 0)
+        assert len(members(cloud, "sales")) == 20  # never overshot
+        assert 0 < peak["in_flight"] <= 2, peak
+        print(f"\n50 concurrent replenish calls: peak boots in flight {peak['in_flight']} (cap 2), final ready 10/10")
+    finally:
+        stop.set()
+        marker.join(5)
+        cloud.close()
+
+
+def test_dropped_event_is_repaired_by_reconcile(tmp_path, novalab, cloud):
+    keeper = Keeper(tmp_path, novalab, {"sales": pool(novalab, spares=2)})
+    keeper("reconcile")
+    wait_active(cloud, "sales", 2)
+    mark_all_ready(keeper, cloud, "sales")
+    taken = members(cloud, "sales")[0]
+    cloud.compute.set_server_metadata(taken, **{STATE_KEY: "taken"})  # ... and its event is lost
+    assert keeper("status")["pools"]["sales"]["ready"] == 1
+    repaired = keeper("reconcile")  # what the master schedule runs every minute
+    assert repaired["pools"]["sales"]["boots"] == 1
+    wait_active(cloud, "sales", 3)
+    mark_all_ready(keeper, cloud, "sales")
+    assert keeper("status")["pools"]["sales"]["ready"] == 2
+
+
+@pytest.mark.parametrize("undo", [False, True])
+def test_drain_deletes_spares_keeps_taken(tmp_path, novalab, cloud, undo):
+    keeper = Keeper(tmp_path, novalab, {"sales": pool(novalab, spares=2)})
+    keeper("reconcile")
+    wait_active(cloud, "sales", 2)
+    mark_all_ready(keeper, cloud, "sales")
+    taken = members(cloud, "sales")[0]
+    cloud.compute.set_server_metadata(taken, **{STATE_KEY: "taken"})
+    drained = keeper("drain", "sales")
+    assert drained["pools"]["sales"]["boots"] == 0 and len(drained["deleted"]) == 1
+    for _ in range(60):
+        left = members(cloud, "sales")
+        if len(left) == 1:
+            break
+        time.sleep(0.5)
+    assert [s.id for s in members(cloud, "sales")] == [taken.id]
+    if undo:
+        resumed = keeper("drain", "sales", True)
+        assert resumed["pools"]["sales"]["boots"] == 2
