@@ -22,6 +22,11 @@ def __virtual__():
     return __virtualname__
 
 
+def _error(message):
+    __context__["retcode"] = 1
+    return {"error": message, "retcode": 1}
+
+
 def _progress(message):
     try:
         __jid_event__.fire_event({"message": message}, "progress")  # noqa: F821 - injected by salt-run
@@ -62,13 +67,13 @@ def distribute(tgt, source, dest, sha256, batch=10, tgt_type="glob", user=None, 
         salt-run filedist.distribute 'desk-*' salt://files/policy.json /etc/deskfleet/policy.json sha256=… mode=0644 test=True
     """
     if not SHA256_RE.fullmatch(str(sha256 or "")):
-        return {"error": "sha256 must be 64 hex digits"}
+        return _error("sha256 must be 64 hex digits")
     client = salt.client.LocalClient(mopts=__opts__)
     kwarg = {"user": user, "group": group, "mode": mode, "test": bool(test)}
     args = [source, dest, str(sha256).lower()]
     expected = client.gather_minions(tgt, tgt_type)
     if not expected:
-        return {"error": f"target {tgt!r} matches no accepted minion"}
+        return _error(f"target {tgt!r} matches no accepted minion")
     returns = {}
     for chunk in client.cmd_batch(
         tgt, "filedist.push", arg=args, kwarg=kwarg, tgt_type=tgt_type, batch=str(batch), timeout=timeout, raw=False

@@ -40,6 +40,12 @@ def __virtual__():
     return __virtualname__
 
 
+def _error(message):
+    """An error return that also makes salt-run exit 1."""
+    __context__["retcode"] = 1
+    return {"error": message, "retcode": 1}
+
+
 def _settings():
     tc = (__opts__.get("deskfleet") or {}).get("tc") or {}
     return float(tc.get("heartbeat", 300)), float(tc.get("offline_after", 3))
@@ -78,7 +84,7 @@ def list_(status=None, firmware=None, site=None, idle_over=None):
     try:
         return _query(status=status, firmware=firmware, site=site, idle_over=idle_over)
     except ValueError as exc:
-        return {"error": str(exc)}
+        return _error(str(exc))
 
 
 def show(seat):
@@ -97,7 +103,7 @@ def show(seat):
         found = tc_assets.seat(conn, str(seat), time.time(), heartbeat, offline_after)
     finally:
         conn.close()
-    return found if found is not None else {"error": f"unknown seat {seat!r}"}
+    return found if found is not None else _error(f"unknown seat {seat!r}")
 
 
 def summary():

@@ -69,8 +69,8 @@ def __virtual__():
 
 def _error(message):
     """An error return that also makes salt-run (and orchestration) fail."""
-    __context__["retcode"] = 1
-    return {"error": message}
+    __context__["retcode"] = 1  # orchestration sees the failure
+    return {"error": message, "retcode": 1}  # salt-run exits 1
 
 
 def _vm_conf():
@@ -435,7 +435,7 @@ def on_event(tag, data):
 def _refuse(tag, reason):
     log.warning("vmpool: refused event %s: %s", str(tag)[:120], reason)
     __context__["retcode"] = 1
-    return {"refused": True, "tag": str(tag)[:120], "reason": reason}
+    return {"refused": True, "tag": str(tag)[:120], "reason": reason, "retcode": 1}
 
 
 def _is_member(server_name, pool):

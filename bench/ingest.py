@@ -335,6 +335,9 @@ class Bench:
             self.results["bus"] = self._median("bus")
             self.results["deskfleet"] = self._median("deskfleet")
             if "bus" in labs:
+                master, minions = labs["bus"]
+                keys = {m.name: self._minion_key(m) for m in minions}
+                self.results["direct_bus"] = self.direct_bus(master, keys, self.rounds * self.per_minion + 1)
                 self.stop(*labs.pop("bus"))
             if "deskfleet" in labs:
                 master, minions = labs["deskfleet"]
@@ -510,11 +513,13 @@ class Bench:
             firers, go = self._fire_parallel(master, keys, n, seq0, f"store{rnd}")
             seq0 += n
             cpu0 = _group_cpu(master.proc.pid, "engines.tc_ingest")
+            pub0 = _group_cpu(master.proc.pid, "EventPublisher")
             go.write_text("go")
             got, t_got = store.wait(
                 base + n, stall=10.0, cap=120.0, busy=lambda: any(p.poll() is None for p, _, _ in firers), interval=0.01
             )
             engine_ms = (_group_cpu(master.proc.pid, "engines.tc_ingest") - cpu0) * 1000 / max(1, n)
+            pub_ms = (_group_cpu(master.proc.pid, "EventPublisher") - pub0) * 1000 / max(1, n)
             fire = self._collect(firers)
             stored = got - base
             span = t_got - fire["first"]
@@ -526,11 +531,13 @@ class Bench:
                 "fire_eps": round(fire["fired"] / max(1e-9, fire["last"] - fire["first"]), 1),
                 "last_fired_to_stored_s": round(t_got - fire["last"], 3),
                 "engine_cpu_ms_per_event": round(engine_ms, 3),
+                "publisher_cpu_ms_per_event": round(pub_ms, 3),
                 "eps": stored / span if span > 0 else 0.0,
             }
             say(f"   round {rnd + 1}: fired {r['fired']} in {fire['last'] - fire['first']:.2f} s ({r['fire_eps']:.0f}/s onto the bus), "
                 f"stored {stored} in {span:.2f} s first fired->last stored: {r['eps']:6.0f} events/s; lost {r['lost']}; "
-                f"last fired->stored {r['last_fired_to_stored_s']} s; engine CPU {engine_ms * 1000:.0f} us/event")
+                f"last fired->stored {r['last_fired_to_stored_s']} s; CPU/event engine {engine_ms * 1000:.0f} us, "
+                f"bus publisher {pub_ms * 1000:.0f} us")
             rounds.append(r)
         eps = sorted(r["eps"] for r in rounds)
         cpu = statistics.median(r["engine_cpu_ms_per_event"] for r in rounds)
@@ -546,6 +553,33 @@ class Bench:
             f"(~{1000 / max(1e-9, cpu):.0f} events/s if it had a core to itself)")
         res["drain"] = self.engine_drain(master, store, keys, seq0)
         return res
+
+    def direct_bus(self, master, keys, seq0):
+        """The store-only firehose on the bus master (no engine): how fast the bus itself carries it."""
+        n = self.store_events
+        say(f"\n   direct-fire bus ceiling (the store-only firehose, counted by the bare listener on the engine-less bus master)")
+        rounds = []
+        for rnd in range(self.rounds):
+            listener = Listener(master, self.work, f"direct{rnd}", expect=n, idle=5.0, deadline=120)
+            firers, go = self._fire_parallel(master, keys, n, seq0, f"direct{rnd}")
+            seq0 += n
+            cpu0 = _group_cpu(master.proc.pid, "EventPublisher")
+            go.write_text("go")
+            fire = self._collect(firers)
+            bus = listener.result(timeout=150)
+            pub_ms = (_group_cpu(master.proc.pid, "EventPublisher") - cpu0) * 1000 / max(1, n)
+            span = (bus.get("last") or 0) - fire["first"]
+            r = {
+                "fired": fire["fired"],
+                "counted": bus.get("distinct", 0),
+                "fire_eps": round(fire["fired"] / max(1e-9, fire["last"] - fire["first"]), 1),
+                "eps": bus.get("distinct", 0) / span if span > 0 else 0.0,
+                "publisher_cpu_ms_per_event": round(pub_ms, 3),
+            }
+            say(f"   round {rnd + 1}: fired {r['fired']} ({r['fire_eps']:.0f}/s), counted {r['counted']} on the bus, "
+                f"first fired->last counted {span:.2f} s: {r['eps']:6.0f} events/s; bus publisher CPU {pub_ms * 1000:.0f} us/event")
+            rounds.append(r)
+        return {"eps": statistics.median(r["eps"] for r in rounds), "eps_rounds": sorted(round(r["eps"], 1) for r in rounds), "rounds": rounds}
 
     def engine_drain(self, master, store, keys, seq0):
         """
@@ -598,6 +632,10 @@ class Bench:
             f"lost {desk.get('lost')} of {desk.get('fired')})")
         say(f"   store only (engine fed on the bus):             {store_eps:8.1f} events/s  (median of {st.get('eps_rounds')}; "
             f"firers {st.get('fire_eps', 0):.0f}/s; engine draining a queued backlog {st.get('drain', {}).get('eps', 0):.0f}/s)")
+        direct = self.results.get("direct_bus", {})
+        if direct:
+            say(f"   direct-fire bus ceiling (same firehose, no engine): {direct['eps']:8.1f} events/s  (median of {direct['eps_rounds']}); "
+                f"store only / that = {store_eps / max(1e-9, direct['eps']):.2f}")
         say(f"   [{verdict(vs_ceiling >= TARGETS['vs_ceiling'])}] deskfleet >= 0.9 x ceiling: {vs_ceiling:.2f} x")
         say(f"   [{verdict(vs_naive >= TARGETS['vs_naive'])}] deskfleet >= 8 x naive: {vs_naive:.1f} x")
         say(f"   [{verdict(tail_ok)}] deskfleet lost 0, incl. the tail: lost {desk.get('lost')}, "
@@ -755,6 +793,7 @@ def cpu_snapshot(master, minions):
         "master": _group_cpu(master.proc.pid),
         "reactor": _group_cpu(master.proc.pid, "engines.reactor"),
         "engine": _group_cpu(master.proc.pid, "engines.tc_ingest"),
+        "bus publisher": _group_cpu(master.proc.pid, "EventPublisher"),
         "minions": sum(_group_cpu(m.proc.pid) for m in minions),
     }
 

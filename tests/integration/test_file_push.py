@@ -83,4 +83,4 @@ def test_salt_source_and_batched_runner(vm_master, desktop_vm, tmp_path):
     assert ret.data["succeeded"] == 1 and ret.data["copied"] == ["desk-0001"], ret.data
     assert dest.read_bytes() == data
     bad = vm_master.salt_run_cli(timeout=60).run("filedist.distribute", "nomatch-*", src, str(dest), f"sha256={sha(data)}")
-    assert "matches no accepted minion" in bad.data["error"]
+    assert bad.returncode == 1 and "matches no accepted minion" in bad.data["error"]

@@ -51,8 +51,9 @@ def test_filters_and_show(tc_master, thin_clients):
     assert list(seats(tc_master, "status=offline")) == []
     shown = run(tc_master, "tc_inventory.show", "tc-0002")
     assert shown["seat"] == "tc-0002" and shown["serial"] == "TC000002"
-    assert "error" in run(tc_master, "tc_inventory.show", "tc-9999")
-    assert "error" in run(tc_master, "tc_inventory.list", "status=sleeping")
+    for bad in (("tc_inventory.show", "tc-9999"), ("tc_inventory.list", "status=sleeping")):
+        ret = tc_master.salt_run_cli(timeout=60).run(*bad)
+        assert ret.returncode == 1 and "error" in ret.data, ret
 
 
 def test_firmware_change_is_reported(tc_master, thin_clients, tc_roots):
