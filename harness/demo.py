@@ -202,7 +202,8 @@ def demo_vm(vm, nova, operator_key):
 
     say("\n== 9. vm master: pool 'demo' filled on the embedded Nova, refilled after a desktop is taken")
     filled = vm.run("vmpool.reconcile")
-    say(f"   salt-run vmpool.reconcile -> booted {filled.get('booted')}")
+    booted = filled.get("booted") or "nothing more: the master schedule's reconcile (every 60 s) had already filled it"
+    say(f"   salt-run vmpool.reconcile -> booted {booted}")
     conn = nova.connect()
     try:
         servers = wait_for(lambda: (s := [x for x in conn.compute.servers() if (x.metadata or {}).get('deskfleet_pool') == 'demo'])
