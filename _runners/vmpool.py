@@ -30,9 +30,13 @@ try:
     import deskfleet_store
     import vmpool as keeper
 
+    import keystoneauth1.exceptions
     import openstack
     import openstack.config
     import openstack.exceptions
+
+    # what a cloud call can raise: the sdk's errors and the transport's (timeouts, refused connections)
+    CLOUD_ERRORS = (openstack.exceptions.SDKException, keystoneauth1.exceptions.ClientException)
 
     HAS_DEPS = True
 except ImportError as _exc:  # pragma: no cover
@@ -183,7 +187,7 @@ def _execute(conn, db, pools, decision, flavors, health):
             try:
                 conn.compute.delete_server(server_id, ignore_missing=True)
                 actions["deleted"].append(server_id)
-            except openstack.exceptions.SDKException as exc:
+            except CLOUD_ERRORS as exc:
                 actions["errors"].append(f"{name}: delete {server_id}: {exc}")
         boot_error = None
         for _ in range(entry["boots"]):
@@ -197,7 +201,7 @@ def _execute(conn, db, pools, decision, flavors, health):
                     metadata=dict(pool["metadata"], **{keeper.POOL_KEY: name}),
                 )
                 actions["booted"].append(server_name)
-            except openstack.exceptions.SDKException as exc:
+            except CLOUD_ERRORS as exc:
                 boot_error = f"boot refused: {exc}"
                 actions["errors"].append(f"{name}: {boot_error}")
                 break  # back off this pool; the next reconcile retries after the delay
@@ -229,7 +233,7 @@ def _run(only=None):
             return decision
     except keeper.PoolConfigError as exc:
         return _error(f"pool pillar: {exc}")
-    except openstack.exceptions.SDKException as exc:
+    except CLOUD_ERRORS as exc:
         log.warning("vmpool: cloud error: %s", exc)
         return _error(f"cloud error: {exc}")
     finally:
@@ -301,7 +305,7 @@ def status():
         return {"pools": out, "stray": stray}
     except keeper.PoolConfigError as exc:
         return _error(f"pool pillar: {exc}")
-    except openstack.exceptions.SDKException as exc:
+    except CLOUD_ERRORS as exc:
         return _error(f"cloud error: {exc}")
     finally:
         db.close()
@@ -377,7 +381,7 @@ def mark_ready(server):
             return _error(f"{server} is already taken by a user; not marking it ready")
         conn.compute.set_server_metadata(found, **{keeper.STATE_KEY: "ready"})
         return {"server": found.name, "pool": meta[keeper.POOL_KEY], "state": "ready"}
-    except openstack.exceptions.SDKException as exc:
+    except CLOUD_ERRORS as exc:
         return _error(f"cloud error: {exc}")
     finally:
         if conn is not None:

@@ -212,6 +212,11 @@ def pool_health(health, now_ts, settings):
     return "backoff" if failures and now_ts < until else "ok"
 
 
+def _worse(a, b):
+    order = ("ok", "backoff", "degraded")
+    return max(a, b, key=order.index)
+
+
 # ---- the plan --------------------------------------------------------------------
 
 
@@ -245,13 +250,16 @@ def plan(pools, servers, providers, flavors, health, now, settings=None, only=No
         target = 0 if name in drained else target_spares(pool, now)
         have = len(c["ready"]) + len(c["in_flight"])
         size = have + len(c["taken"])
+        state = pool_health(health.get(name), now_ts, settings)
+        if c["error"]:  # fresh failures: delete them now, retry after the backoff
+            state = _worse(state, "backoff")
         entry = {
             "target": target,
             "ready": len(c["ready"]),
             "in_flight": len(c["in_flight"]),
             "taken": len(c["taken"]),
             "error": len(c["error"]),
-            "health": pool_health(health.get(name), now_ts, settings),
+            "health": state,
             "boots": 0,
             "delete": list(c["error"]),
             "reason": "",
