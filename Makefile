@@ -6,7 +6,7 @@ PYTHON  := $(VENV)/bin/python
 T       ?=
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test bench bench-ingest bench-filedist setup system-packages clean
+.PHONY: demo test bench bench-ingest bench-filedist bench-vmpool setup system-packages clean
 
 demo: setup
 	$(PYTHON) -m harness.demo
@@ -14,13 +14,17 @@ demo: setup
 test: setup
 	$(PYTHON) -m pytest $(T)
 
-bench: bench-ingest bench-filedist
+bench: bench-ingest bench-filedist bench-vmpool
 
 bench-ingest: setup
 	$(PYTHON) -m bench.ingest
 
 bench-filedist: setup
 	$(PYTHON) -m bench.filedist
+
+bench-vmpool: setup
+	$(PYTHON) -m bench.vmpool_plan
+	$(PYTHON) -m bench.pool_refill
 
 setup: system-packages $(STAMP)
 

@@ -4,45 +4,14 @@ runner loader (salt.runner.RunnerClient) with the vm master's shipped config.
 """
 
 import concurrent.futures
-import pathlib
 import threading
 import time
 
 import pytest
-import yaml
 
-from harness import saltconf
+from harness.vmrunner import VmRunner
 
 POOL_KEY, STATE_KEY = "deskfleet_pool", "deskfleet_state"
-
-
-class Keeper:
-    """The vmpool runner as the vm master runs it, pointed at a novalab."""
-
-    def __init__(self, root, lab, pools, **keeper_settings):
-        import salt.config  # pylint: disable=import-outside-toplevel
-
-        pillar = root / "pillar"
-        pillar.mkdir(parents=True)
-        (pillar / "top.sls").write_text("base:\n  '*':\n    - pools\n")
-        (pillar / "pools.sls").write_text(yaml.safe_dump({"deskfleet": {"pools": pools}}))
-        conf = saltconf.lab_master_config("vm", root / "etc")
-        conf.pop("schedule", None)
-        conf.pop("reactor", None)
-        conf.update(root_dir=str(root / "master"), pillar_roots={"base": [str(pillar)]}, user="root")
-        conf["deskfleet"]["vm"].update(cloud=lab.cloud, clouds_yaml=lab.clouds_yaml)
-        conf["deskfleet"]["vm"]["pool_keeper"].update(keeper_settings)
-        (root / "master.conf").write_text(yaml.safe_dump(conf))
-        self.opts = salt.config.master_config(str(root / "master.conf"))
-        for key in ("cachedir", "sock_dir", "pki_dir"):  # what a running master would have made
-            pathlib.Path(self.opts[key]).mkdir(parents=True, exist_ok=True)
-        (pathlib.Path(self.opts["cachedir"]) / "proc").mkdir(exist_ok=True)
-
-    def __call__(self, fun, *args):
-        import salt.runner  # pylint: disable=import-outside-toplevel
-
-        with salt.runner.RunnerClient(self.opts) as client:
-            return client.cmd(f"vmpool.{fun}", list(args), print_event=False)
 
 
 def pool(lab, **overrides):
@@ -73,7 +42,7 @@ def mark_all_ready(keeper, conn, name):
 
 
 def test_fill_take_refill(tmp_path, novalab, cloud):
-    keeper = Keeper(tmp_path, novalab, {"sales": pool(novalab)})
+    keeper = VmRunner(tmp_path, novalab, {"sales": pool(novalab)})
     first = keeper("reconcile")
     assert first["pools"]["sales"]["boots"] == 3 and len(first["booted"]) == 3
     assert keeper("reconcile")["boots"] == 0  # booting desktops count toward the target
@@ -94,17 +63,17 @@ def test_fill_take_refill(tmp_path, novalab, cloud):
 
 
 def test_unknown_pool_and_bad_pillar_are_refused(tmp_path, novalab, cloud):
-    keeper = Keeper(tmp_path, novalab, {"sales": pool(novalab)})
+    keeper = VmRunner(tmp_path, novalab, {"sales": pool(novalab)})
     assert "unknown pool" in keeper("replenish", "nosuch")["error"]
     assert not members(cloud, "nosuch")
-    bad = Keeper(tmp_path / "bad", novalab, {"sales": {"flavor": "desk.small"}})
+    bad = VmRunner(tmp_path / "bad", novalab, {"sales": {"flavor": "desk.small"}})
     assert "image is required" in bad("reconcile")["error"]
     assert not list(cloud.compute.servers())
 
 
 def test_placement_headroom_caps_boots(tmp_path, novalab, cloud):
     # one compute: (8192 - 512) x 1.5 = 11520 MB; desk.small is 2048 MB -> 5 fit
-    keeper = Keeper(tmp_path, novalab, {"big": pool(novalab, spares=8, max_size=8, max_in_flight=8)}, max_in_flight_total=8)
+    keeper = VmRunner(tmp_path, novalab, {"big": pool(novalab, spares=8, max_size=8, max_in_flight=8)}, max_in_flight_total=8)
     plan = keeper("reconcile")
     assert plan["pools"]["big"]["boots"] == 5 and "headroom" in plan["pools"]["big"]["reason"]
     servers = wait_active(cloud, "big", 5)
@@ -117,7 +86,7 @@ def test_no_valid_host_degrades_the_pool_instead_of_looping(tmp_path, novalab, c
     flavor = cloud.compute.create_flavor(name="desk.gpu", ram=2048, vcpus=1, disk=10)
     cloud.compute.create_flavor_extra_specs(flavor, {"trait:CUSTOM_DESKFLEET_GPU": "required"})
     try:
-        keeper = Keeper(
+        keeper = VmRunner(
             tmp_path, novalab, {"gpu": pool(novalab, flavor="desk.gpu", spares=2, max_in_flight=2)},
             backoff_base=1, backoff_max=2, degraded_after=3,
         )
@@ -146,7 +115,7 @@ def test_no_valid_host_degrades_the_pool_instead_of_looping(tmp_path, novalab, c
 def test_fifty_concurrent_taken_events_never_overshoot_nor_storm(tmp_path, novalab_factory):
     lab = novalab_factory(computes=2, ram_mb=16384)  # room for 10 spares + 10 taken
     cloud = lab.connect()
-    keeper = Keeper(tmp_path, lab, {"sales": pool(lab, spares=10, max_size=30, max_in_flight=2)}, max_in_flight_total=2)
+    keeper = VmRunner(tmp_path, lab, {"sales": pool(lab, spares=10, max_size=30, max_in_flight=2)}, max_in_flight_total=2)
     stop = threading.Event()
     peak = {"in_flight": 0}
 
@@ -194,7 +163,7 @@ def test_fifty_concurrent_taken_events_never_overshoot_nor_storm(tmp_path, noval
 
 
 def test_dropped_event_is_repaired_by_reconcile(tmp_path, novalab, cloud):
-    keeper = Keeper(tmp_path, novalab, {"sales": pool(novalab, spares=2)})
+    keeper = VmRunner(tmp_path, novalab, {"sales": pool(novalab, spares=2)})
     keeper("reconcile")
     wait_active(cloud, "sales", 2)
     mark_all_ready(keeper, cloud, "sales")
@@ -210,7 +179,7 @@ def test_dropped_event_is_repaired_by_reconcile(tmp_path, novalab, cloud):
 
 @pytest.mark.parametrize("undo", [False, True])
 def test_drain_deletes_spares_keeps_taken(tmp_path, novalab, cloud, undo):
-    keeper = Keeper(tmp_path, novalab, {"sales": pool(novalab, spares=2)})
+    keeper = VmRunner(tmp_path, novalab, {"sales": pool(novalab, spares=2)})
     keeper("reconcile")
     wait_active(cloud, "sales", 2)
     mark_all_ready(keeper, cloud, "sales")
