@@ -7,17 +7,15 @@ that requires a unit this host does not have must fail that check, and the
 state itself must fail on them.
 """
 
-import json
 import os
-import pathlib
 import shutil
 import subprocess
 import sys
 
 import pytest
 
-CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
-SALT_CALL = pathlib.Path(sys.executable).parent / "salt-call"
+from harness.masterless import SALT_CALL, Masterless
+
 DROPIN = "50-deskfleet-ovs-order.conf"
 DEBIAN_OVS = ["openvswitch-switch.service", "ovsdb-server.service", "ovs-vswitchd.service"]
 LIBVIRT_SIDE = ["libvirtd.service", "virtqemud.service", "libvirt-guests.service", "nova-compute.service"]
@@ -63,38 +61,17 @@ def systemd_verify(root, units):
 
 
 class Minion:
-    """A masterless minion config: the checkout's states, a temp pillar holding host_boot_order."""
+    """A masterless minion: the checkout's states, a temp pillar holding host_boot_order."""
 
     def __init__(self, base, pillar):
-        self.base = base
         self.root = base / "root"
         (self.root / "etc/default").mkdir(parents=True)
-        (base / "pillar").mkdir()
-        (base / "pillar" / "top.sls").write_text("base:\n  '*':\n    - host_boot_order\n")
+        self.salt = Masterless(base, minion_id="cmp-functional")
+        self.call = self.salt.call
         self.set_pillar(pillar)
-        conf = {
-            "id": "cmp-functional",
-            "file_client": "local",
-            "root_dir": str(base / "salt"),
-            "file_roots": {"base": [str(CHECKOUT / "states"), str(CHECKOUT)]},
-            "pillar_roots": {"base": [str(base / "pillar")]},
-            "module_dirs": [str(CHECKOUT / "_modules")],
-        }
-        (base / "minion").write_text(json.dumps(conf))
 
     def set_pillar(self, pillar):
-        data = {"host_boot_order": dict({"root": str(self.root)}, **pillar)}
-        (self.base / "pillar" / "host_boot_order.sls").write_text(json.dumps(data))
-
-    def call(self, *args):
-        proc = subprocess.run(
-            [str(SALT_CALL), "--local", "-c", str(self.base), "--out=json", "--retcode-passthrough", *args],
-            capture_output=True, text=True, check=False, timeout=300,
-        )
-        try:
-            return proc.returncode, json.loads(proc.stdout)["local"]
-        except (ValueError, KeyError):
-            return proc.returncode, proc.stdout + proc.stderr
+        self.salt.set_pillar("host_boot_order", {"host_boot_order": dict({"root": str(self.root)}, **pillar)})
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ known memory sizes. Simulated: sysfs and /proc are plain files under the temp ro
 
 import json
 import os
-import pathlib
 import shutil
 import subprocess
 import sys
@@ -19,8 +18,8 @@ import textwrap
 
 import pytest
 
-CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
-SALT_CALL = pathlib.Path(sys.executable).parent / "salt-call"
+from harness.masterless import SALT_CALL, Masterless
+
 DROPIN = "etc/nova/nova.conf.d/60-deskfleet-overcommit.conf"
 TMPFILES = "etc/tmpfiles.d/deskfleet-ksm.conf"
 PREVIOUS = "var/lib/deskfleet/overcommit/ksm-previous.json"
@@ -91,10 +90,9 @@ pytestmark = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
 
 
 class Minion:
-    """A masterless minion config: the checkout's states + modules, a temp pillar holding host_overcommit."""
+    """A masterless minion: the checkout's states + modules, a temp pillar holding host_overcommit."""
 
     def __init__(self, base, pillar=None):
-        self.base = base
         self.root = base / "root"
         (self.root / "etc/nova").mkdir(parents=True)
         (self.root / KSM).mkdir(parents=True)
@@ -105,32 +103,12 @@ class Minion:
         for key, value in KSM_BEFORE.items():
             (self.root / KSM / key).write_text(value + "\n")
         (self.root / "proc/meminfo").write_text(MEMINFO)
-        (base / "pillar").mkdir()
-        (base / "pillar" / "top.sls").write_text("base:\n  '*':\n    - host_overcommit\n")
+        self.salt = Masterless(base, minion_id="cmp-functional")
+        self.call = self.salt.call
         self.set_pillar(pillar or {})
-        conf = {
-            "id": "cmp-functional",
-            "file_client": "local",
-            "root_dir": str(base / "salt"),
-            "file_roots": {"base": [str(CHECKOUT / "states"), str(CHECKOUT)]},
-            "pillar_roots": {"base": [str(base / "pillar")]},
-            "module_dirs": [str(CHECKOUT / "_modules")],
-        }
-        (base / "minion").write_text(json.dumps(conf))
 
     def set_pillar(self, pillar):
-        data = {"host_overcommit": dict({"root": str(self.root)}, **pillar)}
-        (self.base / "pillar" / "host_overcommit.sls").write_text(json.dumps(data))
-
-    def call(self, *args):
-        proc = subprocess.run(
-            [str(SALT_CALL), "--local", "-c", str(self.base), "--out=json", "--retcode-passthrough", *args],
-            capture_output=True, text=True, check=False, timeout=300,
-        )
-        try:
-            return proc.returncode, json.loads(proc.stdout)["local"]
-        except (ValueError, KeyError):
-            return proc.returncode, proc.stdout + proc.stderr
+        self.salt.set_pillar("host_overcommit", {"host_overcommit": dict({"root": str(self.root)}, **pillar)})
 
     def ksm(self, key):
         return (self.root / KSM / key).read_text().strip()

@@ -26,11 +26,9 @@ import shlex
 import signal
 import struct
 import subprocess
-import sys
 import time
 
-CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
-SALT_CALL = pathlib.Path(sys.executable).with_name("salt-call")
+from harness.masterless import SALT_CALL, Masterless, local_return  # noqa: F401  (SALT_CALL: the test's skip check)
 
 DHCPREQUEST, DHCPACK = 3, 5
 BROADCAST = "255.255.255.255"
@@ -307,25 +305,19 @@ def start_dnsmasq(ns, argv, pid_file, log_path, timeout=60):
 
 
 def minion_config(base, pillar_root):
-    """A masterless minion whose file_roots are this checkout's states/ and the checkout itself."""
+    """
+    A masterless minion whose file_roots are this checkout's states/ and the checkout
+    itself, on the pillar the test wrote; it gets _modules only by saltutil.sync_modules.
+    """
     conf_dir = pathlib.Path(base) / "salt"
-    conf_dir.mkdir(parents=True, exist_ok=True)
-    (conf_dir / "minion").write_text(json.dumps({
-        "id": "dnsmasq-lab",
-        "root_dir": str(conf_dir / "root"),
-        "file_client": "local",
-        "file_roots": {"base": [str(CHECKOUT / "states"), str(CHECKOUT)]},
-        "pillar_roots": {"base": [str(pillar_root)]},
-        "log_file": str(conf_dir / "minion.log"),
-    }, indent=2))
-    return conf_dir
+    return Masterless(conf_dir, minion_id="dnsmasq-lab", pillar_root=pillar_root, checkout_modules=False,
+                      log_level="quiet", extra_config={"log_file": str(conf_dir / "minion.log")})
 
 
-def salt_call(conf_dir, *args, timeout=300):
+def salt_call(minion, *args, timeout=300):
     """``salt-call --local`` with JSON output; returns the ``local`` value and the raw process."""
-    cmd = [str(SALT_CALL), "--local", "-c", str(conf_dir), "--out=json", "--log-level=quiet", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    proc = minion.run(*args, timeout=timeout)
     try:
-        return json.loads(proc.stdout)["local"], proc
-    except (ValueError, KeyError) as exc:
-        raise AssertionError(f"{' '.join(cmd)} gave no JSON (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}") from exc
+        return local_return(proc), proc
+    except ValueError as exc:
+        raise AssertionError(f"{' '.join(proc.args)} gave no JSON (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}") from exc

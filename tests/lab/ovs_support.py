@@ -20,7 +20,6 @@ first stops it all politely.
 import contextlib
 import fcntl
 import importlib.util
-import json
 import os
 import pathlib
 import shutil
@@ -31,11 +30,9 @@ import tempfile
 import textwrap
 import time
 
+from harness.masterless import CHECKOUT, SALT_CALL, Masterless
 from harness.netns import missing, sh
 
-CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
-VENV_BIN = pathlib.Path(sys.executable).parent
-SALT_CALL = VENV_BIN / "salt-call"
 OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
 TOOLS = ("ovs-vsctl", "ovsdb-server", "ovs-vswitchd", "libvirtd", "qemu-system-x86_64", "unshare", "mount", "dnsmasq")
 KVM_GET_API_VERSION = 0xAE00
@@ -134,8 +131,11 @@ class ComputeHost:
         self.conn = None
         self.uri = f"qemu:///system?socket={self.lv}/run/libvirt-sock"
         self.ovs_db = f"unix:{self.ovs_dirs['run']}/db.sock"
-        self.salt_dir = self.base / "salt"
-        self._write_salt_config()
+        self.minion = Masterless(self.base / "salt", minion_id="cmp-lab", extra_config={
+            "log_level_logfile": "info",
+            # where this lab's daemons are: what a real host gets from its defaults
+            "host_net": {"ovs_db": self.ovs_db, "libvirt_uri": self.uri, "confirm_delay": 1, "settle": 15},
+        })
         self.host_net = load_host_net()
 
     # ------------------------------------------------------------------ OVS
@@ -297,31 +297,9 @@ class ComputeHost:
         return dom["interfaces"][0]["target"]
 
     # ------------------------------------------------------------------ salt
-    def _write_salt_config(self):
-        (self.salt_dir / "pillar").mkdir(parents=True, exist_ok=True)
-        (self.salt_dir / "pillar" / "top.sls").write_text("base: {}\n")
-        conf = {
-            "id": "cmp-lab",
-            "file_client": "local",
-            "root_dir": str(self.salt_dir / "root"),
-            "module_dirs": [str(CHECKOUT / "_modules")],
-            "file_roots": {"base": [str(CHECKOUT / "states"), str(CHECKOUT)]},
-            "pillar_roots": {"base": [str(self.salt_dir / "pillar")]},
-            "log_level_logfile": "info",
-            # where this lab's daemons are: what a real host gets from its defaults
-            "host_net": {"ovs_db": self.ovs_db, "libvirt_uri": self.uri, "confirm_delay": 1, "settle": 15},
-        }
-        (self.salt_dir / "minion").write_text(json.dumps(conf, indent=1))
-
     def salt(self, fun, *args, timeout=120):
         """``salt-call --local`` inside the compute-host namespace; (retcode, return value)."""
-        cmd = [str(SALT_CALL), "--local", "-c", str(self.salt_dir), "--out=json", "--retcode-passthrough", fun, *args]
-        proc = self.ns.run(cmd, check=False, timeout=timeout)
-        try:
-            out = json.loads(proc.stdout)["local"]
-        except (ValueError, KeyError):
-            out = proc.stdout + proc.stderr
-        return proc.returncode, out
+        return self.minion.call(fun, *args, netns=self.ns, timeout=timeout)
 
     # ------------------------------------------------------------------ clean-up
     def shutdown(self):

@@ -20,13 +20,13 @@ import sys
 import threading
 import time
 
-CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 RABBIT_BIN = pathlib.Path("/usr/lib/rabbitmq/bin")  # the real scripts: /usr/sbin ones `su rabbitmq` and reset HOME
 TOOLS = ("nft", "ss", "sysctl", "epmd")
 
 
 def missing_rabbit_pieces():
     """Why the RabbitMQ lab cannot run here, or None (root, ip, nft, ss, RabbitMQ, pika, salt-call)."""
+    from harness.masterless import SALT_CALL  # pylint: disable=import-outside-toplevel
     from harness.netns import missing  # pylint: disable=import-outside-toplevel
 
     reason = missing(*TOOLS)
@@ -35,17 +35,13 @@ def missing_rabbit_pieces():
     for tool in ("rabbitmq-server", "rabbitmqctl"):
         if not (RABBIT_BIN / tool).exists():
             return f"lab tier needs RabbitMQ ({RABBIT_BIN / tool}; apt package rabbitmq-server, see tools/apt-packages.txt)"
-    if not salt_call_bin().exists():
+    if not SALT_CALL.exists():
         return f"lab tier needs salt-call next to {sys.executable}"
     try:
         import pika  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     except ImportError:
         return "lab tier needs the pika AMQP client in the venv (requirements.lock)"
     return None
-
-
-def salt_call_bin():
-    return pathlib.Path(sys.executable).parent / "salt-call"
 
 
 # --------------------------------------------------------------------------
@@ -260,33 +256,28 @@ def _alive(pid):
 
 
 def write_minion(workdir, name, pillar):
-    """A masterless minion config (file_roots = the checkout's states + checkout) and its pillar root."""
-    workdir = pathlib.Path(workdir)
-    confdir, pillar_root = workdir / f"salt-{name}", workdir / f"pillar-{name}"
-    confdir.mkdir(parents=True, exist_ok=True)
-    pillar_root.mkdir(parents=True, exist_ok=True)
-    (pillar_root / "top.sls").write_text("base:\n  '*':\n    - host_rabbitmq\n")
-    (pillar_root / "host_rabbitmq.sls").write_text(json.dumps({"host_rabbitmq": pillar}, indent=2) + "\n")
-    minion = {
-        "id": f"dfl-lab-{name}",
-        "root_dir": str(confdir / "root"),
-        "file_client": "local",
-        "file_roots": {"base": [str(CHECKOUT / "states"), str(CHECKOUT)]},
-        "file_ignore_regex": [r"(^|/)\.(git|venv|ci|pytest_cache)(/|$)"],
-        "pillar_roots": {"base": [str(pillar_root)]},
-        "log_level_logfile": "info",
-    }
-    (confdir / "minion").write_text(json.dumps(minion, indent=2) + "\n")
-    return confdir
+    """A masterless minion (file_roots = the checkout's states + checkout) with pillar host_rabbitmq;
+    it gets _modules only by syncing them, as a real host does."""
+    from harness.masterless import Masterless  # pylint: disable=import-outside-toplevel
+
+    minion = Masterless(pathlib.Path(workdir) / f"salt-{name}", minion_id=f"dfl-lab-{name}",
+                        pillar_root=pathlib.Path(workdir) / f"pillar-{name}", checkout_modules=False,
+                        extra_config={
+                            "file_ignore_regex": [r"(^|/)\.(git|venv|ci|pytest_cache)(/|$)"],
+                            "log_level_logfile": "info",
+                        })
+    minion.set_pillar("host_rabbitmq", {"host_rabbitmq": pillar})
+    return minion
 
 
-def salt_call(netns, confdir, *args, timeout=240):
+def salt_call(netns, minion, *args, timeout=240):
     """``salt-call --local`` inside ``netns``; returns (rc, parsed JSON 'local' data or None, completed process)."""
-    res = netns.run([str(salt_call_bin()), "--local", "-c", str(confdir), "--out=json", "--retcode-passthrough",
-                     *args], check=False, timeout=timeout)
+    from harness.masterless import local_return  # pylint: disable=import-outside-toplevel
+
+    res = minion.run(*args, netns=netns, timeout=timeout)
     try:
-        data = json.loads(res.stdout)["local"]
-    except (ValueError, KeyError, TypeError):
+        data = local_return(res)
+    except ValueError:
         data = None
     return res.returncode, data, res
 
