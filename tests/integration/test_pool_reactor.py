@@ -14,18 +14,10 @@ import yaml
 import salt.utils.event
 from harness import novalab as novalab_mod
 from harness import saltconf
+from harness.lab import wait_for
 
 POOL_KEY, STATE_KEY = "deskfleet_pool", "deskfleet_state"
 
-
-def wait_for(fn, timeout=60, interval=0.5, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")

@@ -5,20 +5,8 @@ bus → tc_ingest engine → SQLite store → tc_inventory runner.
 
 import time
 
-import pytest
-
 from harness import tcroot
-
-
-def wait_for(fn, timeout=60, interval=0.5, what="condition"):
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+from harness.lab import wait_for
 
 
 def run(master, fun, *args):
