@@ -13,13 +13,20 @@ signed ``tc_status`` beacon events, one event per request, as the beacon does).
                   be stored on the engine's own timer.
 4. store only   - signed events fired straight onto the deskfleet master's bus
                   (no minion transport): how fast the engine validates and stores.
+                  Compared with the same firehose counted by the bare listener on
+                  the engine-less master (direct-fire bus ceiling), and with the
+                  engine draining a queued backlog (engine paused while firing).
 
-The paths run one after the other (one master + its minions at a time) so they
-do not steal each other's CPU; every daemon is stopped between paths and on
-exit. The last line of output is one JSON object.
+Bus and deskfleet run in interleaved rounds (both masters up, idle one waits),
+the median of each is reported; then store only; then naive on its own master.
+On the storing paths the path's consumer is the only one on the bus (no probe
+listener): the start is the first send by a minion, the end the last increase
+of the store's ``accepted`` counter. Every daemon is stopped on exit. The last
+line of output is one JSON object.
 """
 
 import argparse
+import faulthandler
 import json
 import math
 import os
@@ -33,7 +40,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 CHECKOUT = pathlib.Path(__file__).resolve().parents[1]
@@ -43,7 +49,7 @@ HEARTBEAT_S = 300
 HEADROOM = 0.5
 TARGETS = {"vs_ceiling": 0.9, "vs_naive": 8.0, "store_only_eps": 2000.0}
 
-_CHILDREN = []  # helper processes (listeners, firers, salt CLIs) to reap on the way out
+_CHILDREN = []  # helper processes (bus listeners, direct firers) to reap on the way out
 
 
 def say(text=""):
@@ -75,6 +81,34 @@ def _reap(proc, timeout=10):
             pass
     if proc in _CHILDREN:
         _CHILDREN.remove(proc)
+
+
+def stop_all(daemons, timeout=12):
+    """
+    SIGTERM every daemon's process group at once, then wait; SIGKILL what is left
+    after ``timeout``. A salt-minion here notices SIGTERM only ~10 s later (and
+    sometimes > 20 s), so ``Lab.stop`` one daemon after the other takes minutes.
+    ``Daemon.stop`` then finds them gone.
+    """
+    live = [d for d in daemons if d.proc is not None and d.proc.poll() is None]
+    for daemon in live:
+        try:
+            os.killpg(daemon.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + timeout
+    for daemon in live:
+        try:
+            daemon.proc.wait(max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            pass
+    for daemon in live:
+        try:
+            os.killpg(daemon.proc.pid, signal.SIGKILL)  # the group: children left behind by a clean exit too
+        except ProcessLookupError:
+            pass
+    for daemon in daemons:
+        daemon.stop()
 
 
 def reap_all():
@@ -109,9 +143,6 @@ class Listener:
             work / f"{name}.listen.log",
         )
         _wait_file(ready, self.proc, 60, f"the {name} bus listener")
-
-    def done(self):
-        return self.proc.poll() is not None
 
     def result(self, timeout=600):
         try:
@@ -263,51 +294,67 @@ class Bench:
         return master, minions
 
     def stop(self, master, minions):
-        for daemon in [*minions, master]:
-            daemon.stop()
+        t0 = time.time()
+        stop_all([*minions, master])
+        say(f"   {master.name} + {len(minions)} minions stopped in {time.time() - t0:.1f} s")
 
     # -- one minion firehose
     def firehose(self, master, minions, per_minion, name, store=None, stall=15.0, cap=120.0, seq0=1):
-        """Fire ``per_minion`` events from every minion at once; count on the bus (and in the store)."""
+        """
+        Fire ``per_minion`` events from every minion at once (``salt --async '*' tc_firehose.fire``).
+
+        Without a store (bus ceiling) a bare listener is the only consumer and counts them.
+        With a store (naive, deskfleet) the path's own consumer is the only one on the bus:
+        no probe listener; the start is the first send by a minion (from the job returns,
+        read afterwards from the master's job cache) and the end is the last increase of
+        the store's ``accepted`` counter.
+        """
         expect = per_minion * len(minions)
         base = store.accepted() if store else 0
-        listener = Listener(master, self.work, name, expect, returns=len(minions), deadline=cap + 120)
+        listener = None if store else Listener(master, self.work, name, expect, returns=len(minions), deadline=cap + 120)
         cpu0 = cpu_snapshot(master, minions)
-        t_trigger = time.time()
         jid = trigger(master, "*", "tc_firehose.fire", f"n={per_minion}", f"start_seq={seq0}")
-        stored = t_stored = None
+        res = {"jid": jid, "requested": expect}
         if store is not None:
-            stored, t_stored = store.wait(base + expect, stall=stall, cap=cap, busy=lambda: not listener.done())
-            stored -= base
-            res_why = store.why
-        bus = listener.result(timeout=cap + 60)
-        cpu1 = cpu_snapshot(master, minions)
-        rets = bus.get("returns", {})
+            stored, t_stored = store.wait(base + expect, stall=stall, cap=cap)
+            res.update(stored=stored - base, t_stored=t_stored, wait_ended_by=store.why)
+            cpu1 = cpu_snapshot(master, minions)
+            rets = self._job_returns(master, jid, len(minions))
+        else:
+            bus = listener.result(timeout=cap + 60)
+            cpu1 = cpu_snapshot(master, minions)
+            rets = bus.get("returns", {})
+            res.update(
+                bus_count=bus.get("count", 0),
+                bus_distinct=bus.get("distinct", 0),
+                bus_first=bus.get("first"),
+                bus_last=bus.get("last"),
+                payload_bytes=bus.get("payload_bytes"),
+            )
         if len(rets) != len(minions):
             say(f"   WARNING: {len(rets)}/{len(minions)} minion returns seen; 'fired' assumed to be the {expect} requested")
-        fired = sum(r.get("sent", 0) for r in rets.values()) if len(rets) == len(minions) else expect
-        errors = sum(r.get("errors", 0) for r in rets.values())
-        res = {
-            "jid": jid,
-            "requested": expect,
-            "fired": fired,
-            "send_errors": errors,
-            "minion_returns": len(rets),
-            "bus_count": bus.get("count", 0),
-            "bus_distinct": bus.get("distinct", 0),
-            "bus_first": bus.get("first"),
-            "bus_last": bus.get("last"),
-            "payload_bytes": bus.get("payload_bytes"),
-            "trigger_to_first_s": round((bus.get("first") or t_trigger) - t_trigger, 2),
+        res.update(
+            fired=sum(r.get("sent", 0) for r in rets.values()) if len(rets) == len(minions) else expect,
+            send_errors=sum(r.get("errors", 0) for r in rets.values()),
+            minion_returns=len(rets),
+            first_sent=min((r["first"] for r in rets.values() if r.get("first")), default=None),
+            last_sent=max((r["last"] for r in rets.values() if r.get("last")), default=None),
             # CPU ms per event, by process group (live processes), while the firehose ran
-            "cpu_ms_per_event": {k: round((cpu1[k] - cpu0[k]) * 1000 / max(1, expect), 3) for k in cpu0},
-            "minion_send_eps": [
-                round(r["sent"] / r["send_s"], 1) for r in rets.values() if r.get("send_s")
-            ],
-        }
-        if store is not None:
-            res.update(stored=stored, t_stored=t_stored, wait_ended_by=res_why)
+            cpu_ms_per_event={k: round((cpu1[k] - cpu0[k]) * 1000 / max(1, expect), 3) for k in cpu0},
+            minion_send_eps=[round(r["sent"] / r["send_s"], 1) for r in rets.values() if r.get("send_s")],
+        )
         return res
+
+    @staticmethod
+    def _job_returns(master, jid, count, timeout=60):
+        """The tc_firehose returns of job ``jid`` from the master's job cache."""
+        deadline = time.time() + timeout
+        while True:
+            got = master.run("jobs.lookup_jid", jid) or {}
+            rets = {m: r for m, r in got.items() if isinstance(r, dict) and "sent" in r}
+            if len(rets) >= count or time.time() > deadline:
+                return rets
+            time.sleep(1)
 
     # -- paths
     def run(self, only):
@@ -317,8 +364,9 @@ class Bench:
             if only & {"bus", "deskfleet"}:
                 say(f"\n== 1+3. bus ceiling and deskfleet, interleaved: {self.rounds} rounds of "
                     f"{self.per_minion * self.n_minions} events each, alternating which goes first")
-                say("   bus: a master WITHOUT the tc_ingest engine, a bare listener counts on the bus; "
-                    "deskfleet: the shipped config (tc_ingest engine, batch 500 / flush 0.5 s)")
+                say("   bus: a master WITHOUT the tc_ingest engine, a bare listener counts on the bus (first seen -> last counted)")
+                say("   deskfleet: the shipped config (tc_ingest engine, batch 500 / flush 0.5 s), the engine the only bus "
+                    "consumer (first sent -> last stored)")
             for path in ("bus", "deskfleet"):
                 if path in only:
                     labs[path] = self.start(path)
@@ -367,7 +415,7 @@ class Bench:
         }
         if path == "deskfleet":
             res["stored"] = sum(r["stored"] for r in rounds)
-            res["max_last_seen_to_stored_s"] = max(r["last_seen_to_stored_s"] for r in rounds)
+            res["max_last_sent_to_stored_s"] = max(r["last_sent_to_stored_s"] for r in rounds)
         return res
 
     def round_bus(self, master, minions, rnd, seq0):
@@ -384,13 +432,13 @@ class Bench:
 
     def round_deskfleet(self, master, minions, store, rnd, seq0):
         r = self.firehose(master, minions, self.per_minion, f"deskfleet{rnd}", store=store, stall=10.0, cap=120.0, seq0=seq0)
-        span = (r["t_stored"] or 0) - (r["bus_first"] or 0)
+        span = (r["t_stored"] or 0) - (r["first_sent"] or 0)
         r["eps"] = r["stored"] / span if span > 0 else 0.0
         r["lost"] = r["fired"] - r["stored"]
-        r["last_seen_to_stored_s"] = round((r["t_stored"] or 0) - (r["bus_last"] or 0), 3)
-        say(f"   round {rnd + 1} deskfleet: fired {r['fired']}, on the bus {r['bus_distinct']}, stored {r['stored']} "
-            f"in {span:.2f} s first seen->last stored: {r['eps']:6.1f} events/s; lost {r['lost']}; "
-            f"last seen->stored {r['last_seen_to_stored_s']} s | CPU/event {_cpu_text(r['cpu_ms_per_event'])}")
+        r["last_sent_to_stored_s"] = round((r["t_stored"] or 0) - (r["last_sent"] or 0), 3)
+        say(f"   round {rnd + 1} deskfleet: fired {r['fired']} (send errors {r['send_errors']}), stored {r['stored']} "
+            f"in {span:.2f} s first sent->last stored: {r['eps']:6.1f} events/s; lost {r['lost']}; "
+            f"last sent->stored {r['last_sent_to_stored_s']} s | CPU/event {_cpu_text(r['cpu_ms_per_event'])}")
         self.results.setdefault("deskfleet_rounds", []).append(r)
 
     def path_naive(self):
@@ -405,7 +453,7 @@ class Bench:
         finally:
             store.close()
             self.stop(master, minions)
-        span = (r["t_stored"] or 0) - (r["bus_first"] or 0)
+        span = (r["t_stored"] or 0) - (r["first_sent"] or 0)
         r["eps"] = r["stored"] / span if span > 0 else 0.0
         r["lost"] = r["fired"] - r["stored"]
         # rows still arriving when the cap hit are a backlog, not (yet) a loss
@@ -418,8 +466,8 @@ class Bench:
         other = [line for line in errors if "Task was destroyed but it is pending" not in line]
         r["error_lines_not_noise"] = len(other)
         r["error_samples"] = sorted({re.sub(r"^\S+ \S+ ", "", line)[:160] for line in other})[:3]
-        say(f"   fired {r['fired']}, on the bus {r['bus_distinct']}, stored (accepted) {r['stored']} "
-            f"in {span:.1f} s from first event seen to last stored: {r['eps']:.1f} events/s")
+        say(f"   fired {r['fired']} (send errors {r['send_errors']}) in {r['last_sent'] - r['first_sent']:.1f} s, "
+            f"stored (accepted) {r['stored']} in {span:.1f} s from first sent to last stored: {r['eps']:.1f} events/s")
         say(f"   CPU per event: {_cpu_text(r['cpu_ms_per_event'])}")
         if r["unfinished_at_cap"]:
             say(f"   NOTE: still storing when the {self.naive_cap:.0f} s cap hit: 'lost' includes a backlog not yet stored")
@@ -873,6 +921,7 @@ def main(argv=None):
         return _fire(args)
 
     signal.signal(signal.SIGTERM, _interrupt)
+    faulthandler.register(signal.SIGUSR1)  # kill -USR1 <pid>: where is it?
     per_minion = max(1, args.events // args.minions)
     naive_per_minion = max(1, (args.naive_events or args.events) // args.minions)
     only = set(args.only.split(","))
@@ -889,10 +938,11 @@ def main(argv=None):
             bench.naive_opts[key] = value
     bench.results["box"] = {"load_avg_at_start": os.getloadavg()[0], "foreign_salt_procs_at_start": foreign}
     try:
-        with bench.lab:
-            bench.run(only)
+        bench.run(only)
     finally:
+        # helpers first (they hold bus connections), then every daemon of the lab
         reap_all()
+        stop_all(bench.lab.daemons)
         if args.keep:
             say(f"   kept {base}")
         else:
