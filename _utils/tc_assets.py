@@ -266,7 +266,7 @@ class Ingestor:
     whichever comes first: no partial batch waits for the next event.
     """
 
-    def __init__(self, conn, verify, batch_size=500, flush_interval=0.5, clock=time.time, log_rejects=20):
+    def __init__(self, conn, verify, batch_size=500, flush_interval=0.25, clock=time.time, log_rejects=20):
         self.conn = conn
         self.verify = verify
         self.batch_size = batch_size
@@ -299,7 +299,8 @@ class Ingestor:
             self.deadline = now + self.flush_interval
 
     def pending(self):
-        return len(self.rows) + len(self.rejects)
+        """Events buffered (several events of one seat merge into one row, but each counts)."""
+        return self.accepted + len(self.rejects)
 
     def wait_time(self, idle=1.0):
         """Seconds the caller may block for the next event before a flush is due."""
@@ -367,7 +368,7 @@ class Ingestor:
         return result
 
 
-def ingestor(opts, batch_size=500, flush_interval=0.5):
+def ingestor(opts, batch_size=500, flush_interval=0.25):
     """Build an :class:`Ingestor` on the tc master's store and minion keys."""
     return Ingestor(open_store(opts), pki_verifier(opts["pki_dir"]), batch_size, flush_interval)
 
