@@ -76,17 +76,30 @@ class Daemon:
         )
         return self
 
-    def stop(self, timeout=20):
-        if self.proc is None or self.proc.poll() is not None:
+    def terminate(self):
+        """Send SIGTERM to the daemon's process group (without waiting)."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def wait_stopped(self, timeout=20):
+        """Wait for the daemon to exit; SIGKILL its group past ``timeout``."""
+        if self.proc is None:
             return
         try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.proc.wait(5)
-        except ProcessLookupError:
-            pass
+
+    def stop(self, timeout=20):
+        self.terminate()
+        self.wait_stopped(timeout)
 
 
 class Master(Daemon):
@@ -198,8 +211,11 @@ class Lab:
         return minion
 
     def stop(self):
+        # all at once: a salt-minion takes 10-20 s to act on SIGTERM
         for daemon in reversed(self.daemons):
-            daemon.stop()
+            daemon.terminate()
+        for daemon in reversed(self.daemons):
+            daemon.wait_stopped()
 
     def __enter__(self):
         return self
