@@ -220,16 +220,16 @@ def _run(only=None):
             pools = _pools()
             if only is not None and not set(only) <= set(pools):
                 return _error(f"unknown pool(s): {', '.join(sorted(set(only) - set(pools)))}; known: {', '.join(sorted(pools))}")
-            health = _health(db)
+            health, settings = _health(db), _settings()
             drained = {p for p, h in health.items() if h.get("drained")}
             flavors = _flavors(conn, pools)
             decision = keeper.plan(
-                pools, _servers(conn), _providers(conn), flavors, health, keeper.utcnow(), _settings(), only, drained
+                pools, _servers(conn), _providers(conn), flavors, health, keeper.utcnow(), settings, only, drained
             )
-            actions = _execute(conn, db, pools, decision, flavors, health)
-            decision.update(actions)
+            decision.update(_execute(conn, db, pools, decision, flavors, health))
+            health, now = _health(db), time.time()  # after this pass's failures and recoveries
             for name, entry in decision["pools"].items():
-                entry["health"] = keeper.pool_health(_health(db).get(name), time.time(), _settings())
+                entry["health"] = keeper.pool_health(health.get(name), now, settings)
             return decision
     except keeper.PoolConfigError as exc:
         return _error(f"pool pillar: {exc}")

@@ -8,6 +8,7 @@ import secrets
 import pytest
 
 from harness import saltconf, tcroot
+from tests.support.minions import running as minions_running
 
 HEARTBEAT = 4  # seconds; short so offline detection is testable
 
@@ -55,23 +56,12 @@ def tc_roots(tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def thin_clients(tc_master, tc_roots, enroll_secret):
-    minions = []
-    for seat, root in tc_roots.items():
-        factory = tc_master.salt_minion_daemon(seat, overrides=saltconf.tc_minion_config(enroll_secret, root))
-        minions.append(factory)
-    started = [m.started() for m in minions]
-    for ctx in started:
-        ctx.__enter__()
-    try:
-        cli = tc_master.salt_cli(timeout=120)
-        ret = cli.run("saltutil.sync_all", minion_tgt="tc-*")
-        assert ret.returncode == 0, ret
-        ret = cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt="tc-*")
-        assert ret.returncode == 0, ret
-        yield {m.id: m for m in minions}
-    finally:
-        for ctx in reversed(started):
-            ctx.__exit__(None, None, None)
+    minions = [
+        tc_master.salt_minion_daemon(seat, overrides=saltconf.tc_minion_config(enroll_secret, root))
+        for seat, root in tc_roots.items()
+    ]
+    with minions_running(tc_master, minions, "tc-*") as running:
+        yield running
 
 
 @pytest.fixture(scope="package")

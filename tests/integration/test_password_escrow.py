@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 import escrow
 from harness import saltconf
+from tests.support.minions import running as minions_running
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -134,19 +135,8 @@ def desks(pw_master, roots):
         )
         for desk in DESKS
     ]
-    started = [m.started() for m in minions]
-    for ctx in started:
-        ctx.__enter__()
-    try:
-        cli = pw_master.salt_cli(timeout=120)
-        ret = cli.run("saltutil.sync_all", minion_tgt="desk-pw-*")
-        assert ret.returncode == 0, ret
-        ret = cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt="desk-pw-*")
-        assert ret.returncode == 0, ret
-        yield {m.id: m for m in minions}
-    finally:
-        for ctx in reversed(started):
-            ctx.__exit__(None, None, None)
+    with minions_running(pw_master, minions, "desk-pw-*") as running:
+        yield running
 
 
 # ---- helpers ---------------------------------------------------------------------------------

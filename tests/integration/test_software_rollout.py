@@ -24,6 +24,7 @@ import pytest
 import salt.utils.jid
 
 from harness import saltconf
+from tests.support.minions import running as minions_running
 
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 INSTALLER = CHECKOUT / "tests" / "integration" / "files" / "deskfleet-demo-installer.sh"
@@ -101,19 +102,8 @@ def desks(sw_master, tmp_path_factory):
         )
         for m in MINIONS
     ]
-    started = [f.started(start_timeout=120) for f in factories]
-    for ctx in started:
-        ctx.__enter__()
-    try:
-        cli = sw_master.salt_cli(timeout=120)
-        ret = cli.run("saltutil.sync_all", minion_tgt="desk-sw-*")
-        assert ret.returncode == 0, ret
-        ret = cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt="desk-sw-*")
-        assert ret.returncode == 0, ret
+    with minions_running(sw_master, factories, "desk-sw-*", start_timeout=120):
         yield roots
-    finally:
-        for ctx in reversed(started):
-            ctx.__exit__(None, None, None)
 
 
 def salt_run(master, *args, timeout=240):
