@@ -31,7 +31,8 @@ setup: system-packages $(STAMP)
 system-packages:
 	@tools/install-system-packages.sh
 
-$(STAMP): requirements.lock
+# order-only: on a fresh box python3.11 and venv come from system-packages first
+$(STAMP): requirements.lock | system-packages
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip==26.3
 	$(VENV)/bin/pip install -q --no-deps -r requirements.lock
