@@ -21,14 +21,19 @@ def seats(master, *args):
 
 
 def test_beacon_reports_reach_inventory(tc_master, thin_clients):
-    found = wait_for(lambda: len(seats(tc_master)) == 2 and seats(tc_master), what="2 seats in inventory")
+    # online = heard within 1.5 heartbeats (6 s): on a loaded box one listing may miss it, the next beat fixes it
+    def both_and_online():
+        found = seats(tc_master)
+        return len(found) == 2 and found["tc-0001"]["status"] == "online" and found
+
+    found = wait_for(both_and_online, timeout=120, what="2 seats in inventory, tc-0001 online")
     one, two = found["tc-0001"], found["tc-0002"]
     assert one["serial"] == "TC000001" and one["mac"] == "52:54:00:00:00:01"
     assert one["ips"] == ["10.20.0.3"] and one["firmware"] == "13.1.0" and one["site"] == "LON"
     assert one["session_target"] == "desk-0001" and one["session_state"] == "connected"
     assert two["firmware"] == "12.9.4" and two["session_state"] == "none"
     assert two["idle_seconds"] >= 3600
-    assert one["status"] == "online" and one["uptime"] > 0
+    assert one["uptime"] > 0
 
 
 def test_filters_and_show(tc_master, thin_clients):
@@ -46,11 +51,15 @@ def test_filters_and_show(tc_master, thin_clients):
 
 def test_firmware_change_is_reported(tc_master, thin_clients, tc_roots):
     wait_for(lambda: "tc-0001" in seats(tc_master), what="tc-0001")
+    changed_at = time.time()
     tcroot.set_firmware(tc_roots["tc-0001"], "13.2.0")
     updated = wait_for(
-        lambda: seats(tc_master, "firmware=13.2.0").get("tc-0001"), timeout=30, what="firmware 13.2.0"
+        lambda: seats(tc_master, "firmware=13.2.0").get("tc-0001"), timeout=60, what="firmware 13.2.0"
     )
-    assert updated["last_change"] >= updated["first_seen"]
+    # heartbeats carry every fact too, so the new firmware alone proves nothing about change detection:
+    # only a `change` event moves last_change (heartbeats keep it), and tc-0002, unchanged, keeps its own
+    assert updated["last_change"] >= changed_at, (updated, changed_at)
+    assert seats(tc_master)["tc-0002"]["last_change"] < changed_at
 
 
 def test_offline_after_missed_heartbeats(tc_master, thin_clients):
@@ -58,12 +67,16 @@ def test_offline_after_missed_heartbeats(tc_master, thin_clients):
     minion = thin_clients["tc-0002"]
     minion.terminate()
     try:
-        # heartbeat 4 s, offline after 3 missed: offline within ~12 s of the last beat
-        wait_for(lambda: seats(tc_master, "status=offline").get("tc-0002"), timeout=40, what="tc-0002 offline")
-        assert "tc-0001" in seats(tc_master, "status=online")
+        # heartbeat 4 s, offline after 3 missed: offline within ~12 s of the last beat; in the same listing the
+        # still-beating tc-0001 is online (6 s window: on a loaded box one listing may catch it stale)
+        def only_two_offline():
+            found = seats(tc_master)
+            return found["tc-0002"]["status"] == "offline" and found["tc-0001"]["status"] == "online"
+
+        wait_for(only_two_offline, timeout=90, what="tc-0002 offline while tc-0001 online")
     finally:
         minion.start()
-    wait_for(lambda: seats(tc_master, "status=online").get("tc-0002"), timeout=60, what="tc-0002 back online")
+    wait_for(lambda: seats(tc_master, "status=online").get("tc-0002"), timeout=120, what="tc-0002 back online")
 
 
 def test_forged_and_malformed_events_are_counted_not_stored(tc_master, thin_clients):
@@ -91,7 +104,7 @@ def test_forged_and_malformed_events_are_counted_not_stored(tc_master, thin_clie
             and now
         )
 
-    wait_for(counted, timeout=30, what="forged and malformed counters to rise")
+    wait_for(counted, timeout=60, what="forged and malformed counters to rise")
     rejects = run(tc_master, "tc_inventory.summary")["recent_rejects"]
     assert any(r["reason"] == "forged" and r["sender"] == "tc-0002" for r in rejects)
     assert any(r["reason"] == "malformed" for r in rejects)
@@ -99,4 +112,4 @@ def test_forged_and_malformed_events_are_counted_not_stored(tc_master, thin_clie
     assert after["firmware"] == before["firmware"] == "12.9.4"
     assert after["serial"] == "TC000002"
     # the pipeline keeps going: tc-0002's own heartbeats still land
-    wait_for(lambda: run(tc_master, "tc_inventory.show", "tc-0002")["last_seen"] > after["last_seen"], timeout=30, what="next heartbeat")
+    wait_for(lambda: run(tc_master, "tc_inventory.show", "tc-0002")["last_seen"] > after["last_seen"], timeout=60, what="next heartbeat")

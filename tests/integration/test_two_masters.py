@@ -11,6 +11,7 @@ import time
 import yaml
 
 from harness import saltconf, tcroot
+from harness.lab import wait_for
 
 
 def keys(master):
@@ -37,7 +38,13 @@ def test_tc_master_never_auto_accepts(tc_master):
     assert saltconf.shipped_master_config("tc")["auto_accept"] is False
 
 
-def test_wrong_enrollment_secret_stays_pending(tc_master, thin_clients, tmp_path):
+def _auth_attempts(event_listener, master, minion_id, since):
+    """The master's ``salt/auth`` events for ``minion_id`` since ``since``: one per authentication attempt."""
+    events = event_listener.get_events([(master.id, "salt/auth")], after_time=since)
+    return sorted((e.stamp, e.data.get("act")) for e in events if e.data.get("id") == minion_id)
+
+
+def test_wrong_enrollment_secret_stays_pending(tc_master, thin_clients, tmp_path, event_listener):
     """A plain salt-minion with the wrong secret: its key waits in minions_pre, never accepted."""
     root = tcroot.make(tmp_path / "fakeroot", 66)
     conf = dict(
@@ -53,12 +60,17 @@ def test_wrong_enrollment_secret_stays_pending(tc_master, thin_clients, tmp_path
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "minion").write_text(yaml.safe_dump(conf))
     exe = [sys.executable, "-c", "import salt.scripts; salt.scripts.salt_minion()"]
+    started = time.time()
     proc = subprocess.Popen([*exe, "-c", str(tmp_path / "conf"), "-l", "quiet"], start_new_session=True)  # noqa: S603
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline and "tc-rogue-0066" not in keys(tc_master)["minions_pre"]:
-            time.sleep(1)
-        time.sleep(3)  # several more auth retries: still not accepted
+        # proof is attempts the master answered, not time: the minion retries every ~acceptance_wait_time;
+        # 4 attempts = first contact + 3 retries, each answered "pend" (an autosign would say "accept")
+        attempts = wait_for(
+            lambda: len(found := _auth_attempts(event_listener, tc_master, "tc-rogue-0066", started)) >= 4 and found,
+            timeout=180, what="4 authentication attempts by tc-rogue-0066",
+        )
+        assert {act for _, act in attempts} == {"pend"}, attempts
+        assert proc.poll() is None, "the rogue minion gave up instead of retrying"
         found = keys(tc_master)
         assert "tc-rogue-0066" in found["minions_pre"]
         assert "tc-rogue-0066" not in found["minions"]
