@@ -52,8 +52,8 @@ in_root 'test ! -e /usr/bin/make && test ! -e /usr/bin/python3 && echo "pristine
 phase "README: apt-get install -y make"
 in_root 'apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q make >/dev/null'
 phase "make setup (system packages + venv from requirements.lock)"
-echo "checkout: $(git -C "$src" log --oneline -1)"
-in_root 'cd /root/deskfleet && make setup 2>&1 | grep -v "^WARNING: Location"'
+echo "checkout: $(git -C "$root/root/deskfleet" log --oneline -1)"
+in_root 'cd /root/deskfleet && make setup 2>&1 | grep --line-buffered -v "^WARNING: Location"'
 in_root '$(ls -d /root/.cache/deskfleet/venv-*)/bin/python -V && command -v python3.11'
 phase "make test T=\"$sel\""
 in_root "cd /root/deskfleet && make test T=\"$sel\""
