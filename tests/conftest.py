@@ -59,3 +59,9 @@ def pytest_sessionfinish(session, exitstatus):
     if os.environ.get("CI") and _SKIPPED and exitstatus == 0:
         session.exitstatus = 1
         print(f"\nCI=true but {len(_SKIPPED)} test(s) were skipped, e.g. {_SKIPPED[0]}: failing the run")
+
+
+@pytest.fixture(scope="session")
+def salt_factories_config():
+    """Every salt-factories daemon gets 180 s per start attempt (default 60): a loaded 2-core box needs it."""
+    return {"start_timeout": 180}

@@ -63,7 +63,7 @@ def test_firmware_change_is_reported(tc_master, thin_clients, tc_roots):
 
 
 def test_offline_after_missed_heartbeats(tc_master, thin_clients):
-    wait_for(lambda: seats(tc_master, "status=online").get("tc-0002"), what="tc-0002 online")
+    wait_for(lambda: seats(tc_master, "status=online").get("tc-0002"), timeout=120, what="tc-0002 online")
     minion = thin_clients["tc-0002"]
     minion.terminate()
     try:
