@@ -1,0 +1,172 @@
+"""
+Store faults with real faults on the real SQLite file: another process holding
+a write transaction, a full filesystem (a 256 KiB tmpfs mounted by the test),
+a store truncated to 0 bytes or to half its size, a deleted or replaced store.
+Each is refused with a StoreError naming the path and the fault; nothing is
+re-created over history. And the runner glue that turns them into results.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import deskfleet_store as store
+import escrow
+import rollouts
+
+pytestmark = pytest.mark.unit
+MIGRATIONS = {**escrow.MIGRATIONS, **rollouts.MIGRATIONS}
+
+
+def fresh(path):
+    conn = store.connect(str(path), MIGRATIONS)
+    escrow.add_audit(conn, who="ops", action="rotate", vm="desk-1", account="localadmin", outcome="ok")
+    conn.close()
+
+
+@pytest.fixture
+def db(tmp_path):
+    path = tmp_path / "deskfleet" / "deskfleet.sqlite"
+    fresh(path)
+    return path
+
+
+def test_the_first_open_writes_a_marker_with_the_store_id(db):
+    marker = store._read_marker(str(db))  # pylint: disable=protected-access
+    conn = store.connect(str(db), MIGRATIONS)
+    assert conn.execute("SELECT value FROM store_meta WHERE key = 'store_id'").fetchone()[0] == marker["store_id"]
+    assert oct(os.stat(store.marker_path(str(db))).st_mode & 0o777) == "0o600"
+    conn.close()
+
+
+def test_a_store_truncated_to_zero_bytes_is_refused_not_recreated(db):
+    os.truncate(db, 0)
+    with pytest.raises(store.StoreError) as info:
+        store.connect(str(db), MIGRATIONS)
+    assert info.value.fault == "truncated" and str(db) in str(info.value) and "0 bytes" in str(info.value)
+    assert os.path.getsize(db) == 0  # nothing was written over it
+
+
+def test_a_deleted_store_is_refused(db):
+    os.unlink(db)
+    with pytest.raises(store.StoreError) as info:
+        store.connect(str(db), MIGRATIONS)
+    assert info.value.fault == "missing" and not db.exists()
+
+
+def test_a_half_truncated_store_is_refused_without_a_traceback_elsewhere(db):
+    conn = store.connect(str(db), MIGRATIONS)
+    with store.transaction(conn):
+        for i in range(400):
+            conn.execute("INSERT INTO password_audit (at, who, action, vm, account, outcome, reason)"
+                         " VALUES (?, 'ops', 'read', ?, 'localadmin', 'ok', ?)", (i, f"desk-{i}", "x" * 200))
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    os.truncate(db, os.path.getsize(db) // 2)
+    with pytest.raises(store.StoreError) as info:
+        store.connect(str(db), MIGRATIONS)
+    assert info.value.fault == "corrupt" and str(db) in str(info.value)
+
+
+def test_a_replaced_store_is_refused(db, tmp_path):
+    other = tmp_path / "other.sqlite"
+    fresh(other)
+    os.replace(other, db)
+    with pytest.raises(store.StoreError) as info:
+        store.connect(str(db), MIGRATIONS)
+    assert info.value.fault == "replaced"
+
+
+def test_a_legacy_store_without_a_marker_is_adopted(db):
+    os.unlink(store.marker_path(str(db)))
+    store.connect(str(db), MIGRATIONS).close()
+    assert os.path.exists(store.marker_path(str(db)))
+    conn = store.connect(str(db), MIGRATIONS)
+    assert escrow.audit_log(conn)[0]["vm"] == "desk-1"  # history kept
+    conn.close()
+
+
+HOLDER = textwrap.dedent("""
+    import sqlite3, sys, time
+    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("INSERT INTO password_audit (at, who, action, vm, account, outcome) VALUES (0, 'x', 'x', 'x', 'x', 'x')")
+    print("locked", flush=True)
+    sys.stdin.readline()
+    conn.execute("ROLLBACK")
+""")
+
+
+@pytest.fixture
+def locked(db):
+    """Another process holding a write transaction on the real file until the test ends."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        yield db
+    finally:
+        proc.stdin.write("\n")
+        proc.stdin.close()
+        proc.wait(30)
+
+
+def test_a_locked_store_opens_for_reading_and_refuses_writes_with_a_store_error(locked):
+    conn = store.connect(str(locked), MIGRATIONS, timeout=0.5)
+    try:
+        assert escrow.audit_log(conn)[0]["vm"] == "desk-1"  # readers are not blocked (WAL)
+        with pytest.raises(store.StoreError) as info:
+            escrow.add_audit(conn, who="ops", action="read", vm="desk-2", account="localadmin", outcome="ok")
+        assert info.value.fault == "locked" and str(locked) in str(info.value)
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 256 KiB tmpfs mounted inside the test's temp dir (root), unmounted after."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_a_full_filesystem_is_a_store_error_and_the_rows_before_it_survive(tiny_fs):
+    path = tiny_fs / "deskfleet.sqlite"
+    conn = store.connect(str(path), MIGRATIONS)
+    escrow.add_audit(conn, who="ops", action="rotate", vm="desk-first", account="localadmin", outcome="ok")
+    with pytest.raises(store.StoreError) as info:
+        for i in range(10_000):
+            escrow.add_audit(conn, who="ops", action="read", vm=f"desk-{i}", account="localadmin", outcome="ok",
+                             reason="x" * 2000)
+    assert info.value.fault == "full" and str(path) in str(info.value)
+    conn.close()
+    conn = store.connect(str(path), MIGRATIONS)
+    assert escrow.audit_log(conn, vm="desk-first")[0]["action"] == "rotate"
+    conn.close()
+
+
+# ---- the runner glue ------------------------------------------------------------------------
+
+
+def test_guard_turns_a_store_error_into_an_error_result_a_retcode_and_an_alert(db):
+    sent = []
+    context = {}
+
+    # a runner's module globals, as Salt's loader fills them
+    namespace = {"__context__": context, "__salt__": {"event.send": lambda tag, data: sent.append((tag, data)) or True},
+                 "__virtualname__": "demo", "store": store, "os": os, "db": db, "MIGRATIONS": MIGRATIONS}
+    exec("def status():\n    os.truncate(db, 0)\n    store.connect(str(db), MIGRATIONS)\n", namespace)  # noqa: S102
+    result = store.guard(namespace["status"])()
+    assert result["retcode"] == 1 and result["store_fault"] == "truncated" and str(db) in result["error"]
+    assert context["retcode"] == 1
+    assert sent == [(store.ALERT_TAG, {"path": str(db), "fault": "truncated", "error": result["error"],
+                                       "runner": "demo.status"})]
