@@ -22,6 +22,7 @@ import os
 import re
 import sys
 import time
+import types
 
 from salt.exceptions import SaltClientError
 
@@ -37,6 +38,7 @@ try:
 except ImportError as _exc:  # pragma: no cover - utils_dirs missing from the master config
     HAS_ESCROW = False
     _IMPORT_ERROR = str(_exc)
+    store = types.SimpleNamespace(guard=lambda func: func)  # __virtual__ reports the import error
 
 DEFAULT_PUBKEY_FILE = "/etc/deskfleet/password-escrow.pub"
 DEFAULT_ACCOUNT = "localadmin"  # escrow.DEFAULT_ACCOUNT
