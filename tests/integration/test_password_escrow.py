@@ -154,7 +154,7 @@ def show(master, desk, key, *extra):
     """(plaintext from stdout, the runner's JSON return, the process result)."""
     ret = salt_run(master, "password.show", desk, ACCOUNT, f"key={key}", *extra, check=False)
     first, _, rest = ret.stdout.partition("\n")
-    if first.lstrip().startswith("{"):  # refused: nothing printed before the return
+    if first.strip() == "{":  # refused: nothing printed before the return (a password may start with "{")
         return None, json.loads(ret.stdout), ret
     return first, json.loads(rest), ret
 
