@@ -177,7 +177,10 @@ def _open_checks(conn, path):
         conn.execute("PRAGMA synchronous=NORMAL")
     except StoreError as exc:
         raise StoreError(f"cannot open the deskfleet store at {path}: {exc}", path, exc.fault) from exc
-    problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+    try:
+        problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+    except sqlite3.DatabaseError as exc:  # raised while fetching, past _Connection.execute
+        problems = [str(exc)]
     if problems != ["ok"]:
         raise StoreError(f"deskfleet store {path} is damaged (quick_check: {'; '.join(problems)[:300]}):"
                          " restore it from a backup", path, "corrupt")
@@ -260,10 +263,17 @@ def guard(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        where = f"{func.__globals__.get('__virtualname__')}.{func.__name__}"
         try:
             return func(*args, **kwargs)
         except StoreError as exc:
-            return store_fault(func.__globals__, exc, f"{func.__globals__.get('__virtualname__')}.{func.__name__}")
+            return store_fault(func.__globals__, exc, where)
+        except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
+            # raised while fetching rows (past _Connection.execute): the same faults, path unknown here
+            fault = fault_of(exc, "(the deskfleet store)")
+            if not isinstance(fault, StoreError):
+                raise
+            return store_fault(func.__globals__, fault, where)
 
     return wrapper
 

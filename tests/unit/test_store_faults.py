@@ -71,6 +71,24 @@ def test_a_half_truncated_store_is_refused_without_a_traceback_elsewhere(db):
     assert info.value.fault == "corrupt" and str(db) in str(info.value)
 
 
+def test_a_damaged_data_page_is_found_when_the_store_opens(db):
+    conn = store.connect(str(db), MIGRATIONS)
+    with store.transaction(conn):
+        for i in range(400):
+            conn.execute("INSERT INTO password_audit (at, who, action, vm, account, outcome, reason)"
+                         " VALUES (?, 'ops', 'read', ?, 'localadmin', 'ok', ?)", (i, f"desk-{i}", "x" * 200))
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.close()
+    with open(db, "r+b") as fh:  # scribble over a page near the end (audit rows), not the schema
+        fh.seek((pages - 3) * page)
+        fh.write(os.urandom(page))
+    with pytest.raises(store.StoreError) as info:
+        store.connect(str(db), MIGRATIONS)
+    assert info.value.fault == "corrupt" and "quick_check" in str(info.value)
+
+
 def test_a_replaced_store_is_refused(db, tmp_path):
     other = tmp_path / "other.sqlite"
     fresh(other)
