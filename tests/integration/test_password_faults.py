@@ -294,9 +294,17 @@ def test_show_with_a_bad_escrow_id_is_refused_and_audited(master, desk, keys):
     assert "escrow_id" in audit[0]["reason"]
 
 
+def restore(saved, db):
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(db + suffix):
+            os.unlink(db + suffix)
+    shutil.copy(saved, db)
+
+
 def test_a_truncated_store_is_refused_never_recreated(master, desk, db):
     saved = db + ".saved"
-    shutil.copy(db, saved)
+    with sqlite3.connect(db, timeout=30) as src, sqlite3.connect(saved) as dst:
+        src.backup(dst)  # a consistent copy, WAL included
     try:
         os.truncate(db, 0)
         with Alerts(master) as alerts:
@@ -309,16 +317,13 @@ def test_a_truncated_store_is_refused_never_recreated(master, desk, db):
         assert {e["runner"] for e in alerts.events} >= {"password.status", "password.history", "software.status"}
         assert os.path.getsize(db) == 0, "the store must not be re-created over its history"
         # half a store: damaged, refused the same way
-        shutil.copy(saved, db)
-        for suffix in ("-wal", "-shm"):
-            if os.path.exists(db + suffix):
-                os.unlink(db + suffix)
+        restore(saved, db)
         os.truncate(db, os.path.getsize(saved) // 2)
         ret, data = run(master, "password.status", DESK, ACCOUNT)
         assert ret.returncode == 1 and data["store_fault"] in ("corrupt", "error") and db in data["error"], ret
         assert "Traceback" not in ret.stderr
     finally:
-        shutil.copy(saved, db)
+        restore(saved, db)
         os.unlink(saved)
     ret, status = run(master, "password.status", DESK, ACCOUNT)
     assert ret.returncode == 0 and status["ok"] == [DESK]
