@@ -16,6 +16,7 @@ same key, or returns are refused. ``deskfleet:vm:passwords:history`` (default 12
 ciphertexts are kept per machine and account.
 """
 
+import functools
 import getpass
 import logging
 import os
@@ -33,6 +34,7 @@ __virtualname__ = "password"
 try:
     import deskfleet_store as store
     import escrow
+    import escrow_rotation
 
     HAS_ESCROW = True
 except ImportError as _exc:  # pragma: no cover - utils_dirs missing from the master config
@@ -94,24 +96,11 @@ def _fail(result):
     return result
 
 
-def _short(value):
-    return str(value)[:500]
-
-
 def _audit(conn, **fields):
     return escrow.add_audit(conn, who=_who(), salt_user=_salt_user(), jid=_jid(), **fields)
 
 
-def _audit_quiet(conn, faults, **fields):
-    """Audit a rotation outcome; a store fault is remembered (reported at the end), not raised."""
-    try:
-        return _audit(conn, **fields)
-    except store.StoreError as exc:
-        faults.append(exc)
-        return None
-
-
-def _gather(client, target, fun, arg, kwarg, tgt_type, timeout):
+def _gather(client, timeout, target, fun, arg, kwarg, tgt_type):
     """(publication data, {vm: (return, retcode)}) of one job."""
     pub, found = None, {}
     for chunk in client.cmd_iter(target, fun, arg=arg, kwarg=kwarg, tgt_type=tgt_type, timeout=timeout,
@@ -125,104 +114,21 @@ def _gather(client, target, fun, arg, kwarg, tgt_type, timeout):
     return pub or {}, found
 
 
-def _error_of(ret, retcode):
-    if retcode or not isinstance(ret, dict) or "error" in ret:
-        return _short(ret.get("error") if isinstance(ret, dict) and "error" in ret else ret)
-    return None
-
-
 def _rotate(conn, target, account, tgt_type, timeout):
-    """
-    Two phases. 1: each machine generates and seals a password (``local_password.prepare``);
-    the master writes it ``pending`` (fsync'd). 2: only machines whose row is on disk are told
-    to set it (``local_password.commit``); then it is marked ``in_force``. A store fault in 1
-    leaves the machine on its escrowed password; one in 2 leaves it in doubt between two
-    escrowed passwords (``password.status``, ``password.show``), which ``rotate_due`` repairs.
-    """
+    """Two phases (``_utils/escrow_rotation.py``): escrowed ``pending`` first, then set, then ``in_force``."""
     import salt.client  # pylint: disable=import-outside-toplevel
 
     fp = escrow.fingerprint(_escrow_key())
     keep = int(_settings().get("history", escrow.DEFAULT_HISTORY))
-    out = {"rotated": {}, "refused": {}, "failed": {}, "in_doubt": {}}
-    faults, pending = [], {}
     with salt.client.get_local_client(mopts=__opts__) as client:
-        pub, found = _gather(client, target, "local_password.prepare", [account], {"expect_fingerprint": fp},
-                             tgt_type, timeout)  # fmt: skip
-        for vm, (ret, retcode) in sorted(found.items()):
-            _prepared(conn, vm, account, ret, retcode, fp, pub.get("jid"), keep, out, faults, pending)
-        if pending:
-            _, done = _gather(client, sorted(pending), "local_password.commit", [account],
-                              {"rotations": {vm: row["rotated_at"] for vm, (_, row) in pending.items()}},
-                              "list", timeout)  # fmt: skip
-            for vm, (escrow_id, row) in sorted(pending.items()):
-                _committed(conn, vm, account, escrow_id, row, done.get(vm), out, faults)
-    result = {"jid": pub.get("jid"), "account": account, "fingerprint": fp, **out,
-              "no_return": sorted(set(pub.get("minions") or []) - set(found))}
-    if not pub.get("jid"):
+        run = escrow_rotation.Rotation(conn, functools.partial(_gather, client, timeout), _audit, account, fp, keep)
+        result = run.run(target, tgt_type)
+    if not result["jid"]:
         result["error"] = f"nothing published: no minion matched {target!r}, or the master refused the job"
-    if faults:
-        result.update(store.store_fault(globals(), faults[0], "password.rotate"))
-    bad = out["refused"] or out["failed"] or out["in_doubt"] or result["no_return"] or "error" in result
+    if run.fault:
+        result.update(store.store_fault(globals(), run.fault, "password.rotate"))
+    bad = result["refused"] or result["failed"] or result["in_doubt"] or result["no_return"] or "error" in result
     return _fail(result) if bad else result
-
-
-def _prepared(conn, vm, account, ret, retcode, fp, jid, keep, out, faults, pending):
-    """Vet one machine's sealed password and write it pending; only then may the machine use it."""
-    error = _error_of(ret, retcode)
-    if error:
-        out["failed"][vm] = error
-        _audit_quiet(conn, faults, action="rotate", vm=vm, account=account, outcome="failed", reason=error)
-        return
-    try:
-        row = escrow.check_return(ret, vm, account, fp)
-    except escrow.Refused as exc:
-        out["refused"][vm] = f"{exc}; nothing was set on the machine"
-        _audit_quiet(conn, faults, action="rotate", vm=vm, account=account, outcome="refused", reason=str(exc),
-                     key_fingerprint=fp)  # fmt: skip
-        log.warning("password: refused the escrow return of %s: %s", vm, exc)
-        return
-    if faults:  # the store already failed in this run: do not wait on it again per machine
-        out["failed"][vm] = f"not rotated, the password is unchanged: the escrow store failed ({faults[0].fault})"
-        return
-    try:
-        pending[vm] = (escrow.add_escrow(conn, row, jid=jid, keep=keep, state="pending"), row)
-    except store.StoreError as exc:
-        faults.append(exc)
-        out["failed"][vm] = f"not rotated, the password is unchanged: the escrow store refused the write: {exc}"
-
-
-def _committed(conn, vm, account, escrow_id, row, answer, out, faults):
-    """Record what the machine said to ``commit``: in force, failed (unchanged), or in doubt."""
-    ret, retcode = answer if answer is not None else (None, 0)
-    error = _error_of(ret, retcode) if answer is not None else "no answer to local_password.commit"
-    ok = not error and ret.get("committed") is True and ret.get("rotated_at") == row["rotated_at"]
-    try:
-        if faults:  # the store already failed in this run: the row stays pending (in doubt)
-            raise faults[0]
-        if ok:
-            escrow.mark(conn, escrow_id, "in_force", verified=ret.get("verified"))
-        elif answer is not None and retcode:
-            escrow.mark(conn, escrow_id, "failed")  # the machine refused: still on the previous password
-        else:
-            escrow.mark(conn, escrow_id, "in_doubt")
-    except store.StoreError as exc:
-        faults.append(exc)
-        out["in_doubt"][vm] = (f"escrow id {escrow_id}: {'set on the machine' if ok else error}, but not recorded:"
-                               f" {exc}; password.show lists both candidates, password.rotate_due repairs it")
-        return
-    if ok:
-        out["rotated"][vm] = {"rotated_at": row["rotated_at"], "escrow_id": escrow_id, "verified": ret.get("verified")}
-        _audit_quiet(conn, faults, action="rotate", vm=vm, account=account, outcome="ok", escrow_id=escrow_id,
-                     key_fingerprint=row["fingerprint"])  # fmt: skip
-    elif answer is not None and retcode:
-        out["failed"][vm] = f"the machine did not set it (password unchanged): {error}"
-        _audit_quiet(conn, faults, action="rotate", vm=vm, account=account, outcome="failed", reason=error,
-                     escrow_id=escrow_id)  # fmt: skip
-    else:
-        out["in_doubt"][vm] = (f"escrow id {escrow_id}: {error}; the machine may be on it or on the previous"
-                               " password: password.show lists both, password.rotate_due repairs it")
-        _audit_quiet(conn, faults, action="rotate", vm=vm, account=account, outcome="in_doubt", reason=error,
-                     escrow_id=escrow_id)  # fmt: skip
 
 
 def _collect(conn, target, account, tgt_type, timeout):
@@ -232,9 +138,9 @@ def _collect(conn, target, account, tgt_type, timeout):
     keep = int(_settings().get("history", escrow.DEFAULT_HISTORY))
     rotated, refused, failed = {}, {}, {}
     with salt.client.get_local_client(mopts=__opts__) as client:
-        pub, found = _gather(client, target, "local_password.last", [account], {}, tgt_type, timeout)
+        pub, found = _gather(client, timeout, target, "local_password.last", [account], {}, tgt_type)
     for vm, (ret, retcode) in sorted(found.items()):
-        error = _error_of(ret, retcode)
+        error = escrow_rotation.error_of(ret, retcode)
         if error:
             failed[vm] = error
             _audit(conn, action="collect", vm=vm, account=account, outcome="failed", reason=error)
