@@ -753,6 +753,8 @@ class Engine:
                 self._step(rollout_id, report)
             except LeaseLost as exc:
                 report.update(action="aborted", comment=str(exc))
+            except store.StoreError:
+                raise  # the store itself: every rollout shares it; the runner reports it (exit 1, alert)
             except Exception as exc:  # pylint: disable=broad-except
                 # one rollout's trouble (job cache unreadable, master away) must not stop the others
                 log.exception("rollouts: tick of %s failed", rollout_id)

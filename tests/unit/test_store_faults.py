@@ -188,3 +188,23 @@ def test_guard_turns_a_store_error_into_an_error_result_a_retcode_and_an_alert(d
     assert context["retcode"] == 1
     assert sent == [(store.ALERT_TAG, {"path": str(db), "fault": "truncated", "error": result["error"],
                                        "runner": "demo.status"})]
+
+
+def test_a_locked_store_stops_a_rollout_tick_with_a_store_error(db):
+    """Not one rollout's error among others: the shared store is down, the runner reports it (exit 1, alert)."""
+    conn = store.connect(str(db), MIGRATIONS, timeout=0.5)
+    entry = {"key": "demo", "name": "demo", "version": "1", "windows": None, "linux": None}
+    rollouts.create(conn, software="demo", version="1", entry=entry, target="d-*", tgt_type="glob", minions=["d-1"],
+                    batch=1, max_fail=0, start=0, end=4e9, now=1)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(store.StoreError) as info:
+            rollouts.Engine(conn, driver=None, clock=lambda: 100.0).tick()
+        assert info.value.fault == "locked"
+    finally:
+        proc.stdin.write("\n")
+        proc.stdin.close()
+        proc.wait(30)
+        conn.close()
