@@ -35,6 +35,7 @@ try:
     import deskfleet_store as store
     import escrow
     import escrow_rotation
+    import escrow_store
 
     HAS_ESCROW = True
 except ImportError as _exc:  # pragma: no cover - utils_dirs missing from the master config
@@ -97,7 +98,7 @@ def _fail(result):
 
 
 def _audit(conn, **fields):
-    return escrow.add_audit(conn, who=_who(), salt_user=_salt_user(), jid=_jid(), **fields)
+    return escrow_store.add_audit(conn, who=_who(), salt_user=_salt_user(), jid=_jid(), **fields)
 
 
 def _gather(client, timeout, target, fun, arg, kwarg, tgt_type):
@@ -152,15 +153,15 @@ def _collect(conn, target, account, tgt_type, timeout):
             _audit(conn, action="collect", vm=vm, account=account, outcome="refused", reason=str(exc),
                    key_fingerprint=fp)  # fmt: skip
             continue
-        known = escrow.escrowed_at(conn, vm, account, row["rotated_at"])
+        known = escrow_store.escrowed_at(conn, vm, account, row["rotated_at"])
         if known and known["state"] == "in_force":
             rotated[vm] = {"rotated_at": row["rotated_at"], "already_escrowed": True}
             continue
         if known:  # the machine committed a rotation the master had left in doubt
-            escrow.mark(conn, known["id"], "in_force", verified=ret.get("verified"))
+            escrow_store.mark(conn, known["id"], "in_force", verified=ret.get("verified"))
             escrow_id = known["id"]
         else:
-            escrow_id = escrow.add_escrow(conn, row, jid=pub.get("jid"), keep=keep)
+            escrow_id = escrow_store.add_escrow(conn, row, jid=pub.get("jid"), keep=keep)
         _audit(conn, action="collect", vm=vm, account=account, outcome="ok", escrow_id=escrow_id, key_fingerprint=fp)
         rotated[vm] = {"rotated_at": row["rotated_at"], "escrow_id": escrow_id, "verified": ret.get("verified")}
     result = {"jid": pub.get("jid"), "account": account, "fingerprint": fp, "rotated": rotated, "refused": refused,
@@ -196,7 +197,7 @@ def rotate(target, account=DEFAULT_ACCOUNT, tgt_type="glob", timeout=120):
         account = escrow.check_account(account)
     except escrow.EscrowError as exc:
         return _fail({"error": str(exc)})
-    conn = escrow.open_store(__opts__)
+    conn = escrow_store.open_store(__opts__)
     try:
         return _rotate(conn, target, account, tgt_type, timeout)
     except (escrow.EscrowError, SaltClientError) as exc:
@@ -222,7 +223,7 @@ def collect(target, account=DEFAULT_ACCOUNT, tgt_type="glob", timeout=60):
         account = escrow.check_account(account)
     except escrow.EscrowError as exc:
         return _fail({"error": str(exc)})
-    conn = escrow.open_store(__opts__)
+    conn = escrow_store.open_store(__opts__)
     try:
         return _collect(conn, target, account, tgt_type, timeout)
     except (escrow.EscrowError, SaltClientError) as exc:
@@ -309,16 +310,16 @@ def show(vm, account=DEFAULT_ACCOUNT, key=None, escrow_id=None):
         account = escrow.check_account(account)
     except escrow.EscrowError as exc:
         return _fail({"shown": False, "error": str(exc)})
-    conn = escrow.open_store(__opts__)
+    conn = escrow_store.open_store(__opts__)
     vm = str(vm)
     try:
         refused = _show_refusal(conn, vm, account, key, escrow_id)
         if refused:
             return refused
         if escrow_id is not None:
-            rows = [r for r in [escrow.escrowed(conn, vm, account, int(str(escrow_id).strip()))] if r]
+            rows = [r for r in [escrow_store.escrowed(conn, vm, account, int(str(escrow_id).strip()))] if r]
         else:
-            rows = escrow.candidates(conn, vm, account)
+            rows = escrow_store.candidates(conn, vm, account)
         if not rows:
             which = f"escrow id {escrow_id}" if escrow_id is not None else "any escrowed password"
             return _refuse(conn, vm, account, f"no {which} for {account} on {vm}")
@@ -398,8 +399,8 @@ def status(target="*", account=DEFAULT_ACCOUNT, tgt_type="glob",
         account = escrow.check_account(account)
     except escrow.EscrowError as exc:
         return _fail({"error": str(exc)})
-    in_doubt_after = float(_settings().get("in_doubt_after", escrow.DEFAULT_IN_DOUBT_AFTER))
-    conn = escrow.open_store(__opts__)
+    in_doubt_after = float(_settings().get("in_doubt_after", escrow_store.DEFAULT_IN_DOUBT_AFTER))
+    conn = escrow_store.open_store(__opts__)
     try:
         try:
             current = escrow.fingerprint(_escrow_key())
@@ -407,7 +408,7 @@ def status(target="*", account=DEFAULT_ACCOUNT, tgt_type="glob",
         except escrow.EscrowError as exc:
             current, key_error = None, str(exc)
         minions = salt.utils.minions.CkMinions(__opts__).check_minions(target, tgt_type)["minions"]
-        machines = escrow.due(conn, minions, account, time.time(), current, max_age_days, in_doubt_after)
+        machines = escrow_store.due(conn, minions, account, time.time(), current, max_age_days, in_doubt_after)
     finally:
         conn.close()
     result = {
@@ -462,9 +463,9 @@ def history(vm, account=DEFAULT_ACCOUNT):
 
         salt-run password.history desk-0001 localadmin
     """
-    conn = escrow.open_store(__opts__)
+    conn = escrow_store.open_store(__opts__)
     try:
-        return escrow.history(conn, str(vm), escrow.check_account(account))
+        return escrow_store.history(conn, str(vm), escrow.check_account(account))
     except escrow.EscrowError as exc:
         return _fail({"error": str(exc)})
     finally:
@@ -484,8 +485,8 @@ def audit(vm=None, action=None, limit=50):
         salt-run password.audit
         salt-run password.audit vm=desk-0001 action=read
     """
-    conn = escrow.open_store(__opts__)
+    conn = escrow_store.open_store(__opts__)
     try:
-        return escrow.audit_log(conn, None if vm is None else str(vm), action, int(limit))
+        return escrow_store.audit_log(conn, None if vm is None else str(vm), action, int(limit))
     finally:
         conn.close()

@@ -10,7 +10,7 @@ before any machine uses it.
    refused: still on its previous password) or ``in_doubt`` (no answer).
 
 A store fault in 2 leaves the machine on its escrowed password; one in 4 leaves
-the row ``pending``, which ``escrow.due`` reports as in doubt once it is older
+the row ``pending``, which ``escrow_store.due`` reports as in doubt once it is older
 than ``in_doubt_after``. Salt is injected (``gather``), so this is tested without it.
 """
 
@@ -18,6 +18,7 @@ import logging
 
 import deskfleet_store as store
 import escrow
+import escrow_store
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class Rotation:
             self.out["failed"][vm] = f"not rotated, the password is unchanged: the escrow store failed ({self.fault})"
             return
         try:
-            self.pending[vm] = (escrow.add_escrow(self.conn, row, jid=jid, keep=self.keep, state="pending"), row)
+            self.pending[vm] = (escrow_store.add_escrow(self.conn, row, jid=jid, keep=self.keep, state="pending"), row)
         except store.StoreError as exc:
             self.faults.append(exc)
             self.out["failed"][vm] = f"not rotated, the password is unchanged: the escrow store refused the write: {exc}"
@@ -105,7 +106,7 @@ class Rotation:
         try:
             if self.faults:  # the store already failed in this run: the row stays pending (in doubt)
                 raise self.fault
-            escrow.mark(self.conn, escrow_id, state, verified=ret.get("verified") if ok else None)
+            escrow_store.mark(self.conn, escrow_id, state, verified=ret.get("verified") if ok else None)
         except store.StoreError as exc:
             if exc is not self.fault:
                 self.faults.append(exc)

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 import deskfleet_store as store
 import escrow
 import escrow_rotation
+import escrow_store
 
 pytestmark = pytest.mark.unit
 ACCOUNT = "localadmin"
@@ -31,7 +32,7 @@ def db(tmp_path):
 
 @pytest.fixture
 def conn(db):
-    conn = store.connect(db, escrow.MIGRATIONS, timeout=0.5)
+    conn = store.connect(db, escrow_store.MIGRATIONS, timeout=0.5)
     yield conn
     conn.close()
 
@@ -74,7 +75,7 @@ class Machines:
 
 
 def audit(conn, **fields):
-    return escrow.add_audit(conn, who="ops", **fields)
+    return escrow_store.add_audit(conn, who="ops", **fields)
 
 
 def rotate(conn, machines):
@@ -83,7 +84,7 @@ def rotate(conn, machines):
 
 
 def shown(conn, key, vm):
-    return [(c["state"], escrow.decrypt(key, c["envelope"])) for c in escrow.candidates(conn, vm, ACCOUNT)]
+    return [(c["state"], escrow.decrypt(key, c["envelope"])) for c in escrow_store.candidates(conn, vm, ACCOUNT)]
 
 
 def test_escrowed_pending_then_set_then_in_force(conn, key):
@@ -103,14 +104,14 @@ def test_a_commit_without_answer_leaves_the_machine_in_doubt_between_two_escrowe
     assert "no answer" in result["in_doubt"]["desk-1"] and not result["rotated"]
     candidates = shown(conn, key, "desk-1")
     assert candidates == [("in_doubt", second.prepared["desk-1"][0]), ("in_force", first.set["desk-1"])]
-    due = escrow.due(conn, ["desk-1"], ACCOUNT, time.time())["desk-1"]
+    due = escrow_store.due(conn, ["desk-1"], ACCOUNT, time.time())["desk-1"]
     assert due["due"] is True and due["reason"].startswith("in doubt") and len(due["in_doubt"]) == 1
     # the repair: a new rotation in force supersedes the doubt
     third = Machines(key, ["desk-1"])
     rotate(conn, third)
     assert shown(conn, key, "desk-1") == [("in_force", third.set["desk-1"])]
-    assert escrow.due(conn, ["desk-1"], ACCOUNT, time.time())["desk-1"]["due"] is False
-    assert [h["state"] for h in escrow.history(conn, "desk-1", ACCOUNT)] == ["in_force", "superseded", "in_force"]
+    assert escrow_store.due(conn, ["desk-1"], ACCOUNT, time.time())["desk-1"]["due"] is False
+    assert [h["state"] for h in escrow_store.history(conn, "desk-1", ACCOUNT)] == ["in_force", "superseded", "in_force"]
 
 
 def test_a_machine_that_refuses_the_commit_stays_on_its_escrowed_password(conn, key):
@@ -174,5 +175,5 @@ def test_a_store_locked_after_the_pending_row_leaves_both_candidates(conn, key, 
         lock.release()
     assert run.fault.fault == "locked" and "set on the machine" in result["in_doubt"]["desk-1"]
     assert shown(conn, key, "desk-1") == [("pending", second.set["desk-1"]), ("in_force", first.set["desk-1"])]
-    assert escrow.due(conn, ["desk-1"], ACCOUNT, time.time() + 601)["desk-1"]["reason"].startswith("in doubt")
-    assert escrow.due(conn, ["desk-1"], ACCOUNT, time.time(), in_doubt_after=600)["desk-1"]["due"] is False
+    assert escrow_store.due(conn, ["desk-1"], ACCOUNT, time.time() + 601)["desk-1"]["reason"].startswith("in doubt")
+    assert escrow_store.due(conn, ["desk-1"], ACCOUNT, time.time(), in_doubt_after=600)["desk-1"]["due"] is False

@@ -15,15 +15,16 @@ import pytest
 
 import deskfleet_store as store
 import escrow
+import escrow_store
 import rollouts
 
 pytestmark = pytest.mark.unit
-MIGRATIONS = {**escrow.MIGRATIONS, **rollouts.MIGRATIONS}
+MIGRATIONS = {**escrow_store.MIGRATIONS, **rollouts.MIGRATIONS}
 
 
 def fresh(path):
     conn = store.connect(str(path), MIGRATIONS)
-    escrow.add_audit(conn, who="ops", action="rotate", vm="desk-1", account="localadmin", outcome="ok")
+    escrow_store.add_audit(conn, who="ops", action="rotate", vm="desk-1", account="localadmin", outcome="ok")
     conn.close()
 
 
@@ -103,7 +104,7 @@ def test_a_legacy_store_without_a_marker_is_adopted(db):
     store.connect(str(db), MIGRATIONS).close()
     assert os.path.exists(store.marker_path(str(db)))
     conn = store.connect(str(db), MIGRATIONS)
-    assert escrow.audit_log(conn)[0]["vm"] == "desk-1"  # history kept
+    assert escrow_store.audit_log(conn)[0]["vm"] == "desk-1"  # history kept
     conn.close()
 
 
@@ -135,9 +136,9 @@ def locked(db):
 def test_a_locked_store_opens_for_reading_and_refuses_writes_with_a_store_error(locked):
     conn = store.connect(str(locked), MIGRATIONS, timeout=0.5)
     try:
-        assert escrow.audit_log(conn)[0]["vm"] == "desk-1"  # readers are not blocked (WAL)
+        assert escrow_store.audit_log(conn)[0]["vm"] == "desk-1"  # readers are not blocked (WAL)
         with pytest.raises(store.StoreError) as info:
-            escrow.add_audit(conn, who="ops", action="read", vm="desk-2", account="localadmin", outcome="ok")
+            escrow_store.add_audit(conn, who="ops", action="read", vm="desk-2", account="localadmin", outcome="ok")
         assert info.value.fault == "locked" and str(locked) in str(info.value)
     finally:
         conn.close()
@@ -160,15 +161,15 @@ def tiny_fs(tmp_path):
 def test_a_full_filesystem_is_a_store_error_and_the_rows_before_it_survive(tiny_fs):
     path = tiny_fs / "deskfleet.sqlite"
     conn = store.connect(str(path), MIGRATIONS)
-    escrow.add_audit(conn, who="ops", action="rotate", vm="desk-first", account="localadmin", outcome="ok")
+    escrow_store.add_audit(conn, who="ops", action="rotate", vm="desk-first", account="localadmin", outcome="ok")
     with pytest.raises(store.StoreError) as info:
         for i in range(10_000):
-            escrow.add_audit(conn, who="ops", action="read", vm=f"desk-{i}", account="localadmin", outcome="ok",
+            escrow_store.add_audit(conn, who="ops", action="read", vm=f"desk-{i}", account="localadmin", outcome="ok",
                              reason="x" * 2000)
     assert info.value.fault == "full" and str(path) in str(info.value)
     conn.close()
     conn = store.connect(str(path), MIGRATIONS)
-    assert escrow.audit_log(conn, vm="desk-first")[0]["action"] == "rotate"
+    assert escrow_store.audit_log(conn, vm="desk-first")[0]["action"] == "rotate"
     conn.close()
 
 
