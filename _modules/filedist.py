@@ -151,6 +151,8 @@ def push(source, dest, sha256, user=None, group=None, mode=None, saltenv="base",
         return _result(False, dest, "sha256 must be 64 hex digits")
     if not os.path.isabs(dest):
         return _result(False, dest, "dest must be an absolute path")
+    if ".." in dest.replace("\\", "/").split("/"):
+        return _result(False, dest, "dest must not contain '..' components")
     if not str(source).startswith(("salt://", "http://", "https://")):
         return _result(False, dest, "source must be salt://, http:// or https://")
     try:

@@ -205,28 +205,8 @@ def _remember(account, ret):
     os.replace(tmp, path)
 
 
-def rotate(account=None, expect_fingerprint=None):
-    """
-    Generate, escrow and set a new password for a local account. Returns only
-    the sealed password (``ciphertext``), the escrow key's ``fingerprint`` and
-    metadata: ``account``, ``rotated_at``, ``length``, ``max_age_days``,
-    ``verified``, ``platform``. Use the vm master's ``password.rotate`` runner,
-    which stores the ciphertext; called alone the new password is lost unless
-    collected with ``local_password.last``.
-
-    account
-        local account, one of pillar ``deskfleet:passwords:accounts``
-        (default: the first of them, ``localadmin``)
-    expect_fingerprint
-        the escrow key the caller trusts (sha256 of its DER public key); if the
-        pillar key differs, nothing is changed
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt desk-0001 local_password.rotate localadmin
-    """
+def _begin(account, expect_fingerprint):
+    """Validate everything before anything changes: (account, policy, escrow key, fingerprint, windows, root)."""
     settings = _settings()
     try:
         allowed = _allowed_accounts(settings)
@@ -254,46 +234,176 @@ def rotate(account=None, expect_fingerprint=None):
         root = _linux_root(settings)
         if not _passwd_has(root, account):
             raise CommandExecutionError(f"local_password: no account {account} in {root}/etc/passwd")
+    return account, pol, public_key, fingerprint, windows, root
 
+
+def _seal(account, pol, public_key, fingerprint, windows, password):
+    """The sealed return for the master: ciphertext + metadata, never the password."""
+    rotated_at = round(time.time(), 3)
+    aad = {"vm": __opts__["id"], "account": account, "rotated_at": rotated_at}
+    return {
+        "account": account,
+        "rotated_at": rotated_at,
+        "length": pol["length"],
+        "max_age_days": pol["max_age_days"],
+        "fingerprint": fingerprint,
+        "ciphertext": escrow.encrypt(public_key, password, aad),
+        "verified": None,
+        "platform": "windows" if windows else "linux",
+    }
+
+
+def _apply(account, password, windows, root):
+    """Set ``password``; any failure comes out scrubbed of it."""
+    try:
+        return _set_windows(account, password) if windows else _set_linux(root, account, password)
+    except CommandExecutionError as exc:
+        raise CommandExecutionError(_scrub(exc, password)) from None
+    except Exception as exc:  # pylint: disable=broad-except
+        # never let an exception (message, chained context) carry the password
+        raise CommandExecutionError(
+            f"local_password: setting the password of {account} failed: {type(exc).__name__}: {_scrub(exc, password)}"
+        ) from None
+
+
+def _done(account, ret):
+    try:
+        _remember(account, ret)
+    except OSError as exc:
+        log.warning("local_password: could not keep the sealed return of %s: %s", account, exc)
+    log.info("local_password: rotated the password of %s (length %d, sealed to %s, verified %s)",
+             account, ret["length"], ret["fingerprint"][:16], ret["verified"])  # fmt: skip
+
+
+def rotate(account=None, expect_fingerprint=None):
+    """
+    Generate, escrow and set a new password for a local account in one step.
+    Returns only the sealed password (``ciphertext``), the escrow key's
+    ``fingerprint`` and metadata: ``account``, ``rotated_at``, ``length``,
+    ``max_age_days``, ``verified``, ``platform``. The vm master's
+    ``password.rotate`` runner uses ``prepare`` + ``commit`` instead, so the
+    escrow holds a password before the machine uses it; called alone the new
+    password is lost unless collected with ``local_password.last``.
+
+    account
+        local account, one of pillar ``deskfleet:passwords:accounts``
+        (default: the first of them, ``localadmin``)
+    expect_fingerprint
+        the escrow key the caller trusts (sha256 of its DER public key); if the
+        pillar key differs, nothing is changed
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt desk-0001 local_password.rotate localadmin
+    """
+    account, pol, public_key, fingerprint, windows, root = _begin(account, expect_fingerprint)
     with _Lock(_lock_path(account)):
         password = escrow.generate(pol, account)
         try:
-            rotated_at = round(time.time(), 3)
-            aad = {"vm": __opts__["id"], "account": account, "rotated_at": rotated_at}
             # sealed before anything changes: if escrow fails, the old password stays
-            envelope = escrow.encrypt(public_key, password, aad)
-            verified = _set_windows(account, password) if windows else _set_linux(root, account, password)
-        except CommandExecutionError as exc:
-            raise CommandExecutionError(_scrub(exc, password)) from None
-        except Exception as exc:  # pylint: disable=broad-except
-            # never let an exception (message, chained context) carry the password
-            raise CommandExecutionError(
-                f"local_password: setting the password of {account} failed: {type(exc).__name__}: {_scrub(exc, password)}"
-            ) from None
+            ret = _seal(account, pol, public_key, fingerprint, windows, password)
+            ret["verified"] = _apply(account, password, windows, root)
         finally:
             del password
-        ret = {
-            "account": account,
-            "rotated_at": rotated_at,
-            "length": pol["length"],
-            "max_age_days": pol["max_age_days"],
-            "fingerprint": fingerprint,
-            "ciphertext": envelope,
-            "verified": verified,
-            "platform": "windows" if windows else "linux",
-        }
-        try:
-            _remember(account, ret)
-        except OSError as exc:
-            log.warning("local_password: could not keep the sealed return of %s: %s", account, exc)
-    log.info(
-        "local_password: rotated the password of %s (length %d, sealed to %s, verified %s)",
-        account,
-        pol["length"],
-        fingerprint[:16],
-        verified,
-    )
+        _done(account, ret)
     return ret
+
+
+def _pending_path(account):
+    return os.path.join(__opts__["cachedir"], "deskfleet", "local_password", f"{account}.pending.json")
+
+
+def _minion_key():
+    """This minion's own RSA key pair (Salt's minion.pem): seals a prepared password while it waits."""
+    with open(os.path.join(__opts__["pki_dir"], "minion.pem"), "rb") as fh:
+        return escrow.load_private_key(fh.read())
+
+
+def prepare(account=None, expect_fingerprint=None):
+    """
+    Phase 1 of a rotation: generate a password and seal it to the escrow key
+    (returned, as ``rotate`` returns it) and to this minion's own key (kept
+    here until ``commit``). The account is NOT changed: the master stores the
+    ciphertext durably first, then calls ``local_password.commit``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt desk-0001 local_password.prepare localadmin
+    """
+    account, pol, public_key, fingerprint, windows, _ = _begin(account, expect_fingerprint)
+    try:
+        own = _minion_key()
+    except (OSError, escrow.EscrowError) as exc:
+        raise CommandExecutionError(f"local_password: cannot read this minion's key: {exc}") from None
+    with _Lock(_lock_path(account)):
+        password = escrow.generate(pol, account)
+        try:
+            ret = _seal(account, pol, public_key, fingerprint, windows, password)
+            aad = dict(ret["ciphertext"]["aad"], purpose="prepared")
+            local = escrow.encrypt(own.public_key(), password, aad)
+        finally:
+            del password
+        path = _pending_path(account)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"ret": ret, "local": local}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    return ret
+
+
+def commit(account=None, rotations=None):
+    """
+    Phase 2 of a rotation: set the password ``prepare`` sealed, if it is the
+    rotation the master escrowed (``rotations``: ``{minion id: rotated_at}``).
+    Idempotent: a rotation already committed returns ``committed: True`` again.
+    Returns ``account``, ``rotated_at``, ``verified``, ``committed``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt desk-0001 local_password.commit localadmin rotations='{"desk-0001": 1767225600.123}'
+    """
+    settings = _settings()
+    try:
+        account = escrow.check_account(account or _allowed_accounts(settings)[0])
+    except escrow.EscrowError as exc:
+        raise CommandExecutionError(f"local_password: {exc}") from None
+    wanted = (rotations or {}).get(__opts__["id"]) if isinstance(rotations, dict) else None
+    if isinstance(wanted, bool) or not isinstance(wanted, (int, float)):
+        raise CommandExecutionError(f"local_password: rotations names no rotation for {__opts__['id']}")
+    with _Lock(_lock_path(account)):
+        try:
+            with open(_pending_path(account), encoding="utf-8") as fh:
+                pending = json.load(fh)
+        except FileNotFoundError:
+            pending = None
+        if pending is None or pending["ret"]["rotated_at"] != wanted:
+            done = last(account)
+            if isinstance(done, dict) and done.get("rotated_at") == wanted:
+                return {"account": account, "rotated_at": wanted, "verified": done.get("verified"), "committed": True}
+            raise CommandExecutionError(f"local_password: no prepared rotation of {account} at {wanted}; nothing changed")
+        ret = pending["ret"]
+        windows = ret["platform"] == "windows"
+        root = None if windows else _linux_root(settings)
+        try:
+            password = escrow.decrypt(_minion_key(), pending["local"])
+        except (OSError, escrow.EscrowError) as exc:
+            raise CommandExecutionError(f"local_password: cannot open the prepared password: {exc}") from None
+        try:
+            ret["verified"] = _apply(account, password, windows, root)
+        finally:
+            del password
+        _done(account, ret)
+        os.unlink(_pending_path(account))
+    return {"account": account, "rotated_at": wanted, "verified": ret["verified"], "committed": True}
 
 
 def last(account=None):

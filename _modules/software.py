@@ -30,8 +30,10 @@ version (and sha256, if ops pinned one) frozen at schedule time, so a catalog th
 changed in between is refused rather than installed.
 """
 
+import datetime
 import logging
 import shlex
+import time
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +194,7 @@ def _is_test(test):
 # ---- public ---------------------------------------------------------------------------
 
 
-def install(name, version=None, sha256=None, test=False):
+def install(name, version=None, sha256=None, test=False, not_after=None):
     """
     Install catalog entry ``name`` unless its version is already installed.
 
@@ -202,6 +204,9 @@ def install(name, version=None, sha256=None, test=False):
         refuse unless the catalog has exactly this version (the rollout pins it)
     sha256
         refuse unless this platform's installer in the catalog has this sha256
+    not_after
+        epoch seconds (the rollout's window end): later than that, nothing runs
+        and the return says ``window_closed: True``
     test
         report what would change; change nothing
 
@@ -216,6 +221,15 @@ def install(name, version=None, sha256=None, test=False):
         salt 'desk-*' software.install 7zip version=23.01 test=True
     """
     ret = {"name": name, "version": version, "installed": None, "result": False, "changes": {}, "comment": ""}
+    if not_after is not None:
+        try:
+            closed = time.time() > float(not_after)
+        except (TypeError, ValueError):
+            return _refuse(ret, f"not_after must be epoch seconds, got {str(not_after)[:40]!r}")
+        if closed:
+            ret["window_closed"] = True
+            end = datetime.datetime.fromtimestamp(float(not_after), datetime.timezone.utc).isoformat(timespec="seconds")
+            return _refuse(ret, f"not installed: the job arrived after its window closed at {end}")
     try:
         entry, variant = _entry(name)
         if sha256 is not None:

@@ -54,10 +54,21 @@ def summarize(returns, expected):
     }
 
 
+def _bad_dest(dest):
+    """Why ``dest`` is refused, or None: it must be absolute and free of ``..`` components."""
+    text = str(dest or "")
+    if not text or not (text.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", text)):
+        return f"dest must be an absolute path, got {text[:200]!r}"
+    if ".." in re.split(r"[\\/]+", text):
+        return f"dest must not contain '..' components, got {text[:200]!r}"
+    return None
+
+
 def distribute(tgt, source, dest, sha256, batch=10, tgt_type="glob", user=None, group=None, mode=None, test=False, timeout=600):
     """
     Push ``source`` to ``dest`` on every minion matching ``tgt``, ``batch`` minions
-    at a time; returns per-minion results and counts.
+    at a time; returns per-minion results and counts. Exit code 1 (and
+    ``error``) when any minion failed or did not answer.
 
     CLI Example:
 
@@ -68,6 +79,9 @@ def distribute(tgt, source, dest, sha256, batch=10, tgt_type="glob", user=None, 
     """
     if not SHA256_RE.fullmatch(str(sha256 or "")):
         return _error("sha256 must be 64 hex digits")
+    bad = _bad_dest(dest)
+    if bad:
+        return _error(bad)
     client = salt.client.LocalClient(mopts=__opts__)
     kwarg = {"user": user, "group": group, "mode": mode, "test": bool(test)}
     args = [source, dest, str(sha256).lower()]
@@ -81,4 +95,9 @@ def distribute(tgt, source, dest, sha256, batch=10, tgt_type="glob", user=None, 
         for minion, ret in chunk.items():
             returns[minion] = ret.get("ret", ret) if isinstance(ret, dict) and "ret" in ret else ret
         _progress(f"filedist: {len(returns)}/{len(expected)} minions done")
-    return summarize(returns, expected)
+    result = summarize(returns, expected)
+    if result["failed"]:
+        __context__["retcode"] = 1
+        result["retcode"] = 1
+        result["error"] = f"{len(result['failed'])} of {result['total']} minions failed: {', '.join(result['failed'][:20])}"
+    return result

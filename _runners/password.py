@@ -16,12 +16,14 @@ same key, or returns are refused. ``deskfleet:vm:passwords:history`` (default 12
 ciphertexts are kept per machine and account.
 """
 
+import functools
 import getpass
 import logging
 import os
 import re
 import sys
 import time
+import types
 
 from salt.exceptions import SaltClientError
 
@@ -30,12 +32,16 @@ log = logging.getLogger(__name__)
 __virtualname__ = "password"
 
 try:
+    import deskfleet_store as store
     import escrow
+    import escrow_rotation
+    import escrow_store
 
     HAS_ESCROW = True
 except ImportError as _exc:  # pragma: no cover - utils_dirs missing from the master config
     HAS_ESCROW = False
     _IMPORT_ERROR = str(_exc)
+    store = types.SimpleNamespace(guard=lambda func: func)  # __virtual__ reports the import error
 
 DEFAULT_PUBKEY_FILE = "/etc/deskfleet/password-escrow.pub"
 DEFAULT_ACCOUNT = "localadmin"  # escrow.DEFAULT_ACCOUNT
@@ -91,78 +97,93 @@ def _fail(result):
     return result
 
 
-def _short(value):
-    return str(value)[:500]
-
-
 def _audit(conn, **fields):
-    return escrow.add_audit(conn, who=_who(), salt_user=_salt_user(), jid=_jid(), **fields)
+    return escrow_store.add_audit(conn, who=_who(), salt_user=_salt_user(), jid=_jid(), **fields)
 
 
-def _rotate(conn, target, account, tgt_type, timeout, fun="local_password.rotate"):
+def _gather(client, timeout, target, fun, arg, kwarg, tgt_type):
+    """(publication data, {vm: (return, retcode)}) of one job."""
+    pub, found = None, {}
+    for chunk in client.cmd_iter(target, fun, arg=arg, kwarg=kwarg, tgt_type=tgt_type, timeout=timeout,
+                                 yield_pub_data=True):  # fmt: skip
+        if pub is None:
+            pub = chunk or {}
+            continue
+        for vm, data in chunk.items():
+            ret = data.get("ret") if isinstance(data, dict) else data
+            found[vm] = (ret, data.get("retcode", 0) if isinstance(data, dict) else 0)
+    return pub or {}, found
+
+
+def _rotate(conn, target, account, tgt_type, timeout):
+    """Two phases (``_utils/escrow_rotation.py``): escrowed ``pending`` first, then set, then ``in_force``."""
     import salt.client  # pylint: disable=import-outside-toplevel
 
-    key = _escrow_key()
-    fp = escrow.fingerprint(key)
+    fp = escrow.fingerprint(_escrow_key())
     keep = int(_settings().get("history", escrow.DEFAULT_HISTORY))
-    action = "rotate" if fun == "local_password.rotate" else "collect"
-    rotated, refused, failed, seen = {}, {}, {}, set()
-    kwarg = {"expect_fingerprint": fp} if fun == "local_password.rotate" else {}
     with salt.client.get_local_client(mopts=__opts__) as client:
-        pub = None
-        for chunk in client.cmd_iter(
-            target, fun, arg=[account], kwarg=kwarg, tgt_type=tgt_type, timeout=timeout, yield_pub_data=True
-        ):
-            if pub is None:
-                pub = chunk or {}
-                continue
-            for vm, data in chunk.items():
-                seen.add(vm)
-                ret = data.get("ret") if isinstance(data, dict) else data
-                retcode = data.get("retcode", 0) if isinstance(data, dict) else 0
-                if retcode or not isinstance(ret, dict) or "error" in ret:
-                    failed[vm] = _short(ret.get("error") if isinstance(ret, dict) and "error" in ret else ret)
-                    _audit(conn, action=action, vm=vm, account=account, outcome="failed", reason=failed[vm])
-                    continue
-                try:
-                    row = escrow.check_return(ret, vm, account, fp)
-                except escrow.Refused as exc:
-                    refused[vm] = f"{exc}; the machine may have changed its password: fix and rotate again"
-                    _audit(conn, action=action, vm=vm, account=account, outcome="refused", reason=str(exc),
-                           key_fingerprint=fp)  # fmt: skip
-                    log.warning("password: refused the escrow return of %s: %s", vm, exc)
-                    continue
-                if action == "collect" and escrow.escrowed_at(conn, vm, account, row["rotated_at"]):
-                    rotated[vm] = {"rotated_at": row["rotated_at"], "already_escrowed": True}
-                    continue
-                escrow_id = escrow.add_escrow(conn, row, jid=(pub or {}).get("jid"), keep=keep)
-                _audit(conn, action=action, vm=vm, account=account, outcome="ok", escrow_id=escrow_id,
-                       key_fingerprint=fp)  # fmt: skip
-                rotated[vm] = {"rotated_at": row["rotated_at"], "escrow_id": escrow_id, "verified": ret.get("verified")}
-    no_return = sorted(set((pub or {}).get("minions") or []) - seen)
-    result = {
-        "jid": (pub or {}).get("jid"),
-        "account": account,
-        "fingerprint": fp,
-        "rotated": rotated,
-        "refused": refused,
-        "failed": failed,
-        "no_return": no_return,
-    }
-    if not pub or not pub.get("jid"):
+        run = escrow_rotation.Rotation(conn, functools.partial(_gather, client, timeout), _audit, account, fp, keep)
+        result = run.run(target, tgt_type)
+    if not result["jid"]:
         result["error"] = f"nothing published: no minion matched {target!r}, or the master refused the job"
-    return _fail(result) if refused or failed or no_return or "error" in result else result
+    if run.fault:
+        result.update(store.store_fault(globals(), run.fault, "password.rotate"))
+    bad = result["refused"] or result["failed"] or result["in_doubt"] or result["no_return"] or "error" in result
+    return _fail(result) if bad else result
 
 
+def _collect(conn, target, account, tgt_type, timeout):
+    import salt.client  # pylint: disable=import-outside-toplevel
+
+    fp = escrow.fingerprint(_escrow_key())
+    keep = int(_settings().get("history", escrow.DEFAULT_HISTORY))
+    rotated, refused, failed = {}, {}, {}
+    with salt.client.get_local_client(mopts=__opts__) as client:
+        pub, found = _gather(client, timeout, target, "local_password.last", [account], {}, tgt_type)
+    for vm, (ret, retcode) in sorted(found.items()):
+        error = escrow_rotation.error_of(ret, retcode)
+        if error:
+            failed[vm] = error
+            _audit(conn, action="collect", vm=vm, account=account, outcome="failed", reason=error)
+            continue
+        try:
+            row = escrow.check_return(ret, vm, account, fp)
+        except escrow.Refused as exc:
+            refused[vm] = f"{exc}; the machine may have changed its password: fix and rotate again"
+            _audit(conn, action="collect", vm=vm, account=account, outcome="refused", reason=str(exc),
+                   key_fingerprint=fp)  # fmt: skip
+            continue
+        known = escrow_store.escrowed_at(conn, vm, account, row["rotated_at"])
+        if known and known["state"] == "in_force":
+            rotated[vm] = {"rotated_at": row["rotated_at"], "already_escrowed": True}
+            continue
+        if known:  # the machine committed a rotation the master had left in doubt
+            escrow_store.mark(conn, known["id"], "in_force", verified=ret.get("verified"))
+            escrow_id = known["id"]
+        else:
+            escrow_id = escrow_store.add_escrow(conn, row, jid=pub.get("jid"), keep=keep)
+        _audit(conn, action="collect", vm=vm, account=account, outcome="ok", escrow_id=escrow_id, key_fingerprint=fp)
+        rotated[vm] = {"rotated_at": row["rotated_at"], "escrow_id": escrow_id, "verified": ret.get("verified")}
+    result = {"jid": pub.get("jid"), "account": account, "fingerprint": fp, "rotated": rotated, "refused": refused,
+              "failed": failed, "no_return": sorted(set(pub.get("minions") or []) - set(found))}
+    if not pub.get("jid"):
+        result["error"] = f"nothing published: no minion matched {target!r}, or the master refused the job"
+    return _fail(result) if refused or failed or result["no_return"] or "error" in result else result
+
+
+@store.guard
 def rotate(target, account=DEFAULT_ACCOUNT, tgt_type="glob", timeout=120):
     """
-    Rotate the local password of ``account`` on the targeted machines now and
-    escrow each machine's ciphertext. A return sealed to any key but this
-    master's escrow key is refused (and audited).
+    Rotate the local password of ``account`` on the targeted machines now, in
+    two phases: each machine seals a new password, the master escrows it
+    (``pending``, on disk), and only then does the machine set it (``in_force``).
+    A return sealed to any key but this master's escrow key is refused (and audited).
 
     Returns ``rotated`` ({vm: {rotated_at, escrow_id, verified}}), ``refused``,
-    ``failed``, ``no_return`` (machines that did not answer in ``timeout``:
-    their new password may be collected later with ``password.collect``).
+    ``failed`` (password unchanged), ``in_doubt`` (the set result is unknown:
+    ``password.show`` lists both candidates, ``rotate_due`` repairs it),
+    ``no_return`` (no answer to the first phase: nothing changed). A store fault
+    adds ``error`` and ``store_fault``; exit code 1 on any of these.
 
     CLI Example:
 
@@ -174,9 +195,9 @@ def rotate(target, account=DEFAULT_ACCOUNT, tgt_type="glob", timeout=120):
     """
     try:
         account = escrow.check_account(account)
-        conn = escrow.open_store(__opts__)
     except escrow.EscrowError as exc:
         return _fail({"error": str(exc)})
+    conn = escrow_store.open_store(__opts__)
     try:
         return _rotate(conn, target, account, tgt_type, timeout)
     except (escrow.EscrowError, SaltClientError) as exc:
@@ -185,11 +206,12 @@ def rotate(target, account=DEFAULT_ACCOUNT, tgt_type="glob", timeout=120):
         conn.close()
 
 
+@store.guard
 def collect(target, account=DEFAULT_ACCOUNT, tgt_type="glob", timeout=60):
     """
-    Fetch the last sealed rotation each machine kept (``local_password.last``)
-    and escrow any the store does not have: for machines whose rotation return
-    was lost (``no_return``). Same checks as ``password.rotate``.
+    Fetch the last rotation each machine committed (``local_password.last``)
+    and escrow any the store does not have, or confirm one left in doubt. Same
+    checks as ``password.rotate``.
 
     CLI Example:
 
@@ -199,11 +221,11 @@ def collect(target, account=DEFAULT_ACCOUNT, tgt_type="glob", timeout=60):
     """
     try:
         account = escrow.check_account(account)
-        conn = escrow.open_store(__opts__)
     except escrow.EscrowError as exc:
         return _fail({"error": str(exc)})
+    conn = escrow_store.open_store(__opts__)
     try:
-        return _rotate(conn, target, account, tgt_type, timeout, fun="local_password.last")
+        return _collect(conn, target, account, tgt_type, timeout)
     except (escrow.EscrowError, SaltClientError) as exc:
         return _fail({"error": str(exc)})
     finally:
@@ -229,6 +251,31 @@ def _load_operator_key(path):
     return escrow.load_private_key(data, getpass.getpass(f"Passphrase for {path}: "))
 
 
+def _show_refusal(conn, vm, account, key, escrow_id):
+    """Why this read is refused before any key is opened (audited), or None."""
+    if escrow_id is not None and (isinstance(escrow_id, bool) or not str(escrow_id).strip().isdigit()):
+        return _refuse(conn, vm, account,
+                       f"escrow_id must be a whole number from password.history, got {str(escrow_id)[:40]!r}")
+    if not key:
+        return _refuse(conn, vm, account, "key=/path/to/escrow-private.pem is required")
+    cli = str(__opts__.get("__cli") or "")
+    if not SALT_RUN_CLI.fullmatch(cli) or __opts__.get("async"):
+        return _refuse(
+            conn, vm, account,
+            f"password.show runs only in a foreground salt-run (here: {cli or 'unknown'}"
+            f"{', --async' if __opts__.get('async') else ''}): its output would not reach an operator",
+        )  # fmt: skip
+    return None
+
+
+def _label(row):
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["rotated_at"]))
+    what = {"in_force": "IN FORCE", "pending": "PENDING (set result unknown)",
+            "in_doubt": "IN DOUBT (set result unknown)"}.get(row["state"], row["state"].upper())
+    return f"escrow id {row['id']}, rotated {when}, {what}"
+
+
+@store.guard
 def show(vm, account=DEFAULT_ACCOUNT, key=None, escrow_id=None):
     """
     Decrypt the escrowed password of ``account`` on ``vm`` with the operator's
@@ -237,12 +284,17 @@ def show(vm, account=DEFAULT_ACCOUNT, key=None, escrow_id=None):
     was shown. A key that is not the escrow key is refused. Every attempt is
     audited (who, when, which machine, ok or refused).
 
+    A machine in doubt (a rotation whose set result is unknown) may be on
+    either of two escrowed passwords: both are printed, one per line, each
+    labelled (``escrow id N, rotated <time>, IN FORCE`` or ``PENDING``); the
+    return says ``in_doubt: true`` and lists them.
+
     key
         path to the escrow PRIVATE key (PEM; an encrypted key asks for its
         passphrase on the terminal)
     escrow_id
         an older escrowed password from ``password.history`` (e.g. for a machine
-        restored from a backup); default the current one
+        restored from a backup); default the one in force
 
     Only from the ``salt-run`` command line in the foreground: run by the master
     (API, reactor, ``--async``) the plaintext would go to the master's stdout.
@@ -256,75 +308,83 @@ def show(vm, account=DEFAULT_ACCOUNT, key=None, escrow_id=None):
     """
     try:
         account = escrow.check_account(account)
-        conn = escrow.open_store(__opts__)
     except escrow.EscrowError as exc:
         return _fail({"shown": False, "error": str(exc)})
+    conn = escrow_store.open_store(__opts__)
     vm = str(vm)
     try:
-        if not key:
-            return _refuse(conn, vm, account, "key=/path/to/escrow-private.pem is required")
-        cli = str(__opts__.get("__cli") or "")
-        if not SALT_RUN_CLI.fullmatch(cli) or __opts__.get("async"):
-            return _refuse(
-                conn, vm, account,
-                f"password.show runs only in a foreground salt-run (here: {cli or 'unknown'}"
-                f"{', --async' if __opts__.get('async') else ''}): its output would not reach an operator",
-            )  # fmt: skip
-        row = escrow.escrowed(conn, vm, account, escrow_id)
-        if row is None:
+        refused = _show_refusal(conn, vm, account, key, escrow_id)
+        if refused:
+            return refused
+        if escrow_id is not None:
+            rows = [r for r in [escrow_store.escrowed(conn, vm, account, int(str(escrow_id).strip()))] if r]
+        else:
+            rows = escrow_store.candidates(conn, vm, account)
+        if not rows:
             which = f"escrow id {escrow_id}" if escrow_id is not None else "any escrowed password"
             return _refuse(conn, vm, account, f"no {which} for {account} on {vm}")
         path = os.path.expanduser(str(key))
         try:
             private_key = _load_operator_key(path)
         except OSError as exc:
-            return _refuse(conn, vm, account, f"cannot read key {path}: {exc.strerror}", escrow_id=row["id"])
+            return _refuse(conn, vm, account, f"cannot read key {path}: {exc.strerror}", escrow_id=rows[0]["id"])
         except escrow.EscrowError as exc:
-            return _refuse(conn, vm, account, f"key {path}: {exc}", escrow_id=row["id"])
+            return _refuse(conn, vm, account, f"key {path}: {exc}", escrow_id=rows[0]["id"])
         key_fp = escrow.fingerprint(private_key)
-        if key_fp != row["fingerprint"]:
-            return _refuse(
-                conn, vm, account,
-                f"key fingerprint mismatch: {path} is {key_fp}, the password of {vm}/{account}"
-                f" (escrow id {row['id']}) is sealed to {row['fingerprint']}",
-                escrow_id=row["id"], key_fingerprint=key_fp,
-            )  # fmt: skip
-        try:
-            secret = escrow.decrypt(private_key, row["envelope"])
-        except escrow.Refused as exc:
-            return _refuse(conn, vm, account, str(exc), escrow_id=row["id"], key_fingerprint=key_fp)
+        for row in rows:
+            if key_fp != row["fingerprint"]:
+                return _refuse(
+                    conn, vm, account,
+                    f"key fingerprint mismatch: {path} is {key_fp}, the password of {vm}/{account}"
+                    f" (escrow id {row['id']}) is sealed to {row['fingerprint']}",
+                    escrow_id=row["id"], key_fingerprint=key_fp,
+                )  # fmt: skip
+        secrets_ = []
+        for row in rows:
+            try:
+                secrets_.append(escrow.decrypt(private_key, row["envelope"]))
+            except escrow.Refused as exc:
+                return _refuse(conn, vm, account, str(exc), escrow_id=row["id"], key_fingerprint=key_fp)
         # Audited before it is revealed: no audit record, no password.
-        audit_id = _audit(
-            conn, action="read", vm=vm, account=account, outcome="ok", escrow_id=row["id"], key_fingerprint=key_fp
-        )
+        audit_ids = [
+            _audit(conn, action="read", vm=vm, account=account, outcome="ok", escrow_id=row["id"],
+                   key_fingerprint=key_fp, reason=None if len(rows) == 1 else "in doubt: every candidate shown")
+            for row in rows
+        ]  # fmt: skip
     finally:
         conn.close()
     try:
-        sys.stdout.write(secret + "\n")
+        if len(rows) == 1:
+            sys.stdout.write(secrets_[0] + "\n")
+        else:
+            sys.stdout.write(f"IN DOUBT: {vm}/{account} is on one of these; salt-run password.rotate_due repairs it\n")
+            for row, secret in zip(rows, secrets_):
+                sys.stdout.write(f"{_label(row)}: {secret}\n")
         sys.stdout.flush()
     finally:
-        del secret
+        del secrets_
     log.info("password: %s read the password of %s/%s (escrow id %s, audit id %s)", _who(), vm, account,
-             row["id"], audit_id)  # fmt: skip
-    return {
-        "shown": True,
-        "vm": vm,
-        "account": account,
-        "rotated_at": row["rotated_at"],
-        "escrow_id": row["id"],
-        "audit_id": audit_id,
-    }
+             [r["id"] for r in rows], audit_ids)  # fmt: skip
+    if len(rows) == 1:
+        return {"shown": True, "vm": vm, "account": account, "rotated_at": rows[0]["rotated_at"],
+                "escrow_id": rows[0]["id"], "audit_id": audit_ids[0]}
+    return {"shown": True, "vm": vm, "account": account, "in_doubt": True, "audit_ids": audit_ids,
+            "candidates": [{"escrow_id": r["id"], "state": r["state"], "rotated_at": r["rotated_at"]} for r in rows]}
 
 
+@store.guard
 def status(target="*", account=DEFAULT_ACCOUNT, tgt_type="glob",
            max_age_days=None):  # fmt: skip
     """
-    Which targeted machines (accepted minions) need a rotation: never escrowed,
+    Which targeted machines (accepted minions) need a rotation: in doubt (a
+    rotation's set result is unknown, or it has been pending longer than
+    ``deskfleet:vm:passwords:in_doubt_after``, default 600 s), never escrowed,
     older than their policy's ``max_age_days`` (LAPS default 30; or the
     ``max_age_days`` given here), or sealed to an escrow key that is no longer
     this master's.
 
-    Returns ``due`` ({vm: reason}), ``ok`` (list) and ``machines`` (details).
+    Returns ``due`` ({vm: reason}), ``in_doubt`` ({vm: [escrow ids]}; exit code 1
+    when any), ``ok`` (list) and ``machines`` (details).
 
     CLI Example:
 
@@ -337,9 +397,10 @@ def status(target="*", account=DEFAULT_ACCOUNT, tgt_type="glob",
 
     try:
         account = escrow.check_account(account)
-        conn = escrow.open_store(__opts__)
     except escrow.EscrowError as exc:
         return _fail({"error": str(exc)})
+    in_doubt_after = float(_settings().get("in_doubt_after", escrow_store.DEFAULT_IN_DOUBT_AFTER))
+    conn = escrow_store.open_store(__opts__)
     try:
         try:
             current = escrow.fingerprint(_escrow_key())
@@ -347,26 +408,28 @@ def status(target="*", account=DEFAULT_ACCOUNT, tgt_type="glob",
         except escrow.EscrowError as exc:
             current, key_error = None, str(exc)
         minions = salt.utils.minions.CkMinions(__opts__).check_minions(target, tgt_type)["minions"]
-        machines = escrow.due(conn, minions, account, time.time(), current, max_age_days)
+        machines = escrow_store.due(conn, minions, account, time.time(), current, max_age_days, in_doubt_after)
     finally:
         conn.close()
     result = {
         "account": account,
         "checked": len(machines),
         "due": {vm: m["reason"] for vm, m in machines.items() if m["due"]},
+        "in_doubt": {vm: m["in_doubt"] for vm, m in machines.items() if m.get("in_doubt")},
         "ok": sorted(vm for vm, m in machines.items() if not m["due"]),
         "machines": machines,
     }
     if key_error:
         result["escrow_key_error"] = key_error
-    return result
+    return _fail(result) if result["in_doubt"] else result
 
 
 def rotate_due(target="*", account=DEFAULT_ACCOUNT, tgt_type="glob",
                max_age_days=None, timeout=120):  # fmt: skip
     """
-    Rotate the machines ``password.status`` lists as due, and only those. Meant
-    for a master schedule (daily) as well as by hand.
+    Rotate the machines ``password.status`` lists as due, and only those; a
+    machine in doubt gets a new rotation, which supersedes both candidates.
+    Meant for a master schedule (daily) as well as by hand.
 
     CLI Example:
 
@@ -378,17 +441,21 @@ def rotate_due(target="*", account=DEFAULT_ACCOUNT, tgt_type="glob",
     found = status(target, account, tgt_type, max_age_days)
     if "error" in found:
         return found
+    __context__.pop("retcode", None)  # machines in doubt are what this repairs
     if not found["due"]:
-        return {"account": account, "due": {}, "rotated": {}, "refused": {}, "failed": {}, "no_return": []}
+        return {"account": account, "due": {}, "rotated": {}, "refused": {}, "failed": {}, "in_doubt": {},
+                "no_return": []}
     result = rotate(sorted(found["due"]), account, tgt_type="list", timeout=timeout)
     result["due"] = found["due"]
     return result
 
 
+@store.guard
 def history(vm, account=DEFAULT_ACCOUNT):
     """
     The escrowed passwords kept for ``vm``/``account``, newest first: ids,
-    rotation times, key fingerprints, no ciphertext.
+    rotation times, key fingerprints, ``state`` (pending, in_force, failed,
+    in_doubt, superseded), ``current`` (the one in force), no ciphertext.
 
     CLI Example:
 
@@ -396,18 +463,16 @@ def history(vm, account=DEFAULT_ACCOUNT):
 
         salt-run password.history desk-0001 localadmin
     """
+    conn = escrow_store.open_store(__opts__)
     try:
-        conn = escrow.open_store(__opts__)
-    except escrow.EscrowError as exc:
-        return _fail({"error": str(exc)})
-    try:
-        return escrow.history(conn, str(vm), escrow.check_account(account))
+        return escrow_store.history(conn, str(vm), escrow.check_account(account))
     except escrow.EscrowError as exc:
         return _fail({"error": str(exc)})
     finally:
         conn.close()
 
 
+@store.guard
 def audit(vm=None, action=None, limit=50):
     """
     The audit log, newest first: who (OS user of salt-run), when, which machine
@@ -420,11 +485,8 @@ def audit(vm=None, action=None, limit=50):
         salt-run password.audit
         salt-run password.audit vm=desk-0001 action=read
     """
+    conn = escrow_store.open_store(__opts__)
     try:
-        conn = escrow.open_store(__opts__)
-    except escrow.EscrowError as exc:
-        return _fail({"error": str(exc)})
-    try:
-        return escrow.audit_log(conn, None if vm is None else str(vm), action, int(limit))
+        return escrow_store.audit_log(conn, None if vm is None else str(vm), action, int(limit))
     finally:
         conn.close()

@@ -30,18 +30,21 @@ import getpass
 import io
 import logging
 import time
+import types
 
 log = logging.getLogger(__name__)
 
 __virtualname__ = "software"
 
 try:
+    import deskfleet_store as store
     import rollouts
 
     HAS_ROLLOUTS = True
 except ImportError as _exc:  # pragma: no cover - utils_dirs missing from the master config
     HAS_ROLLOUTS = False
     _IMPORT_ERROR = str(_exc)
+    store = types.SimpleNamespace(guard=lambda func: func)  # __virtual__ reports the import error
 
 
 def __virtual__():
@@ -168,6 +171,7 @@ def _who():
         return None
 
 
+@store.guard
 def schedule(target=None, software=None, version=None, start="now", end=None, batch="10%", max_fail=0,
              tgt_type=None, sha256=None):
     """
@@ -244,6 +248,7 @@ def schedule(target=None, software=None, version=None, start="now", end=None, ba
     return result
 
 
+@store.guard
 def status(id=None, state=None):  # pylint: disable=redefined-builtin
     """
     One rollout with every minion's progress (``pending``, ``running``,
@@ -272,6 +277,7 @@ def status(id=None, state=None):  # pylint: disable=redefined-builtin
     return found if found is not None else _error(f"unknown rollout {id!r}")
 
 
+@store.guard
 def cancel(id):  # pylint: disable=redefined-builtin
     """
     Cancel a scheduled or running rollout: minions not started yet are
@@ -294,6 +300,7 @@ def cancel(id):  # pylint: disable=redefined-builtin
         conn.close()
 
 
+@store.guard
 def tick(id=None, wait=None):  # pylint: disable=redefined-builtin
     """
     Move every due rollout one step: collect the running batch's returns from the
@@ -332,4 +339,9 @@ def tick(id=None, wait=None):  # pylint: disable=redefined-builtin
         if driver is not None:
             driver.close()
         conn.close()
-    return {"at": rollouts.iso(time.time()), "rollouts": reports}
+    result = {"at": rollouts.iso(time.time()), "rollouts": reports}
+    errors = [f"{r['id']}: {r['comment']}" for r in reports if r.get("action") == "error"]
+    if errors:  # one rollout's trouble does not stop the others, but reaches the exit code
+        __context__["retcode"] = 1
+        result.update(error="; ".join(errors)[:1000], retcode=1)
+    return result

@@ -14,6 +14,7 @@ The heartbeat is ``deskfleet:tc:heartbeat`` in the tc master's config.
 import logging
 import os
 import time
+import types
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ try:
 except ImportError as _exc:  # pragma: no cover - utils_dirs missing from the master config
     HAS_ASSETS = False
     _IMPORT_ERROR = str(_exc)
+    deskfleet_store = types.SimpleNamespace(guard=lambda func: func)  # __virtual__ reports the import error
 
 
 def __virtual__():
@@ -60,6 +62,7 @@ def _query(**filters):
         conn.close()
 
 
+@deskfleet_store.guard
 def list_(status=None, firmware=None, site=None, idle_over=None):
     """
     List seats, optionally filtered. Returns a list of seat dicts (sorted by seat).
@@ -87,6 +90,7 @@ def list_(status=None, firmware=None, site=None, idle_over=None):
         return _error(str(exc))
 
 
+@deskfleet_store.guard
 def show(seat):
     """
     Everything known about one seat (its thin client's minion id).
@@ -106,6 +110,7 @@ def show(seat):
     return found if found is not None else _error(f"unknown seat {seat!r}")
 
 
+@deskfleet_store.guard
 def summary():
     """
     Counts by status, site and firmware, plus the ingestion counters
@@ -127,6 +132,7 @@ def summary():
     return dict(tc_report.counts(seats), ingest=counters, recent_rejects=rejects)
 
 
+@deskfleet_store.guard
 def report(path=None):
     """
     Write a self-contained HTML fleet report (counts by status, a firmware chart

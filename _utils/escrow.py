@@ -11,9 +11,10 @@ Minion side
 
 Master side
     ``check_return`` vets what a minion sent (only ciphertext + metadata, sealed
-    to the escrow key the master trusts, labelled with the returning minion),
-    the store keeps every escrowed ciphertext (history) and an audit log of every
-    read; ``decrypt`` runs only in ``password.show`` with the operator's private key.
+    to the escrow key the master trusts, labelled with the returning minion);
+    :mod:`escrow_store` keeps every escrowed ciphertext (history) and an audit log
+    of every read; ``decrypt`` runs only in ``password.show`` with the operator's
+    private key.
 
 Nothing in here logs, and no exception raised here carries a password.
 """
@@ -24,12 +25,7 @@ import json
 import math
 import secrets
 import string
-import time
 
-# Salt puts utils_dirs (and a minion's synced extmods/utils) on sys.path while it loads modules.
-import deskfleet_store as store
-
-COMPONENT = "password_escrow"
 FORMAT = "deskfleet-escrow-v1"
 ALGORITHM = "RSA-OAEP-SHA256+AES-256-GCM"
 DEFAULT_ACCOUNT = "localadmin"
@@ -65,45 +61,6 @@ RETURN_KEYS = {
     "verified",
     "platform",
 }
-
-MIGRATIONS = {
-    COMPONENT: [
-        # v1: every escrowed ciphertext (history) and the audit log of reads and rotations
-        """
-        CREATE TABLE password_escrow (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            vm TEXT NOT NULL,
-            account TEXT NOT NULL,
-            rotated_at REAL NOT NULL,
-            stored_at REAL NOT NULL,
-            fingerprint TEXT NOT NULL,
-            length INTEGER NOT NULL,
-            max_age_days REAL NOT NULL,
-            verified INTEGER,
-            platform TEXT,
-            jid TEXT,
-            envelope TEXT NOT NULL
-        );
-        CREATE INDEX password_escrow_machine ON password_escrow (vm, account, id);
-        CREATE TABLE password_audit (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            at REAL NOT NULL,
-            who TEXT NOT NULL,
-            salt_user TEXT,
-            action TEXT NOT NULL,
-            vm TEXT NOT NULL,
-            account TEXT NOT NULL,
-            outcome TEXT NOT NULL,
-            reason TEXT,
-            escrow_id INTEGER,
-            key_fingerprint TEXT,
-            jid TEXT
-        );
-        CREATE INDEX password_audit_machine ON password_audit (vm, account, id)
-        """,
-    ]
-}
-
 
 class EscrowError(Exception):
     """A configuration, key or ciphertext problem. Messages never hold a password."""
@@ -457,157 +414,3 @@ def check_return(ret, vm, account, expected_fingerprint):
         "platform": str(ret.get("platform") or "")[:32] or None,
         "envelope": json.dumps(envelope, sort_keys=True),
     }
-
-
-# ---- the store (master) -----------------------------------------------------------
-
-
-def open_store(opts):
-    """The vm master's store (``deskfleet:vm:db`` or ``<cachedir>/deskfleet/deskfleet.sqlite``)."""
-    return store.connect(store.default_path(opts, "vm"), MIGRATIONS)
-
-
-def add_escrow(conn, row, jid=None, now=None, keep=DEFAULT_HISTORY):
-    """Store one escrowed ciphertext; keep the newest ``keep`` per machine and account. Returns its id."""
-    now = time.time() if now is None else now
-    with store.transaction(conn):
-        cur = conn.execute(
-            "INSERT INTO password_escrow (vm, account, rotated_at, stored_at, fingerprint, length,"
-            " max_age_days, verified, platform, jid, envelope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                row["vm"],
-                row["account"],
-                row["rotated_at"],
-                now,
-                row["fingerprint"],
-                row["length"],
-                row["max_age_days"],
-                row["verified"],
-                row["platform"],
-                jid,
-                row["envelope"],
-            ),
-        )
-        escrow_id = cur.lastrowid
-        if keep:
-            conn.execute(
-                "DELETE FROM password_escrow WHERE vm = ? AND account = ? AND id NOT IN"
-                " (SELECT id FROM password_escrow WHERE vm = ? AND account = ?"
-                " ORDER BY rotated_at DESC, id DESC LIMIT ?)",
-                (row["vm"], row["account"], row["vm"], row["account"], int(keep)),
-            )
-    return escrow_id
-
-
-def _meta(row, current_id=None):
-    meta = {k: row[k] for k in row.keys() if k != "envelope"}
-    if meta.get("verified") is not None:
-        meta["verified"] = bool(meta["verified"])
-    if current_id is not None:
-        meta["current"] = row["id"] == current_id
-    return meta
-
-
-def escrowed(conn, vm, account, escrow_id=None):
-    """The newest escrow row for ``vm``/``account`` (or the one ``escrow_id``), with its envelope, or None."""
-    if escrow_id is None:
-        row = conn.execute(
-            "SELECT * FROM password_escrow WHERE vm = ? AND account = ? ORDER BY rotated_at DESC, id DESC LIMIT 1",
-            (vm, account),
-        ).fetchone()
-    else:
-        row = conn.execute(
-            "SELECT * FROM password_escrow WHERE vm = ? AND account = ? AND id = ?", (vm, account, int(escrow_id))
-        ).fetchone()
-    if row is None:
-        return None
-    found = _meta(row)
-    found["envelope"] = json.loads(row["envelope"])
-    return found
-
-
-def escrowed_at(conn, vm, account, rotated_at):
-    """True if the rotation of ``vm``/``account`` at ``rotated_at`` is already in the store."""
-    row = conn.execute(
-        "SELECT 1 FROM password_escrow WHERE vm = ? AND account = ? AND rotated_at = ?",
-        (vm, account, float(rotated_at)),
-    ).fetchone()
-    return row is not None
-
-
-def history(conn, vm, account):
-    """Every kept escrow of ``vm``/``account``, newest first, WITHOUT ciphertexts."""
-    rows = conn.execute(
-        "SELECT * FROM password_escrow WHERE vm = ? AND account = ? ORDER BY rotated_at DESC, id DESC", (vm, account)
-    ).fetchall()
-    current = rows[0]["id"] if rows else None
-    return [_meta(r, current) for r in rows]
-
-
-def add_audit(conn, *, who, action, vm, account, outcome, reason=None, escrow_id=None,
-              key_fingerprint=None, salt_user=None, jid=None, now=None):  # fmt: skip
-    """Append one audit record (who, when, which machine, what, ok/refused). Returns its id."""
-    with store.transaction(conn):
-        cur = conn.execute(
-            "INSERT INTO password_audit (at, who, salt_user, action, vm, account, outcome, reason,"
-            " escrow_id, key_fingerprint, jid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                time.time() if now is None else now,
-                who,
-                salt_user,
-                action,
-                vm,
-                account,
-                outcome,
-                reason,
-                escrow_id,
-                key_fingerprint,
-                jid,
-            ),
-        )
-        return cur.lastrowid
-
-
-def audit_log(conn, vm=None, action=None, limit=50):
-    """Audit records, newest first, optionally for one machine and/or action."""
-    where, args = [], []
-    if vm is not None:
-        where.append("vm = ?")
-        args.append(vm)
-    if action is not None:
-        where.append("action = ?")
-        args.append(action)
-    sql = "SELECT * FROM password_audit" + (" WHERE " + " AND ".join(where) if where else "")
-    sql += " ORDER BY id DESC LIMIT ?"
-    return [dict(r) for r in conn.execute(sql, args + [int(limit)])]
-
-
-def due(conn, vms, account, now, current_fingerprint=None, max_age_days=None):
-    """
-    Which of ``vms`` need a rotation of ``account``: never escrowed, older than
-    their policy's ``max_age_days`` (or the override), or sealed to an escrow key
-    that is no longer the current one. Returns ``{vm: {...}}`` for every vm.
-    """
-    found = {}
-    for vm in sorted(vms):
-        row = escrowed(conn, vm, account)
-        if row is None:
-            found[vm] = {"due": True, "reason": "never escrowed", "rotated_at": None}
-            continue
-        limit = float(max_age_days) if max_age_days is not None else row["max_age_days"]
-        age = (now - row["rotated_at"]) / 86400.0
-        entry = {
-            "rotated_at": row["rotated_at"],
-            "age_days": round(age, 2),
-            "max_age_days": limit,
-            "escrow_id": row["id"],
-            "verified": row["verified"],
-            "due": False,
-            "reason": None,
-        }
-        if age >= limit:
-            entry.update(due=True, reason=f"older than {limit:g} days")
-        elif current_fingerprint and row["fingerprint"] != current_fingerprint:
-            entry.update(due=True, reason="sealed to an old escrow key")
-        found[vm] = entry
-    return found

@@ -16,10 +16,16 @@ Rollout states::
 
     scheduled -> running -> completed        every minion done, failures within max_fail
                          -> halted           failures passed max_fail; the rest skipped
-                         -> expired          the window ended first; the rest skipped
+                         -> expired          the window ended first: minions not started are
+                                             skipped, jobs still out are listed as ``left``
     scheduled|running    -> cancelled        by ops; pending minions skipped
 
 Minion states: ``pending -> running -> succeeded | failed``; ``pending -> skipped``.
+Each job carries ``not_after`` (the window end): a minion that gets it later
+(unreachable, paused) refuses to install (``skipped``, "window closed"). A return
+collected after the rollout closed is recorded with ``late``: ``summary`` lists
+them, and the jobs still out at the close (``left``).
+
 A minion's job id is written to the store *before* the job is published. After a
 master restart (or a lost return) the next tick looks the job id up in the job
 cache; only if there is no return and the minion says the job is not running is
@@ -101,6 +107,8 @@ MIGRATIONS = {
             PRIMARY KEY (rollout_id, seq)
         )
         """,
+        # v2: a return collected after the rollout closed (its window ended) is marked late
+        "ALTER TABLE rollout_minions ADD COLUMN late INTEGER NOT NULL DEFAULT 0",
     ]
 }
 
@@ -439,6 +447,8 @@ def outcome(ret):
     A minion's ``software.install`` return → (state, installed, changed, detail).
     Anything but a dict with ``result: True`` is a failure.
     """
+    if isinstance(ret, dict) and ret.get("window_closed") is True:
+        return "skipped", _short(ret.get("installed")), False, _short(ret.get("comment") or "window closed")
     if isinstance(ret, dict) and ret.get("result") is True:
         return "succeeded", _short(ret.get("installed")), bool(ret.get("changes")), _short(ret.get("comment"))
     if isinstance(ret, dict):
@@ -458,7 +468,7 @@ def _short(value, limit=500):
 
 def open_store(opts):
     """Open the vm master's store (path from ``deskfleet:vm:db`` or the cachedir)."""
-    return store.connect(store.default_path(opts, "vm"), MIGRATIONS)
+    return store.open_role(opts, "vm", MIGRATIONS)
 
 
 def new_id(now):
@@ -529,6 +539,14 @@ def summary(conn, rollout_id, now=None):
     }
     if row["sha256"]:
         result["sha256"] = row["sha256"]
+    late = [r[0] for r in conn.execute(
+        "SELECT minion FROM rollout_minions WHERE rollout_id = ? AND late = 1 ORDER BY position", (rollout_id,))]
+    if late:
+        result["late"] = late  # returns collected after the rollout closed
+    if row["state"] in FINAL and found["running"]:
+        result["left"] = [r[0] for r in conn.execute(
+            "SELECT minion FROM rollout_minions WHERE rollout_id = ? AND state = 'running' ORDER BY position",
+            (rollout_id,))]
     if now is not None and row["lease_until"] and row["lease_until"] > now:
         result["leased_by"] = row["lease_owner"]
     return result
@@ -548,6 +566,7 @@ def detail(conn, rollout_id, now=None):
             "installed": r["installed"],
             "changed": None if r["changed"] is None else bool(r["changed"]),
             "detail": r["detail"],
+            "late": bool(r["late"]),
             "dispatched": iso(r["dispatched_at"]),
             "finished": iso(r["finished_at"]),
         }
@@ -734,6 +753,8 @@ class Engine:
                 self._step(rollout_id, report)
             except LeaseLost as exc:
                 report.update(action="aborted", comment=str(exc))
+            except store.StoreError:
+                raise  # the store itself: every rollout shares it; the runner reports it (exit 1, alert)
             except Exception as exc:  # pylint: disable=broad-except
                 # one rollout's trouble (job cache unreadable, master away) must not stop the others
                 log.exception("rollouts: tick of %s failed", rollout_id)
@@ -789,11 +810,12 @@ class Engine:
         now = self.clock()
         with store.transaction(self.conn):
             _held(self.conn, rollout_id, self.owner)
+            late = int(_rollout(self.conn, rollout_id)["state"] not in ACTIVE)
             for minion, jid, (state, installed, changed, detail_text) in finished:
                 cur = self.conn.execute(
-                    "UPDATE rollout_minions SET state = ?, installed = ?, changed = ?, detail = ?, finished_at = ?"
-                    " WHERE rollout_id = ? AND minion = ? AND state = 'running' AND jid = ?",
-                    (state, installed, int(changed), detail_text, now, rollout_id, minion, jid),
+                    "UPDATE rollout_minions SET state = ?, installed = ?, changed = ?, detail = ?, finished_at = ?,"
+                    " late = ? WHERE rollout_id = ? AND minion = ? AND state = 'running' AND jid = ?",
+                    (state, installed, int(changed), detail_text, now, late, rollout_id, minion, jid),
                 )
                 if cur.rowcount:
                     report["collected"][minion] = state
@@ -864,14 +886,17 @@ class Engine:
             if found["failed"] > row["fail_limit"]:
                 self._finish(rollout_id, "halted", f"{found['failed']} failed, over max_fail {row['max_fail']}"
                              f" ({row['fail_limit']} allowed)", "rollout halted: too many failures", now)
+            elif now >= row["end_at"] and (found["pending"] or found["running"]):
+                # past the window nothing is dispatched; jobs still out are named, their returns come in late
+                left = [r["minion"] for r in self._running(rollout_id)]
+                self._finish(rollout_id, "expired", f"window ended with {found['pending']} minions not started"
+                             + (f" and {len(left)} with no return: {', '.join(left[:20])}" if left else ""),
+                             "maintenance window ended", now)
             elif found["running"]:
                 return
             elif not found["pending"]:
                 self._finish(rollout_id, "completed", f"{found['succeeded']} succeeded, {found['failed']} failed,"
                              f" {found['skipped']} skipped", None, now)
-            elif now >= row["end_at"]:
-                self._finish(rollout_id, "expired", f"window ended with {found['pending']} minions not started",
-                             "maintenance window ended", now)
 
     def _finish(self, rollout_id, state, reason, skip_detail, now):
         self.conn.execute(
@@ -947,7 +972,7 @@ class Engine:
                 self.conn.execute("UPDATE rollouts SET state = 'running' WHERE id = ?", (rollout_id,))
             self._touch(rollout_id, now)
         entry = json.loads(row["entry"])
-        kwargs = {"version": row["version"]}
+        kwargs = {"version": row["version"], "not_after": row["end_at"]}
         if row["sha256"]:
             kwargs["sha256"] = row["sha256"]
         (report["republished"] if retry else report["dispatched"]).extend(minions)

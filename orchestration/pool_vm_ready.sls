@@ -9,12 +9,23 @@ check-sender:
     - data: {{ {'id': vm} | json }}
     - failhard: True
 
+# A fresh desktop has none of deskfleet's code: the execution modules import _utils
+# (escrow, rollouts), so sync everything (utils included), not only the modules.
+desktop-sync:
+  salt.function:
+    - name: saltutil.sync_all
+    - tgt: {{ vm | json }}
+    - kwarg:
+        refresh: True
+    - require:
+      - salt: check-sender
+
 desktop-baseline:
   salt.state:
     - tgt: {{ vm | json }}
     - sls: win
     - require:
-      - salt: check-sender
+      - salt: desktop-sync
 
 mark-ready:
   salt.runner:

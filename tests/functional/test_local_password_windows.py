@@ -346,3 +346,30 @@ def test_linux_account_missing_from_the_root(linux):
     with pytest.raises(CommandExecutionError, match="no account localadmin in"):
         local_password.rotate("localadmin")
     assert runs == []
+
+
+def test_prepare_changes_nothing_and_commit_sets_exactly_the_escrowed_password(fake_salt, escrow_key, tmp_path):
+    """Two phases: prepare seals (to the escrow key and to this minion's own key) and changes nothing;
+    commit sets the very password the escrow holds, only for the rotation the master names."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    own = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (pki / "minion.pem").write_bytes(own.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+    local_password.__opts__["pki_dir"] = str(pki)
+    ret = local_password.prepare("localadmin")
+    fake_salt["user.setpassword"].assert_not_called()
+    assert set(ret) == escrow.RETURN_KEYS and ret["verified"] is None
+    escrowed = escrow.decrypt(escrow_key, ret["ciphertext"])
+    pending = next((tmp_path / "cache").rglob("localadmin.pending.json"))
+    assert oct(pending.stat().st_mode & 0o777) == "0o600" and escrowed not in pending.read_text()
+    with pytest.raises(CommandExecutionError, match="no prepared rotation"):
+        local_password.commit("localadmin", rotations={MINION_ID: ret["rotated_at"] + 1})
+    fake_salt["user.setpassword"].assert_not_called()
+    done = local_password.commit("localadmin", rotations={MINION_ID: ret["rotated_at"], "desk-other": 1.0})
+    assert done == {"account": "localadmin", "rotated_at": ret["rotated_at"], "verified": True, "committed": True}
+    assert set_password(fake_salt) == ("localadmin", escrowed)
+    assert not pending.exists() and local_password.last("localadmin")["rotated_at"] == ret["rotated_at"]
+    # a repeated commit (its first answer was lost) changes nothing and says committed
+    assert local_password.commit("localadmin", rotations={MINION_ID: ret["rotated_at"]})["committed"] is True
+    assert fake_salt["user.setpassword"].call_count == 1

@@ -154,7 +154,7 @@ def show(master, desk, key, *extra):
     """(plaintext from stdout, the runner's JSON return, the process result)."""
     ret = salt_run(master, "password.show", desk, ACCOUNT, f"key={key}", *extra, check=False)
     first, _, rest = ret.stdout.partition("\n")
-    if first.lstrip().startswith("{"):  # refused: nothing printed before the return
+    if first.strip() == "{":  # refused: nothing printed before the return (a password may start with "{")
         return None, json.loads(ret.stdout), ret
     return first, json.loads(rest), ret
 
@@ -315,7 +315,8 @@ def test_rotation_escrow_show_and_the_leak_test(pw_master, desks, roots, keys):
     minion_log = pathlib.Path(desks[desk].config["log_file"]).read_text(errors="replace").splitlines()
     assert pw_master.config["log_level_logfile"] == desks[desk].config["log_level_logfile"] == "debug"
     assert any("[DEBUG" in line for line in master_log) and any("[DEBUG" in line for line in minion_log)
-    assert any("local_password.rotate" in line for line in minion_log)
+    assert any("local_password.prepare" in line for line in minion_log)
+    assert any("local_password.commit" in line for line in minion_log)
     assert any("rotated the password of localadmin" in line for line in minion_log)
     counts["log_lines"] = len(master_log) + sum(
         len(pathlib.Path(m.config["log_file"]).read_text(errors="replace").splitlines()) for m in desks.values()

@@ -20,8 +20,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 import pytest
 import salt.utils.jid
+from pytestshellutils.exceptions import FactoryTimeout
 
 from harness import saltconf
 from tests.support.minions import running as minions_running
@@ -31,6 +33,7 @@ INSTALLER = CHECKOUT / "tests" / "integration" / "files" / "deskfleet-demo-insta
 MINIONS = ("desk-sw-1", "desk-sw-2", "desk-sw-3")
 DEMO_LOG = "var/log/deskfleet-demo-install.log"
 GATED_LOG = "var/log/gated-install.log"
+FACTORIES = {}  # minion id -> its salt-factories daemon, for pausing one
 
 TOP = """
 base:
@@ -102,7 +105,8 @@ def desks(sw_master, tmp_path_factory):
         )
         for m in MINIONS
     ]
-    with minions_running(sw_master, factories, "desk-sw-*", start_timeout=120):
+    with minions_running(sw_master, factories, "desk-sw-*", start_timeout=120) as running:
+        FACTORIES.update(running)
         yield roots
 
 
@@ -165,10 +169,13 @@ def wait_for_minions(master, timeout=120):
     cli = master.salt_cli(timeout=15)
 
     def all_answer():
-        ret = cli.run("test.ping", minion_tgt="desk-sw-*")
+        try:
+            ret = cli.run("test.ping", minion_tgt="desk-sw-*")
+        except FactoryTimeout:  # a loaded box: the salt CLI itself was slow; ask again
+            return False
         return isinstance(ret.data, dict) and all(ret.data.get(m) is True for m in MINIONS)
 
-    wait_until(all_answer, "the minions to answer the restarted master", timeout=timeout, interval=1)
+    wait_until(all_answer, "the minions to answer the restarted master", timeout=max(timeout, 300), interval=1)
 
 
 def restart(master, between=None):
@@ -342,3 +349,47 @@ def test_remove_on_a_real_minion(sw_master, desks):
     assert lines(desks["desk-sw-1"])[-1].split()[1] == "uninstall"
     ret = cli.run("software.remove", "deskfleet-demo", minion_tgt="desk-sw-1")
     assert ret.data["result"] is True and ret.data["changes"] == {}
+
+
+def test_a_minion_unreachable_at_dispatch_does_not_install_after_the_window(sw_master, desks):
+    """
+    The minion is paused (SIGSTOP on its whole process tree: it takes no job, answers no find_job)
+    when its batch goes out; the window ends; the rollout closes naming the job left out; the minion
+    wakes up, gets the job late and refuses it (not_after), and nothing is installed.
+    """
+    minion = "desk-sw-3"
+    (desks[minion] / "gate").touch()  # the gated installer would run straight through
+    main = psutil.Process(FACTORIES[minion].pid)
+    tree = [main] + main.children(recursive=True)
+    for proc in tree:
+        proc.suspend()
+    try:
+        rollout = schedule(sw_master, f"target={minion}", "software=deskfleet-gated", "end=+60s", "batch=1")
+        rid = rollout["id"]
+        report = tick(sw_master, rid, "wait=0")
+        assert report["dispatched"] == [minion], report
+        end = rollouts_end(sw_master, rid)
+        wait_until(lambda: time.time() > end + 1, "the window to end", timeout=120, interval=1)
+        report = tick(sw_master, rid, "wait=0")
+        assert report["state"] == "expired" and not report["dispatched"], report
+        status = salt_run(sw_master, "software.status", rid).data
+        assert status["left"] == [minion] and f"no return: {minion}" in status["reason"], status
+    finally:
+        for proc in tree:
+            proc.resume()
+    wait_for_return(sw_master, status["minions"][minion]["jid"], minion)
+    report = tick(sw_master, rid, "wait=0")
+    assert report["collected"] == {minion: "skipped"} and report["state"] == "expired", report
+    status = salt_run(sw_master, "software.status", rid).data
+    assert status["minions"][minion]["state"] == "skipped" and status["late"] == [minion], status
+    assert "after its window closed" in status["minions"][minion]["detail"] and "left" not in status
+    assert lines(desks[minion], GATED_LOG) == [], "installed after the window closed"
+
+
+def rollouts_end(master, rollout_id):
+    path = _real_path(master.config, "cachedir") / "deskfleet" / "deskfleet.sqlite"
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        return conn.execute("SELECT end_at FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()[0]
+    finally:
+        conn.close()

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 import deskfleet_store
 import escrow
+import escrow_store
 import tc_assets
 
 try:
@@ -306,7 +307,7 @@ def test_check_return_refuses_a_ciphertext_labelled_for_another_machine(escrow_k
 @pytest.fixture
 def conn(tmp_path):
     path = tmp_path / "deskfleet.sqlite"
-    connection = deskfleet_store.connect(str(path), escrow.MIGRATIONS)
+    connection = deskfleet_store.connect(str(path), escrow_store.MIGRATIONS)
     yield connection
     connection.close()
 
@@ -315,59 +316,59 @@ def store_rotation(conn, key, vm, rotated_at, password="Pw!0aaaaaaaaaaaa", keep=
     row = escrow.check_return(
         minion_return(key, vm=vm, rotated_at=rotated_at, password=password), vm, "localadmin", escrow.fingerprint(key)
     )
-    return escrow.add_escrow(conn, row, jid="20240101", now=rotated_at + 1, keep=keep)
+    return escrow_store.add_escrow(conn, row, jid="20240101", now=rotated_at + 1, keep=keep)
 
 
 def test_store_shares_the_file_with_other_components(tmp_path):
     path = str(tmp_path / "deskfleet.sqlite")
     deskfleet_store.connect(path, tc_assets.MIGRATIONS).close()
-    conn = deskfleet_store.connect(path, escrow.MIGRATIONS)
+    conn = deskfleet_store.connect(path, escrow_store.MIGRATIONS)
     versions = dict(conn.execute("SELECT component, version FROM schema_version").fetchall())
-    assert versions == {"tc_inventory": 1, "password_escrow": 1}
+    assert versions == {"tc_inventory": 1, "password_escrow": 2}
     conn.close()
-    deskfleet_store.connect(path, escrow.MIGRATIONS).close()  # idempotent
+    deskfleet_store.connect(path, escrow_store.MIGRATIONS).close()  # idempotent
 
 
 def test_history_keeps_old_ciphertexts_and_the_newest_is_current(conn, escrow_key):
     ids = [store_rotation(conn, escrow_key, "desk-0001", 1000.0 + i, password=f"Pw!0-{i}-aaaaaaaaaa") for i in range(3)]
-    current = escrow.escrowed(conn, "desk-0001", "localadmin")
+    current = escrow_store.escrowed(conn, "desk-0001", "localadmin")
     assert current["id"] == ids[-1]
     assert escrow.decrypt(escrow_key, current["envelope"]) == "Pw!0-2-aaaaaaaaaa"
-    old = escrow.escrowed(conn, "desk-0001", "localadmin", escrow_id=ids[0])
+    old = escrow_store.escrowed(conn, "desk-0001", "localadmin", escrow_id=ids[0])
     assert escrow.decrypt(escrow_key, old["envelope"]) == "Pw!0-0-aaaaaaaaaa"
-    listed = escrow.history(conn, "desk-0001", "localadmin")
+    listed = escrow_store.history(conn, "desk-0001", "localadmin")
     assert [h["id"] for h in listed] == ids[::-1]
     assert [h["current"] for h in listed] == [True, False, False]
     assert all("envelope" not in h for h in listed)
-    assert escrow.escrowed(conn, "desk-0002", "localadmin") is None
-    assert escrow.escrowed_at(conn, "desk-0001", "localadmin", 1001.0)
-    assert not escrow.escrowed_at(conn, "desk-0001", "localadmin", 999.0)
+    assert escrow_store.escrowed(conn, "desk-0002", "localadmin") is None
+    assert escrow_store.escrowed_at(conn, "desk-0001", "localadmin", 1001.0)
+    assert not escrow_store.escrowed_at(conn, "desk-0001", "localadmin", 999.0)
 
 
 def test_history_is_pruned_to_keep(conn, escrow_key):
     for i in range(5):
         store_rotation(conn, escrow_key, "desk-0001", 1000.0 + i, keep=3)
     store_rotation(conn, escrow_key, "desk-0002", 1000.0, keep=3)
-    assert [h["rotated_at"] for h in escrow.history(conn, "desk-0001", "localadmin")] == [1004.0, 1003.0, 1002.0]
-    assert len(escrow.history(conn, "desk-0002", "localadmin")) == 1
+    assert [h["rotated_at"] for h in escrow_store.history(conn, "desk-0001", "localadmin")] == [1004.0, 1003.0, 1002.0]
+    assert len(escrow_store.history(conn, "desk-0002", "localadmin")) == 1
 
 
 def test_current_is_the_latest_rotation_even_if_stored_out_of_order(conn, escrow_key):
     store_rotation(conn, escrow_key, "desk-0001", 2000.0)
     store_rotation(conn, escrow_key, "desk-0001", 1000.0)  # a late, older return (collect)
-    assert escrow.escrowed(conn, "desk-0001", "localadmin")["rotated_at"] == 2000.0
+    assert escrow_store.escrowed(conn, "desk-0001", "localadmin")["rotated_at"] == 2000.0
 
 
 def test_audit_log(conn):
-    first = escrow.add_audit(conn, who="alice", action="read", vm="desk-0001", account="localadmin",
+    first = escrow_store.add_audit(conn, who="alice", action="read", vm="desk-0001", account="localadmin",
                              outcome="ok", escrow_id=1, key_fingerprint="ab", now=10.0)  # fmt: skip
-    escrow.add_audit(conn, who="bob", action="read", vm="desk-0002", account="localadmin",
+    escrow_store.add_audit(conn, who="bob", action="read", vm="desk-0002", account="localadmin",
                      outcome="refused", reason="key fingerprint mismatch", now=11.0)  # fmt: skip
-    log = escrow.audit_log(conn)
+    log = escrow_store.audit_log(conn)
     assert [r["who"] for r in log] == ["bob", "alice"]
     assert log[1]["id"] == first and log[1]["at"] == 10.0 and log[1]["outcome"] == "ok"
-    assert [r["who"] for r in escrow.audit_log(conn, vm="desk-0001")] == ["alice"]
-    assert escrow.audit_log(conn, action="rotate") == []
+    assert [r["who"] for r in escrow_store.audit_log(conn, vm="desk-0001")] == ["alice"]
+    assert escrow_store.audit_log(conn, action="rotate") == []
 
 
 def test_due(conn, escrow_key, other_key):
@@ -376,11 +377,11 @@ def test_due(conn, escrow_key, other_key):
     store_rotation(conn, escrow_key, "fresh", now - 2 * day)
     store_rotation(conn, escrow_key, "old", now - 31 * day)
     store_rotation(conn, other_key, "rekeyed", now - 1 * day)
-    found = escrow.due(conn, ["fresh", "old", "rekeyed", "never"], "localadmin", now, escrow.fingerprint(escrow_key))
+    found = escrow_store.due(conn, ["fresh", "old", "rekeyed", "never"], "localadmin", now, escrow.fingerprint(escrow_key))
     assert {vm: f["due"] for vm, f in found.items()} == {"fresh": False, "old": True, "rekeyed": True, "never": True}
     assert found["never"]["reason"] == "never escrowed"
     assert "30 days" in found["old"]["reason"]
     assert "old escrow key" in found["rekeyed"]["reason"]
     assert found["fresh"]["age_days"] == 2.0
-    tighter = escrow.due(conn, ["fresh"], "localadmin", now, None, max_age_days=1)
+    tighter = escrow_store.due(conn, ["fresh"], "localadmin", now, None, max_age_days=1)
     assert tighter["fresh"]["due"] is True

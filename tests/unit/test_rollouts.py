@@ -381,7 +381,7 @@ def test_one_batch_per_tick_until_completed(conn, fleet, clock):
     assert [b["jid"] for b in got["batches"]] == [p[0] for p in fleet.published]
     assert got["minions"]["desk-2"]["batch"] == 2 and got["minions"]["desk-2"]["changed"] is True
     # the pinned version (and only that) goes to the minions
-    assert fleet.published[0][2:] == (["deskfleet-demo"], {"version": "1.0.0"})
+    assert fleet.published[0][2:] == (["deskfleet-demo"], {"version": "1.0.0", "not_after": rollouts._rollout(conn, rid)["end_at"]})
 
 
 def test_percentage_batches(conn, clock):
@@ -443,6 +443,32 @@ def test_window_end_expires_what_has_not_started(conn, fleet, clock):
     assert report["state"] == "expired" and not report["dispatched"]
     assert states(conn, rid) == {"desk-1": "succeeded", "desk-2": "skipped", "desk-3": "skipped"}
     assert rollouts.detail(conn, rid)["minions"]["desk-2"]["detail"] == "maintenance window ended"
+
+
+def test_a_job_out_at_the_window_end_closes_the_rollout_and_its_return_is_late(conn, fleet, clock):
+    fleet.delay["desk-1"] = 500  # the install returns long after the window
+    rid = make(conn, clock, end=clock() + 100)
+    eng = engine(conn, fleet, clock, job_timeout=3600)
+    (first,) = eng.tick()
+    assert first["dispatched"] == ["desk-1"] and first["state"] == "running"
+    assert fleet.published[0][3]["not_after"] == rollouts._rollout(conn, rid)["end_at"]  # the window end goes along
+    clock.now += 100
+    (closed,) = eng.tick()
+    assert closed["state"] == "expired" and not closed["dispatched"], closed
+    got = rollouts.summary(conn, rid)
+    assert got["left"] == ["desk-1"] and "1 with no return: desk-1" in got["reason"]
+    assert states(conn, rid) == {"desk-1": "running", "desk-2": "skipped", "desk-3": "skipped"}
+    clock.now += 400
+    (late,) = eng.tick()  # still due: a job is out
+    assert late["collected"] == {"desk-1": "succeeded"} and late["state"] == "expired"
+    got = rollouts.detail(conn, rid)
+    assert got["late"] == ["desk-1"] and got["minions"]["desk-1"]["late"] is True and "left" not in got
+    assert eng.tick() == []
+
+
+def test_a_minion_refusing_a_job_past_its_window_is_skipped_not_failed():
+    ret = {"result": False, "window_closed": True, "changes": {}, "comment": "window closed at 2025-06-01T04:00:00Z"}
+    assert rollouts.outcome(ret) == ("skipped", None, False, "window closed at 2025-06-01T04:00:00Z")
 
 
 def test_slow_returns_are_collected_by_a_later_tick(conn, fleet, clock):

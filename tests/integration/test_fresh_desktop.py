@@ -1,0 +1,101 @@
+"""
+A fresh pool desktop: a real minion that never ran ``saltutil.sync_all`` gets
+exactly the minion-side steps of the shipped ``orchestration/pool_vm_ready.sls``
+(rendered for it; the runner steps, check-sender and mark-ready, need the cloud
+and are covered in tests/integration/test_pool_reactor.py), and afterwards a
+password rotation and a software install work on it. The modules import
+``_utils`` (escrow, rollouts): a baseline that syncs only the modules leaves
+them unloadable, and this test fails.
+"""
+
+import json
+import pathlib
+import shutil
+
+import jinja2
+import pytest
+import yaml
+
+from harness import saltconf
+from tests.integration.test_password_escrow import ACCOUNT, make_root, shadow_hash, write_key_pair
+
+CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
+DESK = "dfp-fresh-0001"
+
+
+@pytest.fixture(scope="module")
+def master(salt_factories, tmp_path_factory):
+    etc = tmp_path_factory.mktemp("etc-fresh")
+    _, pub, _ = write_key_pair(etc, "escrow", 2048)
+    shutil.copy(pub, etc / "password-escrow.pub")
+    overrides = saltconf.lab_master_config("vm", etc)
+    overrides.pop("schedule", None)  # nothing but this test acts on the desktop
+    factory = salt_factories.salt_master_daemon("vm-master-fresh", overrides=overrides)
+    with factory.started(start_timeout=120):
+        yield factory
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return make_root(tmp_path_factory.mktemp("root-fresh"))
+
+
+@pytest.fixture(scope="module")
+def desk(master, root):
+    minion = master.salt_minion_daemon(DESK, overrides={
+        "grains": {"deskfleet_role": "desktop", "deskfleet_lab_root": str(root)},
+        "deskfleet": {"passwords": {"linux_root": str(root)}},
+    })  # fmt: skip
+    with minion.started(start_timeout=120):  # started only: no sync_all, as a new pool desktop
+        yield minion
+
+
+def orchestration_steps(vm):
+    """The shipped pool_vm_ready orchestration rendered for ``vm``: [(id, kind, {arg: value})] in order."""
+    env = jinja2.Environment()
+    env.filters["json"] = json.dumps
+    text = (CHECKOUT / "orchestration" / "pool_vm_ready.sls").read_text()
+    rendered = env.from_string(text).render(pillar={"vm": vm})
+    steps = []
+    for step_id, body in yaml.safe_load(rendered).items():
+        ((kind, args),) = body.items()
+        merged = {}
+        for item in args:
+            merged.update(item)
+        steps.append((step_id, kind, merged))
+    return steps
+
+
+def test_rotation_and_install_work_after_the_orchestration_baseline_on_a_never_synced_desktop(master, desk, root):
+    cli = master.salt_cli(timeout=300)
+    # fresh: deskfleet's modules are not on the desktop
+    ret = cli.run("local_password.policy", minion_tgt=DESK)
+    assert "local_password.policy" in str(ret.data) and "not available" in str(ret.data), ret
+
+    steps = orchestration_steps(DESK)
+    assert [k for _, k, _ in steps][0] == "salt.runner" and steps[0][2]["name"] == "vmpool.on_event"
+    ran = []
+    for step_id, kind, args in steps:
+        if kind == "salt.runner":
+            continue  # check-sender / mark-ready: the pool keeper and the cloud
+        assert args["tgt"] == DESK, step_id
+        if kind == "salt.function":
+            extra = [f"{k}={json.dumps(v)}" for k, v in (args.get("kwarg") or {}).items()]
+            ret = cli.run(args["name"], *(args.get("arg") or []), *extra, minion_tgt=DESK)
+        elif kind == "salt.state":
+            ret = cli.run("state.apply", args["sls"], minion_tgt=DESK)
+            assert all(s["result"] for s in ret.data.values()), ret
+        else:
+            raise AssertionError(f"{step_id}: step kind {kind} is not handled by this test")
+        assert ret.returncode == 0, (step_id, ret)
+        ran.append(step_id)
+    assert "desktop-baseline" in ran
+
+    # password rotation through the vm master's runner
+    rotated = master.salt_run_cli(timeout=240).run("password.rotate", DESK, ACCOUNT)
+    assert rotated.returncode == 0 and list(rotated.data["rotated"]) == [DESK], rotated
+    assert shadow_hash(root).startswith("$6$")
+    # a catalog install
+    ret = cli.run("software.install", "deskfleet-demo", minion_tgt=DESK)
+    assert ret.data["result"] is True and ret.data["installed"] == "1.0.0", ret
+    assert (root / "opt" / "deskfleet-demo" / "VERSION").read_text().strip() == "1.0.0"
