@@ -88,6 +88,22 @@ def how_many(hosts, request):
     return sum(_count_on(h, needs) for h in hosts if not h.get("disabled"))
 
 
+def take(hosts, request, count):
+    """Put up to ``count`` desktops of ``request`` on the enabled ``hosts`` (first fit, in order), consuming
+    their free capacity in place. Returns how many found a host."""
+    needs, done = _needs(request), 0
+    for host in hosts:
+        if host.get("disabled"):
+            continue
+        while done < count and fits(host, needs):
+            for rc, need in needs.items():
+                host["free"][rc] = host["free"].get(rc, 0) - need
+            done += 1
+        if done == count:
+            break
+    return done
+
+
 def _size_key(request):
     needs = _needs(request)
     return (needs.get("MEMORY_MB", 0), needs.get("VCPU", 0), needs.get("DISK_GB", 0), sorted(needs.items()))

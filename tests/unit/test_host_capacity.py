@@ -99,3 +99,10 @@ def test_flavor_request():
 def test_bad_request_amount_is_refused(bad):
     with pytest.raises(ValueError, match="MEMORY_MB"):
         hc.fits(host("a", 8192), dict(D4, MEMORY_MB=bad))
+
+
+def test_take_consumes_in_place_and_counts():
+    hosts = [host("a", 9000), host("off", 99999, disabled=True), host("b", 4096)]
+    assert hc.take(hosts, D4, 5) == 3  # two on a, one on b, none on the disabled host
+    assert hosts[0]["free"]["MEMORY_MB"] == 9000 - 8192 and hosts[2]["free"]["MEMORY_MB"] == 0
+    assert hosts[1]["free"]["MEMORY_MB"] == 99999
