@@ -88,7 +88,7 @@ def _alert(data):
 
     try:
         with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as bus:
-            bus.fire_event(data, ALERT_TAG, timeout=2000)
+            bus.fire_event(data, ALERT_TAG)
     except Exception as exc:  # pylint: disable=broad-except
         log.warning("vmpool: could not fire %s: %s", ALERT_TAG, exc)
 
