@@ -227,7 +227,7 @@ def _pass(conn, db, only):
     for name, entry in decision["pools"].items():
         entry["health"] = keeper.pool_health(health.get(name), now, settings)
     decision["alerts"] = _alerts(db, decision, health, settings)
-    decision["errors"] = [f"pool {k}: config: {v}" for k, v in bad.items()] + decision["errors"]
+    decision["errors"] = [v for v in bad.values()] + decision["errors"]
     return decision
 
 
@@ -331,7 +331,7 @@ def status():
             }
         result = {"pools": out, "stray": stray}
         if bad:
-            result["errors"] = [f"pool {k}: config: {v}" for k, v in bad.items()]
+            result["errors"] = [v for v in bad.values()]
             __context__["retcode"] = 1
             result.update(error="; ".join(result["errors"])[:2000], retcode=1)
         return result

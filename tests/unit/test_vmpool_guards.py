@@ -161,7 +161,7 @@ def test_one_bad_pool_fails_the_run_but_the_others_are_kept(runner, cloud, monke
     }
     monkeypatch.setattr(runner, "_pools", lambda: (good, bad))
     result = runner.reconcile()
-    assert result["retcode"] == 1 and "pool broken: config: pool broken: spares" in result["error"]
+    assert result["retcode"] == 1 and "pool broken: spares: is required" in result["error"]
     assert result["pools"]["sales"]["boots"] == 2 and len(made) == 2
     status = runner.status()
     assert status["retcode"] == 1 and "sales" in status["pools"]
