@@ -1,16 +1,11 @@
 """
 Pool keeper: keeps pools of pre-booted desktop VMs topped up (vm master).
 
-Pools live in pillar (``deskfleet:pools``, see ``pillar/vm.pools.pillar.example``);
-the cloud is the source of truth for servers (membership and state in server
-metadata, see ``_utils/vmpool.py``). Reactor events and the master schedule call
-:func:`replenish` / :func:`reconcile`; every call is level-triggered, runs under
-one lock per master, and never boots past a pool's target, its ``max_size``,
-the boots-in-flight caps, or placement's over-commit headroom.
-
-The cloud is reached only through openstacksdk and clouds.yaml:
-``deskfleet:vm:cloud`` (default: ``$OS_CLOUD``) and ``deskfleet:vm:clouds_yaml``
-(default: openstacksdk's search path) in the vm master's config.
+Pools live in pillar (``deskfleet:pools``, see ``pillar/vm.pools.pillar.example``); the cloud is the
+source of truth (server metadata, see ``_utils/vmpool.py``), reached through openstacksdk and
+clouds.yaml only (``_utils/pool_cloud.py``). Reactor events and the master schedule call
+:func:`replenish` / :func:`reconcile`: level-triggered, one lock per master, bounded cloud calls;
+every error exits 1 and fires ``deskfleet/alert/pool``.
 """
 
 import contextlib
@@ -18,6 +13,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import sqlite3
 import time
 
@@ -28,6 +24,7 @@ __virtualname__ = "vmpool"
 try:
     import deskfleet_store
     import pool_cloud
+    import pool_health
     import pool_config
     import vmpool as keeper
 
@@ -38,24 +35,9 @@ except ImportError as _exc:  # pragma: no cover
     HAS_DEPS = False
     _IMPORT_ERROR = str(_exc)
 
-COMPONENT = "vmpool"
-MIGRATIONS = {
-    COMPONENT: [
-        """
-        CREATE TABLE pool_health (
-            pool TEXT PRIMARY KEY,
-            failures INTEGER NOT NULL DEFAULT 0,
-            last_failure REAL NOT NULL DEFAULT 0,
-            last_error TEXT,
-            drained INTEGER NOT NULL DEFAULT 0
-        )
-        """,
-        "ALTER TABLE pool_health ADD COLUMN short_since REAL",
-    ]
-}
 ALERT_TAG = "deskfleet/alert/pool"
-# bounded cloud calls: a hung API costs at most (retries + 1) x timeout per call, and a pass stops
-# issuing calls after pass_timeout; the keeper lock is never held longer than that
+# bounded cloud calls: a hung API costs at most (retries + 1) x timeout per call, and a pass sends
+# no more deletes or boots after pass_timeout, so the keeper lock is always released in bounded time
 CLOUD_DEFAULTS = {"cloud_timeout": 10, "cloud_retries": 1, "pass_timeout": 120, "lock_timeout": 180}
 
 
@@ -103,7 +85,7 @@ def _connect():
 
 
 def _store():
-    return deskfleet_store.connect(deskfleet_store.default_path(__opts__, "vm"), MIGRATIONS)
+    return deskfleet_store.connect(deskfleet_store.default_path(__opts__, "vm"), pool_health.MIGRATIONS)
 
 
 @contextlib.contextmanager
@@ -143,25 +125,6 @@ def _settings():
     return {**keeper.DEFAULTS, **CLOUD_DEFAULTS, **((_vm_conf().get("pool_keeper")) or {})}
 
 
-def _health(db):
-    rows = db.execute("SELECT pool, failures, last_failure, drained, short_since FROM pool_health").fetchall()
-    return {r["pool"]: dict(r) for r in rows}
-
-
-def _record(db, pool, failures=None, error=None, drained=None, short_since=False):
-    db.execute("INSERT INTO pool_health (pool) VALUES (?) ON CONFLICT(pool) DO NOTHING", (pool,))
-    if failures is not None:
-        db.execute(
-            "UPDATE pool_health SET failures = ?, last_failure = CASE WHEN ? > 0 THEN ? ELSE last_failure END,"
-            " last_error = COALESCE(?, last_error) WHERE pool = ?",
-            (failures, failures, time.time(), error, pool),
-        )
-    if drained is not None:
-        db.execute("UPDATE pool_health SET drained = ? WHERE pool = ?", (int(drained), pool))
-    if short_since is not False:
-        db.execute("UPDATE pool_health SET short_since = ? WHERE pool = ?", (short_since, pool))
-
-
 def _execute(conn, db, pools, decision, flavors, health, deadline):
     """Carry out a plan: delete failed/drained servers, boot the planned ones, record failures."""
     actions = {"booted": [], "deleted": [], "errors": []}
@@ -170,6 +133,9 @@ def _execute(conn, db, pools, decision, flavors, health, deadline):
         failures = (health.get(name) or {}).get("failures", 0)
         problems = list(entry["problems"])
         for server_id in entry["delete"]:
+            if time.monotonic() > deadline:
+                problems.append("pass deadline reached before every delete was sent")
+                break
             try:
                 conn.compute.delete_server(server_id, ignore_missing=True)
                 actions["deleted"].append(server_id)
@@ -191,9 +157,9 @@ def _execute(conn, db, pools, decision, flavors, health, deadline):
         actions["errors"] += [f"pool {name}: {p}" for p in problems]
         new = entry["failed"] + (1 if boot_error else 0)
         if new:
-            _record(db, name, failures + new, "; ".join(problems)[:1000] or f"{entry['error']} server(s) in ERROR")
+            pool_health.record(db, name, failures + new, "; ".join(problems)[:1000] or f"{entry['error']} server(s) in ERROR")
         elif failures and entry["ready"]:
-            _record(db, name, 0)  # a ready desktop again: the pool recovered
+            pool_health.record(db, name, 0)  # a ready desktop again: the pool recovered
     return actions
 
 
@@ -202,7 +168,7 @@ def _alerts(db, decision, health, settings):
     out, now = [], time.time()
     for name, entry in decision["pools"].items():
         since, alert = keeper.shortage(entry, (health.get(name) or {}).get("short_since"), now, settings)
-        _record(db, name, short_since=since)
+        pool_health.record(db, name, short_since=since)
         if alert:
             out.append(dict(alert, pool=name))
     return out
@@ -215,7 +181,7 @@ def _pass(conn, db, only):
         return _error(f"unknown pool(s): {', '.join(sorted(set(only) - set(pools)))}; known: {known}", kind="request")
     bad = {k: v for k, v in bad.items() if only is None or k in only}
     pools_run = pools if only is None or set(only) <= set(pools) else {}
-    health, settings = _health(db), _settings()
+    health, settings = pool_health.read(db), _settings()
     deadline = time.monotonic() + settings["pass_timeout"]
     drained = {p for p, h in health.items() if h.get("drained")}
     flavors = pool_cloud.flavors(conn, [p["flavor"] for p in pools.values()])
@@ -223,11 +189,14 @@ def _pass(conn, db, only):
     decision = keeper.plan(pools, servers, providers, flavors, health, keeper.utcnow(), settings, only, drained)
     decision["pools"] = {k: v for k, v in decision["pools"].items() if k in pools_run}
     decision.update(_execute(conn, db, pools, decision, flavors, health, deadline))
-    health, now = _health(db), time.time()  # after this pass's failures and recoveries
+    health, now = pool_health.read(db), time.time()  # after this pass's failures and recoveries
     for name, entry in decision["pools"].items():
         entry["health"] = keeper.pool_health(health.get(name), now, settings)
+        if entry["health"] == "degraded":  # a standing failure: every pass says so until ops reset it
+            last = (health.get(name) or {}).get("last_error") or "?"
+            decision["errors"].append(f"pool {name}: degraded (last error: {last[:300]}); fix it, then salt-run vmpool.reset {name}")
     decision["alerts"] = _alerts(db, decision, health, settings)
-    decision["errors"] = [v for v in bad.values()] + decision["errors"]
+    decision["errors"] = list(bad.values()) + decision["errors"]
     return decision
 
 
@@ -236,22 +205,24 @@ def _finish(decision):
     for alert in decision.get("alerts", []):
         _alert(alert)
     for err in decision.get("errors", []):
-        pool = err.split(":", 1)[0].replace("pool ", "", 1) if err.startswith("pool ") else None
-        _alert({"pool": pool, "kind": "error", "message": err})
+        named = re.match(r"pool ([a-z0-9][a-z0-9-]*): ", err)
+        _alert({"pool": named and named.group(1), "kind": "error", "message": err})
     if decision.get("errors"):
         __context__["retcode"] = 1
         decision.update(error="; ".join(decision["errors"])[:2000], retcode=1)
     return decision
 
 
-def _run(only=None):
+def _guarded(body, locked):
+    """``body(conn, db)`` (under the keeper lock if ``locked``) with every fault turned into an error return."""
     conn = db = None
     try:
         db = _store()
         conn = _connect()
+        if not locked:
+            return body(conn, db)
         with _lock(_settings()["lock_timeout"]):
-            decision = _pass(conn, db, only)
-        return decision if "error" in decision and "pools" not in decision else _finish(decision)
+            return body(conn, db)
     except keeper.PoolConfigError as exc:
         return _error(f"pool pillar: {exc}", kind="config")
     except CLOUD_ERRORS as exc:
@@ -266,6 +237,37 @@ def _run(only=None):
             db.close()
         if conn is not None:
             conn.close()
+
+
+def _run(only=None):
+    decision = _guarded(lambda conn, db: _pass(conn, db, only), locked=True)
+    return decision if "pools" not in decision else _finish(decision)  # bus I/O after the lock
+
+
+def _status(conn, db):
+    pools, bad = _pools()
+    health, settings = pool_health.read(db), _settings()
+    now = keeper.utcnow()
+    counts, stray = keeper.census(pool_cloud.servers(conn, settings["name_prefix"]), pools, now.timestamp(), settings)
+    out = {}
+    for name, pool in pools.items():
+        h = health.get(name) or {}
+        out[name] = {
+            "target": 0 if h.get("drained") else keeper.target_spares(pool, now),
+            "max_size": pool["max_size"],
+            **{k: len(v) for k, v in counts[name].items()},
+            "health": keeper.pool_health(h, now.timestamp(), settings),
+            "failures": h.get("failures", 0),
+            "last_error": h.get("last_error") if h.get("failures") else None,
+            "drained": bool(h.get("drained")),
+            "short_for": int(now.timestamp() - h["short_since"]) if h.get("short_since") else 0,
+        }
+    result = {"pools": out, "stray": stray}
+    if bad:
+        result["errors"] = list(bad.values())
+        __context__["retcode"] = 1
+        result.update(error="; ".join(result["errors"])[:2000], retcode=1)
+    return result
 
 
 # ---- public runner functions --------------------------------------------------------
@@ -300,8 +302,9 @@ def replenish(pool):
 
 def status():
     """
-    Per pool: target, ready, in flight, taken, errors, health (ok, backoff,
-    degraded), drained. Read-only.
+    Per pool: target, ready, in flight, stuck, taken, errors, health (ok, backoff,
+    degraded), failures and the last error, drained, seconds short of target. Read-only;
+    a malformed pool is listed as an error (retcode 1) and the others shown.
 
     CLI Example:
 
@@ -309,43 +312,7 @@ def status():
 
         salt-run vmpool.status
     """
-    conn = db = None
-    try:
-        db = _store()
-        conn = _connect()
-        pools, bad = _pools()
-        health, settings = _health(db), _settings()
-        now = keeper.utcnow()
-        counts, stray = keeper.census(pool_cloud.servers(conn, settings["name_prefix"]), pools, now.timestamp(), settings)
-        out = {}
-        for name, pool in pools.items():
-            h = health.get(name) or {}
-            out[name] = {
-                "target": 0 if h.get("drained") else keeper.target_spares(pool, now),
-                "max_size": pool["max_size"],
-                **{k: len(v) for k, v in counts[name].items()},
-                "health": keeper.pool_health(h, now.timestamp(), settings),
-                "failures": h.get("failures", 0),
-                "drained": bool(h.get("drained")),
-                "short_for": int(now.timestamp() - h["short_since"]) if h.get("short_since") else 0,
-            }
-        result = {"pools": out, "stray": stray}
-        if bad:
-            result["errors"] = [v for v in bad.values()]
-            __context__["retcode"] = 1
-            result.update(error="; ".join(result["errors"])[:2000], retcode=1)
-        return result
-    except keeper.PoolConfigError as exc:
-        return _error(f"pool pillar: {exc}", kind="config")
-    except CLOUD_ERRORS as exc:
-        return _error(f"cloud error: {exc}", kind="cloud")
-    except (deskfleet_store.StoreError, sqlite3.Error) as exc:
-        return _error(f"keeper store: {exc}", kind="store")
-    finally:
-        if db is not None:
-            db.close()
-        if conn is not None:
-            conn.close()
+    return _guarded(_status, locked=False)
 
 
 def drain(pool, undo=False):
@@ -371,7 +338,7 @@ def drain(pool, undo=False):
     db = _store()
     try:
         with deskfleet_store.transaction(db):
-            _record(db, pool, drained=not undo)
+            pool_health.record(db, pool, drained=not undo)
     finally:
         db.close()
     return _run(only={pool})
@@ -390,7 +357,7 @@ def reset(pool):
     db = _store()
     try:
         with deskfleet_store.transaction(db):
-            _record(db, str(pool), failures=0)
+            pool_health.record(db, str(pool), failures=0)
     finally:
         db.close()
     return {"pool": pool, "failures": 0}

@@ -235,3 +235,18 @@ def test_start_with_a_mismatching_id_is_refused(runner, cloud, keys):
     keys("dfp-sales-bbbb")
     pool_server(cloud, "dfp-sales-bbbb")
     assert "carries id" in start(runner, "dfp-sales-bbbb", data_id="dfp-sales-aaaa")["reason"]
+
+
+def test_a_degraded_pool_fails_every_pass_until_reset(runner, cloud):
+    servers_side(cloud)
+    cloud.post(NOVA + "/servers", status_code=400, json={"badRequest": {"code": 400, "message": "Invalid imageRef"}})
+    runner.__opts__["deskfleet"]["vm"]["pool_keeper"].update(backoff_base=0, degraded_after=2)
+    runner.reconcile()
+    runner.reconcile()
+    attempts = len(boots(cloud))
+    third = runner.reconcile()
+    assert len(boots(cloud)) == attempts  # degraded: no more boots
+    assert third["retcode"] == 1 and "degraded (last error: boot refused" in third["error"] and "vmpool.reset sales" in third["error"]
+    assert runner.status()["pools"]["sales"]["health"] == "degraded"
+    runner.reset("sales")
+    assert runner.status()["pools"]["sales"]["health"] == "ok"
