@@ -7,7 +7,6 @@ second master with the shipped schedule shows the periodic reconcile on its own.
 """
 
 import threading
-import time
 
 import pytest
 import yaml

@@ -5,6 +5,7 @@ that must reach the exit code, and the sender check on start events (real Salt k
 The cloud is requests-mock behind a real openstacksdk Connection (see test_vmpool_cloud_faults).
 """
 
+import concurrent.futures
 import contextlib
 import fcntl
 import json
@@ -13,12 +14,11 @@ import socket
 import threading
 import time
 
-import openstack
 import pytest
 
 import salt.config
 import vmpool as keeper
-from tests.unit.test_vmpool_cloud_faults import NOVA, PLACEMENT, RP, boots, cloud, runner  # noqa: F401  (fixtures)
+from tests.unit.test_vmpool_cloud_faults import NOVA, PLACEMENT, boots, cloud, runner  # noqa: F401  (fixtures)
 
 
 def servers_side(cloud_mock, delay=0.0):
@@ -45,7 +45,7 @@ def servers_side(cloud_mock, delay=0.0):
 
 def test_concurrent_passes_never_overshoot_thanks_to_the_lock(runner, cloud):
     made = servers_side(cloud, delay=0.3)
-    with __import__("concurrent.futures").futures.ThreadPoolExecutor(4) as pool:
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: runner.reconcile(), range(4)))
     assert all("error" not in r for r in results), results
     assert len(made) == 2  # spares 2: without the lock every pass lists 0 and boots 2
@@ -55,7 +55,7 @@ def test_lock_is_broken_means_overshoot(runner, cloud, monkeypatch):
     """The same race with the lock replaced by a no-op: proves the test above tests the lock."""
     monkeypatch.setattr(runner, "_lock", lambda timeout: contextlib.nullcontext())
     made = servers_side(cloud, delay=0.3)
-    with __import__("concurrent.futures").futures.ThreadPoolExecutor(4) as pool:
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda _: runner.reconcile(), range(4)))
     assert len(made) > 2
 
