@@ -15,6 +15,7 @@ check-sender:
 desktop-baseline:
   salt.state:
     - tgt: {{ vm | json }}
+    - tgt_type: list   # the exact id, never a glob
     - sls: win
     - require:
       - salt: check-sender
