@@ -125,7 +125,7 @@ def test_pool_lifecycle_through_the_reactor(pool_master, cloud):
             ret = minion.salt_call_cli(timeout=60).run("event.fire_master", data={}, tag="deskfleet/noop", preload=forged)
             assert ret.returncode == 0, ret
             refused = wait_for(
-                lambda: [r for r in bus.runner_returns("runner.vmpool.on_event") if isinstance(r, dict) and other.name in str(r.get("tag"))],
+                lambda: [r for r in bus.runner_returns("runner.vmpool.on_event") if isinstance(r, dict) and other.name in str(r)],
                 timeout=120, what="the check-sender verdict on the forged start",
             )
             assert refused[0]["refused"] and "no accepted minion key" in refused[0]["reason"]
