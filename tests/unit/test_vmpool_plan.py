@@ -368,3 +368,13 @@ def test_start_event_of_a_booting_pool_desktop_with_accepted_key_passes():
 )
 def test_forged_or_premature_start_events_are_refused(tag, data, server, key, reason):
     assert reason in vmpool.check_start(tag, data, server, key, POOLS)
+
+
+def test_pillar_example_validates():
+    import pathlib  # pylint: disable=import-outside-toplevel
+
+    import yaml  # pylint: disable=import-outside-toplevel
+
+    example = pathlib.Path(__file__).resolve().parents[2] / "pillar" / "vm.pools.pillar.example"
+    good, errors = pool_config.validate(yaml.safe_load(example.read_text())["deskfleet"]["pools"])
+    assert errors == {} and good["callcentre-win11"]["schedule"][1]["from"] == 22 * 60
