@@ -122,7 +122,13 @@ def _pools():
 
 
 def _settings():
-    return {**keeper.DEFAULTS, **CLOUD_DEFAULTS, **((_vm_conf().get("pool_keeper")) or {})}
+    settings = {**keeper.DEFAULTS, **CLOUD_DEFAULTS, **((_vm_conf().get("pool_keeper")) or {})}
+    for key, value in settings.items():
+        if key != "name_prefix" and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise keeper.PoolConfigError(f"deskfleet:vm:pool_keeper:{key} must be a number >= 0, got {value!r}")
+    if not isinstance(settings["name_prefix"], str) or not pool_config.NAME_RE.fullmatch(settings["name_prefix"]):
+        raise keeper.PoolConfigError("deskfleet:vm:pool_keeper:name_prefix must be lower-case letters, digits, '-'")
+    return settings
 
 
 def _execute(conn, db, pools, decision, flavors, health, deadline):
@@ -387,6 +393,8 @@ def mark_ready(server):
         return {"server": found.name, "pool": meta[keeper.POOL_KEY], "state": "ready"}
     except CLOUD_ERRORS as exc:
         return _error(f"cloud error: {exc}", kind="cloud", server=str(server))
+    except keeper.PoolConfigError as exc:
+        return _error(f"keeper settings: {exc}", kind="config", server=str(server))
     finally:
         if conn is not None:
             conn.close()

@@ -250,3 +250,11 @@ def test_a_degraded_pool_fails_every_pass_until_reset(runner, cloud):
     assert runner.status()["pools"]["sales"]["health"] == "degraded"
     runner.reset("sales")
     assert runner.status()["pools"]["sales"]["health"] == "ok"
+
+
+def test_bad_keeper_settings_are_an_error_naming_the_key(runner, cloud):
+    servers_side(cloud)
+    runner.__opts__["deskfleet"]["vm"]["pool_keeper"]["cloud_timeout"] = "ten"
+    result = runner.reconcile()
+    assert result["retcode"] == 1 and "deskfleet:vm:pool_keeper:cloud_timeout" in result["error"]
+    assert not boots(cloud)
