@@ -1,16 +1,11 @@
 """
 Pool keeper: keeps pools of pre-booted desktop VMs topped up (vm master).
 
-Pools live in pillar (``deskfleet:pools``, see ``pillar/vm.pools.pillar.example``);
-the cloud is the source of truth for servers (membership and state in server
-metadata, see ``_utils/vmpool.py``). Reactor events and the master schedule call
-:func:`replenish` / :func:`reconcile`; every call is level-triggered, runs under
-one lock per master, and never boots past a pool's target, its ``max_size``,
-the boots-in-flight caps, or placement's over-commit headroom.
-
-The cloud is reached only through openstacksdk and clouds.yaml:
-``deskfleet:vm:cloud`` (default: ``$OS_CLOUD``) and ``deskfleet:vm:clouds_yaml``
-(default: openstacksdk's search path) in the vm master's config.
+Pools live in pillar (``deskfleet:pools``, see ``pillar/vm.pools.pillar.example``); the cloud is the
+source of truth (server metadata, see ``_utils/vmpool.py``), reached through openstacksdk and
+clouds.yaml only (``_utils/pool_cloud.py``). Reactor events and the master schedule call
+:func:`replenish` / :func:`reconcile`: level-triggered, one lock per master, bounded cloud calls;
+every error exits 1 and fires ``deskfleet/alert/pool``.
 """
 
 import contextlib
@@ -19,8 +14,8 @@ import fcntl
 import logging
 import os
 import re
+import sqlite3
 import time
-import uuid
 
 log = logging.getLogger(__name__)
 
@@ -28,35 +23,26 @@ __virtualname__ = "vmpool"
 
 try:
     import deskfleet_store
+    import pool_cloud
+    import pool_health
+    import pool_config
     import vmpool as keeper
 
-    import keystoneauth1.exceptions
-    import openstack
-    import openstack.config
-    import openstack.exceptions
-
-    # what a cloud call can raise: the sdk's errors and the transport's (timeouts, refused connections)
-    CLOUD_ERRORS = (openstack.exceptions.SDKException, keystoneauth1.exceptions.ClientException)
+    from pool_cloud import CLOUD_ERRORS
 
     HAS_DEPS = True
 except ImportError as _exc:  # pragma: no cover
     HAS_DEPS = False
     _IMPORT_ERROR = str(_exc)
 
-COMPONENT = "vmpool"
-MIGRATIONS = {
-    COMPONENT: [
-        """
-        CREATE TABLE pool_health (
-            pool TEXT PRIMARY KEY,
-            failures INTEGER NOT NULL DEFAULT 0,
-            last_failure REAL NOT NULL DEFAULT 0,
-            last_error TEXT,
-            drained INTEGER NOT NULL DEFAULT 0
-        )
-        """
-    ]
-}
+ALERT_TAG = "deskfleet/alert/pool"
+# bounded cloud calls: a hung API costs at most (retries + 1) x timeout per call, and a pass sends
+# no more deletes or boots after pass_timeout, so the keeper lock is always released in bounded time
+CLOUD_DEFAULTS = {"cloud_timeout": 10, "cloud_retries": 1, "pass_timeout": 120, "lock_timeout": 180}
+
+
+class KeeperBusy(Exception):
+    """Another keeper pass holds the lock for longer than lock_timeout."""
 
 
 def __virtual__():
@@ -71,10 +57,22 @@ def __virtual__():
 # ---- plumbing -------------------------------------------------------------------
 
 
-def _error(message):
-    """An error return that also makes salt-run (and orchestration) fail."""
+def _error(message, **extra):
+    """An error return that also makes salt-run (and orchestration) fail, and an alert on the bus."""
     __context__["retcode"] = 1  # orchestration sees the failure
-    return {"error": message, "retcode": 1}  # salt-run exits 1
+    _alert({"pool": extra.get("pool"), "kind": extra.pop("kind", "error"), "message": message})
+    return dict(extra, error=message, retcode=1)  # salt-run exits 1
+
+
+def _alert(data):
+    """Fire ``deskfleet/alert/pool`` on the master bus (best effort: the return carries it too)."""
+    import salt.utils.event  # pylint: disable=import-outside-toplevel
+
+    try:
+        with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as bus:
+            bus.fire_event(data, ALERT_TAG)
+    except Exception as exc:  # pylint: disable=broad-except
+        log.warning("vmpool: could not fire %s: %s", ALERT_TAG, exc)
 
 
 def _vm_conf():
@@ -82,35 +80,30 @@ def _vm_conf():
 
 
 def _connect():
-    conf = _vm_conf()
-    cloud = conf.get("cloud") or os.environ.get("OS_CLOUD")
-    if not cloud:
-        raise openstack.exceptions.ConfigException(
-            "no cloud configured: set deskfleet:vm:cloud in the vm master config or OS_CLOUD"
-        )
-    files = [conf["clouds_yaml"]] if conf.get("clouds_yaml") else None
-    region = openstack.config.OpenStackConfig(config_files=files).get_one(cloud=cloud)
-    return openstack.connection.Connection(config=region)
+    settings = _settings()
+    return pool_cloud.connect(_vm_conf(), settings["cloud_timeout"], settings["cloud_retries"])
 
 
 def _store():
-    return deskfleet_store.connect(deskfleet_store.default_path(__opts__, "vm"), MIGRATIONS)
+    return deskfleet_store.connect(deskfleet_store.default_path(__opts__, "vm"), pool_health.MIGRATIONS)
 
 
 @contextlib.contextmanager
-def _lock(timeout=120):
+def _lock(timeout):
     """One keeper at a time on this master: concurrent events queue here, then see fresh state."""
     path = os.path.join(__opts__["cachedir"], "deskfleet", "vmpool.lock")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "a+") as fh:
-        deadline = time.time() + timeout
+        deadline = time.monotonic() + timeout
         while True:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.time() > deadline:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
+                if time.monotonic() > deadline:
+                    raise KeeperBusy(f"another keeper pass held the lock for over {timeout} s") from None
                 time.sleep(0.05)
         try:
             yield
@@ -119,127 +112,168 @@ def _lock(timeout=120):
 
 
 def _pools():
+    """``(good pools, {bad pool: message})`` from the pillar; one bad pool never hides the others."""
     import salt.pillar  # pylint: disable=import-outside-toplevel
 
     pillar = salt.pillar.get_pillar(__opts__, {}, __opts__["id"], saltenv="base").compile_pillar()
-    return keeper.validate_pools(((pillar.get("deskfleet") or {}).get("pools")) or {})
+    if pillar.get("_errors"):
+        raise keeper.PoolConfigError(f"pillar does not render: {'; '.join(map(str, pillar['_errors']))[:500]}")
+    return pool_config.validate((pillar.get("deskfleet") or {}).get("pools"))
 
 
 def _settings():
-    return dict(keeper.DEFAULTS, **((_vm_conf().get("pool_keeper")) or {}))
+    settings = {**keeper.DEFAULTS, **CLOUD_DEFAULTS, **((_vm_conf().get("pool_keeper")) or {})}
+    for key, value in settings.items():
+        if key != "name_prefix" and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise keeper.PoolConfigError(f"deskfleet:vm:pool_keeper:{key} must be a number >= 0, got {value!r}")
+    if not isinstance(settings["name_prefix"], str) or not pool_config.NAME_RE.fullmatch(settings["name_prefix"]):
+        raise keeper.PoolConfigError("deskfleet:vm:pool_keeper:name_prefix must be lower-case letters, digits, '-'")
+    return settings
 
 
-def _servers(conn):
-    return [
-        {"id": s.id, "name": s.name, "status": s.status, "metadata": dict(s.metadata or {})}
-        for s in conn.compute.servers(details=True)
-        if keeper.POOL_KEY in (s.metadata or {})
-    ]
-
-
-def _providers(conn):
-    out = []
-    for rp in conn.placement.resource_providers():
-        inventories = {
-            inv.resource_class: {"total": inv.total, "reserved": inv.reserved or 0, "allocation_ratio": inv.allocation_ratio or 1.0}
-            for inv in conn.placement.resource_provider_inventories(rp)
-        }
-        usages = conn.placement.fetch_resource_provider_usages(rp).usages or {}
-        out.append({"name": rp.name, "inventories": inventories, "usages": usages})
-    return out
-
-
-def _flavors(conn, pools):
-    out = {}
-    for name in {p["flavor"] for p in pools.values()}:
-        flavor = conn.compute.find_flavor(name, ignore_missing=True)
-        if flavor is not None:
-            out[name] = {"id": flavor.id, "ram": flavor.ram, "vcpus": flavor.vcpus, "disk": flavor.disk}
-    return out
-
-
-def _health(db):
-    rows = db.execute("SELECT pool, failures, last_failure, drained FROM pool_health").fetchall()
-    return {r["pool"]: dict(r) for r in rows}
-
-
-def _record(db, pool, failures=None, error=None, drained=None):
-    db.execute("INSERT INTO pool_health (pool) VALUES (?) ON CONFLICT(pool) DO NOTHING", (pool,))
-    if failures is not None:
-        db.execute(
-            "UPDATE pool_health SET failures = ?, last_failure = CASE WHEN ? > 0 THEN ? ELSE last_failure END,"
-            " last_error = COALESCE(?, last_error) WHERE pool = ?",
-            (failures, failures, time.time(), error, pool),
-        )
-    if drained is not None:
-        db.execute("UPDATE pool_health SET drained = ? WHERE pool = ?", (int(drained), pool))
-
-
-def _execute(conn, db, pools, decision, flavors, health):
-    """Carry out a plan: delete errored/drained servers, boot the planned ones."""
+def _execute(conn, db, pools, decision, flavors, health, deadline):
+    """Carry out a plan: delete failed/drained servers, boot the planned ones, record failures."""
     actions = {"booted": [], "deleted": [], "errors": []}
     prefix = _settings()["name_prefix"]
     for name, entry in decision["pools"].items():
-        pool = pools[name]
         failures = (health.get(name) or {}).get("failures", 0)
-        errors_seen = entry["error"]
+        problems = list(entry["problems"])
         for server_id in entry["delete"]:
+            if time.monotonic() > deadline:
+                problems.append("pass deadline reached before every delete was sent")
+                break
             try:
                 conn.compute.delete_server(server_id, ignore_missing=True)
                 actions["deleted"].append(server_id)
             except CLOUD_ERRORS as exc:
-                actions["errors"].append(f"{name}: delete {server_id}: {exc}")
+                actions["errors"].append(f"pool {name}: delete {server_id}: {exc}")
         boot_error = None
         for _ in range(entry["boots"]):
-            server_name = f"{prefix}-{name}-{uuid.uuid4().hex[:8]}"
+            if time.monotonic() > deadline:
+                boot_error = "pass deadline reached before every boot was sent"
+                break
             try:
-                conn.compute.create_server(
-                    name=server_name,
-                    flavor_id=flavors[pool["flavor"]]["id"],
-                    image_id=pool["image"],
-                    networks=[{"uuid": pool["network"]}],
-                    metadata=dict(pool["metadata"], **{keeper.POOL_KEY: name}),
-                )
-                actions["booted"].append(server_name)
+                flavor_id = flavors[pools[name]["flavor"]]["id"]
+                actions["booted"].append(pool_cloud.boot(conn, prefix, name, pools[name], flavor_id))
             except CLOUD_ERRORS as exc:
                 boot_error = f"boot refused: {exc}"
-                actions["errors"].append(f"{name}: {boot_error}")
                 break  # back off this pool; the next reconcile retries after the delay
-        if errors_seen or boot_error:
-            _record(db, name, failures + max(errors_seen, 1 if boot_error else 0), boot_error or f"{errors_seen} server(s) in ERROR")
+        if boot_error:
+            problems.append(boot_error)
+        actions["errors"] += [f"pool {name}: {p}" for p in problems]
+        new = entry["failed"] + (1 if boot_error else 0)
+        if new:
+            pool_health.record(db, name, failures + new, "; ".join(problems)[:1000] or f"{entry['error']} server(s) in ERROR")
         elif failures and entry["ready"]:
-            _record(db, name, 0)  # a ready desktop again: the pool recovered
+            pool_health.record(db, name, 0)  # a ready desktop again: the pool recovered
     return actions
 
 
-def _run(only=None):
-    conn, db = None, _store()
+def _alerts(db, decision, health, settings):
+    """Track shortages; a pool short for longer than short_alert_after fires an alert."""
+    out, now = [], time.time()
+    for name, entry in decision["pools"].items():
+        since, alert = keeper.shortage(entry, (health.get(name) or {}).get("short_since"), now, settings)
+        pool_health.record(db, name, short_since=since)
+        if alert:
+            out.append(dict(alert, pool=name))
+    return out
+
+
+def _pass(conn, db, only):
+    pools, bad = _pools()
+    if only is not None and not set(only) <= set(pools) | set(bad):
+        known = ", ".join(sorted(set(pools) | set(bad)))
+        return _error(f"unknown pool(s): {', '.join(sorted(set(only) - set(pools)))}; known: {known}", kind="request")
+    bad = {k: v for k, v in bad.items() if only is None or k in only}
+    pools_run = pools if only is None or set(only) <= set(pools) else {}
+    health, settings = pool_health.read(db), _settings()
+    deadline = time.monotonic() + settings["pass_timeout"]
+    drained = {p for p, h in health.items() if h.get("drained")}
+    flavors = pool_cloud.flavors(conn, [p["flavor"] for p in pools.values()])
+    servers, providers = pool_cloud.servers(conn, settings["name_prefix"]), pool_cloud.providers(conn)
+    decision = keeper.plan(pools, servers, providers, flavors, health, keeper.utcnow(), settings, only, drained)
+    decision["pools"] = {k: v for k, v in decision["pools"].items() if k in pools_run}
+    decision.update(_execute(conn, db, pools, decision, flavors, health, deadline))
+    health, now = pool_health.read(db), time.time()  # after this pass's failures and recoveries
+    for name, entry in decision["pools"].items():
+        entry["health"] = keeper.pool_health(health.get(name), now, settings)
+        if entry["health"] == "degraded":  # a standing failure: every pass says so until ops reset it
+            last = (health.get(name) or {}).get("last_error") or "?"
+            decision["errors"].append(f"pool {name}: degraded (last error: {last[:300]}); fix it, then salt-run vmpool.reset {name}")
+    decision["alerts"] = _alerts(db, decision, health, settings)
+    decision["errors"] = list(bad.values()) + decision["errors"]
+    return decision
+
+
+def _finish(decision):
+    """Alerts on the bus for every problem; any error makes the run fail (retcode 1)."""
+    for alert in decision.get("alerts", []):
+        _alert(alert)
+    for err in decision.get("errors", []):
+        named = re.match(r"pool ([a-z0-9][a-z0-9-]*): ", err)
+        _alert({"pool": named and named.group(1), "kind": "error", "message": err})
+    if decision.get("errors"):
+        __context__["retcode"] = 1
+        decision.update(error="; ".join(decision["errors"])[:2000], retcode=1)
+    return decision
+
+
+def _guarded(body, locked):
+    """``body(conn, db)`` (under the keeper lock if ``locked``) with every fault turned into an error return."""
+    conn = db = None
     try:
+        db = _store()
         conn = _connect()
-        with _lock():
-            pools = _pools()
-            if only is not None and not set(only) <= set(pools):
-                return _error(f"unknown pool(s): {', '.join(sorted(set(only) - set(pools)))}; known: {', '.join(sorted(pools))}")
-            health, settings = _health(db), _settings()
-            drained = {p for p, h in health.items() if h.get("drained")}
-            flavors = _flavors(conn, pools)
-            decision = keeper.plan(
-                pools, _servers(conn), _providers(conn), flavors, health, keeper.utcnow(), settings, only, drained
-            )
-            decision.update(_execute(conn, db, pools, decision, flavors, health))
-            health, now = _health(db), time.time()  # after this pass's failures and recoveries
-            for name, entry in decision["pools"].items():
-                entry["health"] = keeper.pool_health(health.get(name), now, settings)
-            return decision
+        if not locked:
+            return body(conn, db)
+        with _lock(_settings()["lock_timeout"]):
+            return body(conn, db)
     except keeper.PoolConfigError as exc:
-        return _error(f"pool pillar: {exc}")
+        return _error(f"pool pillar: {exc}", kind="config")
     except CLOUD_ERRORS as exc:
         log.warning("vmpool: cloud error: %s", exc)
-        return _error(f"cloud error: {exc}")
+        return _error(f"cloud error: {exc}", kind="cloud")
+    except KeeperBusy as exc:
+        return _error(f"keeper busy: {exc}", kind="lock")
+    except (deskfleet_store.StoreError, sqlite3.Error) as exc:
+        return _error(f"keeper store: {exc}", kind="store")
     finally:
-        db.close()
+        if db is not None:
+            db.close()
         if conn is not None:
             conn.close()
+
+
+def _run(only=None):
+    decision = _guarded(lambda conn, db: _pass(conn, db, only), locked=True)
+    return decision if "pools" not in decision else _finish(decision)  # bus I/O after the lock
+
+
+def _status(conn, db):
+    pools, bad = _pools()
+    health, settings = pool_health.read(db), _settings()
+    now = keeper.utcnow()
+    counts, stray = keeper.census(pool_cloud.servers(conn, settings["name_prefix"]), pools, now.timestamp(), settings)
+    out = {}
+    for name, pool in pools.items():
+        h = health.get(name) or {}
+        out[name] = {
+            "target": 0 if h.get("drained") else keeper.target_spares(pool, now),
+            "max_size": pool["max_size"],
+            **{k: len(v) for k, v in counts[name].items()},
+            "health": keeper.pool_health(h, now.timestamp(), settings),
+            "failures": h.get("failures", 0),
+            "last_error": h.get("last_error") if h.get("failures") else None,
+            "drained": bool(h.get("drained")),
+            "short_for": int(now.timestamp() - h["short_since"]) if h.get("short_since") else 0,
+        }
+    result = {"pools": out, "stray": stray}
+    if bad:
+        result["errors"] = list(bad.values())
+        __context__["retcode"] = 1
+        result.update(error="; ".join(result["errors"])[:2000], retcode=1)
+    return result
 
 
 # ---- public runner functions --------------------------------------------------------
@@ -274,8 +308,9 @@ def replenish(pool):
 
 def status():
     """
-    Per pool: target, ready, in flight, taken, errors, health (ok, backoff,
-    degraded), drained. Read-only.
+    Per pool: target, ready, in flight, stuck, taken, errors, health (ok, backoff,
+    degraded), failures and the last error, drained, seconds short of target. Read-only;
+    a malformed pool is listed as an error (retcode 1) and the others shown.
 
     CLI Example:
 
@@ -283,34 +318,7 @@ def status():
 
         salt-run vmpool.status
     """
-    conn, db = None, _store()
-    try:
-        conn = _connect()
-        pools = _pools()
-        health = _health(db)
-        counts, stray = keeper.census(_servers(conn), pools)
-        now = keeper.utcnow()
-        out = {}
-        for name, pool in pools.items():
-            c = counts[name]
-            h = health.get(name) or {}
-            out[name] = {
-                "target": 0 if h.get("drained") else keeper.target_spares(pool, now),
-                "max_size": pool["max_size"],
-                **{k: len(v) for k, v in c.items()},
-                "health": keeper.pool_health(h, now.timestamp(), _settings()),
-                "failures": h.get("failures", 0),
-                "drained": bool(h.get("drained")),
-            }
-        return {"pools": out, "stray": stray}
-    except keeper.PoolConfigError as exc:
-        return _error(f"pool pillar: {exc}")
-    except CLOUD_ERRORS as exc:
-        return _error(f"cloud error: {exc}")
-    finally:
-        db.close()
-        if conn is not None:
-            conn.close()
+    return _guarded(_status, locked=False)
 
 
 def drain(pool, undo=False):
@@ -326,15 +334,17 @@ def drain(pool, undo=False):
         salt-run vmpool.drain callcentre-win11 undo=True
     """
     try:
-        pools = _pools()
+        pools, bad = _pools()
     except keeper.PoolConfigError as exc:
-        return _error(f"pool pillar: {exc}")
+        return _error(f"pool pillar: {exc}", kind="config")
+    if pool in bad:
+        return _error(f"pool {pool}: config: {bad[pool]}", kind="config", pool=pool)
     if pool not in pools:
-        return _error(f"unknown pool {pool!r}; known: {', '.join(sorted(pools))}")
+        return _error(f"unknown pool {pool!r}; known: {', '.join(sorted(pools))}", kind="request")
     db = _store()
     try:
         with deskfleet_store.transaction(db):
-            _record(db, pool, drained=not undo)
+            pool_health.record(db, pool, drained=not undo)
     finally:
         db.close()
     return _run(only={pool})
@@ -353,7 +363,7 @@ def reset(pool):
     db = _store()
     try:
         with deskfleet_store.transaction(db):
-            _record(db, str(pool), failures=0)
+            pool_health.record(db, str(pool), failures=0)
     finally:
         db.close()
     return {"pool": pool, "failures": 0}
@@ -382,16 +392,18 @@ def mark_ready(server):
         conn.compute.set_server_metadata(found, **{keeper.STATE_KEY: "ready"})
         return {"server": found.name, "pool": meta[keeper.POOL_KEY], "state": "ready"}
     except CLOUD_ERRORS as exc:
-        return _error(f"cloud error: {exc}")
+        return _error(f"cloud error: {exc}", kind="cloud", server=str(server))
+    except keeper.PoolConfigError as exc:
+        return _error(f"keeper settings: {exc}", kind="config", server=str(server))
     finally:
         if conn is not None:
             conn.close()
 
 
-# Events are only triggers: the keeper re-reads the cloud, so a dropped or
-# duplicated event is harmless. Still, check who sent what before acting.
+# Events are only triggers: the keeper re-reads the cloud, so a dropped, duplicated or forged
+# "taken" event costs one bounded keeper pass. A start event leads to a baseline and a ready
+# mark, so its subject is checked against what a desktop cannot forge (keeper.check_start).
 TAKEN_TAG = "deskfleet/pool/taken"
-START_TAG_RE = re.compile(r"salt/minion/([^/]{1,128})/start")
 
 
 def on_event(tag, data):
@@ -400,8 +412,9 @@ def on_event(tag, data):
 
     - ``deskfleet/pool/taken`` ``{"pool": P}``: from the master/API (no minion id) or
       from a pool desktop of pool P itself (its minion id is its server name) → replenish P;
-    - ``salt/minion/<id>/start`` of a pool desktop → its baseline and ready mark
-      are applied by ``orchestration/pool_vm_ready.sls``; here only validated.
+    - ``salt/minion/<id>/start`` → checked only (the orchestration ``orchestration/pool_vm_ready.sls``
+      baselines and marks ready): ``<id>`` must have an accepted minion key and be a Nova server of
+      a known pool that is ACTIVE and not yet ready or taken. ``data.id`` is not trusted.
 
     Anything else is refused with a reason (and logged), never acted on.
 
@@ -413,27 +426,55 @@ def on_event(tag, data):
     """
     if not isinstance(data, dict):
         return _refuse(tag, "event data is not a mapping")
-    sender = data.get("id")
-    if tag == TAKEN_TAG:
-        payload = data.get("data") if isinstance(data.get("data"), dict) else data
-        pool = payload.get("pool")
-        try:
-            pools = _pools()
-        except keeper.PoolConfigError as exc:
-            return _refuse(tag, f"pool pillar: {exc}")
-        if not isinstance(pool, str) or pool not in pools:
-            return _refuse(tag, f"unknown pool {str(pool)[:64]!r}")
-        if sender is not None and sender != __opts__["id"] and not _is_member(sender, pool):
-            return _refuse(tag, f"{sender} is neither the master nor a desktop of pool {pool}")
-        return replenish(pool)
-    match = START_TAG_RE.fullmatch(str(tag))
-    if match:
-        if sender != match.group(1):
-            return _refuse(tag, f"start event for {match.group(1)} sent by {sender}")
-        if not _is_member(sender, None):
-            return _refuse(tag, f"{sender} is not a pool desktop")
-        return {"server": sender, "pool_member": True}
+    try:
+        pools, _bad = _pools()
+        if tag == TAKEN_TAG:
+            return _on_taken(tag, data, pools)
+        if keeper.START_TAG_RE.fullmatch(str(tag)):
+            return _on_start(tag, data, pools)
+    except keeper.PoolConfigError as exc:
+        return _refuse(tag, f"pool pillar: {exc}")
+    except CLOUD_ERRORS as exc:
+        return _refuse(tag, f"cloud error while checking the event: {exc}")
     return _refuse(tag, "not a pool event")
+
+
+def _on_taken(tag, data, pools):
+    sender = data.get("id")
+    payload = data.get("data") if isinstance(data.get("data"), dict) else data
+    pool = payload.get("pool")
+    if not isinstance(pool, str) or pool not in pools:
+        return _refuse(tag, f"unknown pool {str(pool)[:64]!r}")
+    if sender is not None and sender != __opts__["id"] and not _is_member(sender, pool):
+        return _refuse(tag, f"{str(sender)[:64]} is neither the master nor a desktop of pool {pool}")
+    return replenish(pool)
+
+
+def _on_start(tag, data, pools):
+    vm = keeper.START_TAG_RE.fullmatch(str(tag)).group(1)
+    server = None
+    if _key_accepted(vm):
+        conn = _connect()
+        try:
+            server = pool_cloud.find(conn, vm)
+        finally:
+            conn.close()
+    reason = keeper.check_start(tag, data, server, _key_accepted(vm), pools)
+    if reason:
+        return _refuse(tag, reason)
+    return {"server": vm, "pool": server["metadata"][keeper.POOL_KEY], "pool_member": True}
+
+
+def _key_accepted(minion_id):
+    """The minion key for ``minion_id`` is accepted on this master (what a desktop cannot grant itself)."""
+    import salt.exceptions  # pylint: disable=import-outside-toplevel
+    import salt.key  # pylint: disable=import-outside-toplevel
+
+    try:
+        key = salt.key.get_key(__opts__).cache.fetch("keys", str(minion_id))
+    except (salt.exceptions.SaltCacheError, OSError):
+        return False
+    return bool(key) and key.get("state") == "accepted"
 
 
 def _refuse(tag, reason):
@@ -445,8 +486,8 @@ def _refuse(tag, reason):
 def _is_member(server_name, pool):
     conn = _connect()
     try:
-        found = conn.compute.find_server(str(server_name), ignore_missing=True)
+        found = pool_cloud.find(conn, server_name)
     finally:
         conn.close()
-    meta = (found.metadata or {}) if found is not None else {}
+    meta = found["metadata"] if found is not None else {}
     return keeper.POOL_KEY in meta and (pool is None or meta[keeper.POOL_KEY] == pool)

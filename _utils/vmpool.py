@@ -15,185 +15,70 @@ the source of truth:
 """
 
 import datetime
-import math
 import re
 
-POOL_KEY = "deskfleet_pool"
-STATE_KEY = "deskfleet_state"
-NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,40}")
-DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+import host_capacity
+import pool_config
+from pool_config import POOL_KEY, STATE_KEY, PoolConfigError, target_spares  # noqa: F401  (the keeper's API)
+
 DEFAULTS = {
     "max_in_flight_total": 10,
     "backoff_base": 30,
     "backoff_max": 900,
     "degraded_after": 3,
     "name_prefix": "dfp",
+    "ready_deadline": 1200,  # seconds from creation to "ready"; past it the desktop has failed
+    "short_alert_after": 900,  # seconds below target before deskfleet/alert/pool fires
 }
 
 
-class PoolConfigError(ValueError):
-    """The pool pillar is malformed; the message says where."""
-
-
-# ---- configuration ---------------------------------------------------------------
-
-
-def _int(pool, key, value, low=0):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise PoolConfigError(f"pool {pool}: {key} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def _days(pool, spec):
-    spec = str(spec).lower()
-    out = set()
-    for part in spec.split(","):
-        part = part.strip()
-        if "-" in part:
-            a, b = part.split("-", 1)
-            if a not in DAYS or b not in DAYS:
-                raise PoolConfigError(f"pool {pool}: bad day range {part!r} (use mon-fri)")
-            i, j = DAYS.index(a), DAYS.index(b)
-            out.update(DAYS[k % 7] for k in range(i, j + 1 if j >= i else j + 8))
-        elif part in DAYS:
-            out.add(part)
-        else:
-            raise PoolConfigError(f"pool {pool}: bad day {part!r}")
-    return sorted(out, key=DAYS.index)
-
-
-def _hhmm(pool, value):
-    match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", str(value))
-    if not match:
-        raise PoolConfigError(f"pool {pool}: time {value!r} is not HH:MM")
-    return int(match.group(1)) * 60 + int(match.group(2))
-
-
 def validate_pools(pools):
-    """
-    Check and normalise the ``deskfleet:pools`` pillar. Raises
-    :class:`PoolConfigError` naming the pool and the field.
-    """
-    if not isinstance(pools, dict):
-        raise PoolConfigError("deskfleet:pools must be a mapping of pool name to settings")
-    out = {}
-    for name, conf in pools.items():
-        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-            raise PoolConfigError(f"pool name {name!r}: use lower-case letters, digits and '-'")
-        if not isinstance(conf, dict):
-            raise PoolConfigError(f"pool {name}: settings must be a mapping")
-        for key in ("flavor", "image", "network"):
-            if not isinstance(conf.get(key), str) or not conf[key]:
-                raise PoolConfigError(f"pool {name}: {key} is required")
-        spares = _int(name, "spares", conf.get("spares", 0))
-        max_size = _int(name, "max_size", conf.get("max_size", spares), 0)
-        if max_size < spares:
-            raise PoolConfigError(f"pool {name}: max_size {max_size} is below spares {spares}")
-        metadata = conf.get("metadata") or {}
-        if not isinstance(metadata, dict) or {POOL_KEY, STATE_KEY} & set(metadata):
-            raise PoolConfigError(f"pool {name}: metadata must be a mapping without {POOL_KEY}/{STATE_KEY}")
-        schedule = []
-        for i, window in enumerate(conf.get("schedule") or []):
-            if not isinstance(window, dict):
-                raise PoolConfigError(f"pool {name}: schedule[{i}] must be a mapping")
-            schedule.append(
-                {
-                    "days": _days(name, window.get("days", "mon-sun")),
-                    "from": _hhmm(name, window.get("from", "00:00")),
-                    "to": _hhmm(name, window.get("to", "23:59")),
-                    "spares": _int(name, f"schedule[{i}].spares", window.get("spares")),
-                }
-            )
-        out[name] = {
-            "flavor": conf["flavor"],
-            "image": conf["image"],
-            "network": conf["network"],
-            "metadata": {str(k): str(v) for k, v in metadata.items()},
-            "spares": spares,
-            "max_size": max_size,
-            "max_in_flight": _int(name, "max_in_flight", conf.get("max_in_flight", 2), 1),
-            "schedule": schedule,
-        }
-    return out
-
-
-def target_spares(pool, now):
-    """Spares wanted at ``now`` (a datetime): the first matching schedule window, else ``spares``."""
-    day, minute = DAYS[now.weekday()], now.hour * 60 + now.minute
-    for window in pool["schedule"]:
-        if day in window["days"] and window["from"] <= minute < window["to"]:
-            return window["spares"]
-    return pool["spares"]
+    """Strict form of :func:`pool_config.validate`: raises on the first bad pool (tests, tools)."""
+    good, errors = pool_config.validate(pools)
+    if errors:
+        raise PoolConfigError(next(iter(errors.values())))
+    return good
 
 
 # ---- classification --------------------------------------------------------------
 
 
-def classify(server):
-    """``ready``, ``taken``, ``in_flight`` (BUILD or booted-not-ready), ``error`` or ``other``."""
+def classify(server, now_ts=None, deadline=None):
+    """``ready``, ``taken``, ``in_flight`` (BUILD or booted-not-ready), ``stuck`` (in flight past
+    ``deadline`` seconds since ``created``), ``error``, ``gone`` or ``other``."""
     status = (server.get("status") or "").upper()
     state = (server.get("metadata") or {}).get(STATE_KEY)
     if status == "ERROR":
         return "error"
-    if status == "BUILD":
-        return "in_flight"
-    if status == "ACTIVE":
-        if state == "taken":
-            return "taken"
-        return "ready" if state == "ready" else "in_flight"
     if status in ("DELETED", "SOFT_DELETED"):
         return "gone"
+    if status == "ACTIVE" and state in ("taken", "ready"):
+        return state
+    if status in ("BUILD", "ACTIVE"):
+        created = server.get("created")
+        if deadline and now_ts is not None and created is not None and now_ts - created > deadline:
+            return "stuck"
+        return "in_flight"
     return "other"
 
 
-def census(servers, pools):
+def census(servers, pools, now_ts=None, settings=None):
     """Per-pool lists of server ids by class; servers of unknown pools are listed apart."""
-    out = {name: {"ready": [], "taken": [], "in_flight": [], "error": [], "other": []} for name in pools}
+    default_deadline = (settings or DEFAULTS)["ready_deadline"]
+    out = {name: {"ready": [], "taken": [], "in_flight": [], "stuck": [], "error": [], "other": []} for name in pools}
     stray = []
     for server in servers:
         pool = (server.get("metadata") or {}).get(POOL_KEY)
         if pool is None:
             continue
-        kind = classify(server)
-        if kind == "gone":
-            continue
         if pool not in out:
-            stray.append(server["id"])
+            if classify(server) != "gone":
+                stray.append(server["id"])
             continue
-        out[pool][kind].append(server["id"])
+        kind = classify(server, now_ts, pools[pool].get("ready_deadline") or default_deadline)
+        if kind != "gone":
+            out[pool][kind].append(server["id"])
     return out, stray
-
-
-# ---- capacity --------------------------------------------------------------------
-
-
-def headroom(providers):
-    """
-    Free capacity across compute resource providers from placement:
-    ``providers`` is a list of ``{"inventories": {RC: {total, reserved, allocation_ratio}}, "usages": {RC: used}}``.
-    Returns ``{RC: free}`` with free = Σ (total − reserved) × ratio − used (never below 0 per provider).
-    """
-    free = {}
-    for rp in providers:
-        for rc, inv in (rp.get("inventories") or {}).items():
-            cap = (inv.get("total", 0) - inv.get("reserved", 0)) * inv.get("allocation_ratio", 1.0)
-            used = (rp.get("usages") or {}).get(rc, 0)
-            free[rc] = free.get(rc, 0) + max(0, math.floor(cap - used))
-    return free
-
-
-def fits(free, flavor):
-    """How many servers of ``flavor`` ({ram, vcpus, disk}) fit in ``free``."""
-    needs = {"MEMORY_MB": flavor.get("ram", 0), "VCPU": flavor.get("vcpus", 0), "DISK_GB": flavor.get("disk", 0)}
-    # a resource class placement does not track (no inventory at all) does not limit
-    counts = [max(0, free[rc]) // need for rc, need in needs.items() if need and rc in free]
-    return min(counts) if counts else 0
-
-
-def take(free, flavor, n):
-    for rc, key in (("MEMORY_MB", "ram"), ("VCPU", "vcpus"), ("DISK_GB", "disk")):
-        if flavor.get(key):
-            free[rc] = free.get(rc, 0) - n * flavor[key]
 
 
 # ---- health and backoff ----------------------------------------------------------
@@ -220,72 +105,85 @@ def _worse(a, b):
 # ---- the plan --------------------------------------------------------------------
 
 
+def _entry(pool, c, target, health_state, drained):
+    have = len(c["ready"]) + len(c["in_flight"])
+    entry = {
+        "target": target,
+        **{k: len(c[k]) for k in ("ready", "in_flight", "taken", "error", "stuck")},
+        "health": health_state,
+        "boots": 0,
+        "delete": list(c["error"]) + list(c["stuck"]),
+        "failed": len(c["error"]) + len(c["stuck"]),  # new failures this pass (the runner records them)
+        "problems": [],
+        "reason": "",
+    }
+    if c["stuck"]:
+        entry["problems"].append(f"{len(c['stuck'])} desktop(s) not ready within the deadline (deleted)")
+    if entry["failed"]:  # fresh failures: delete them now, retry after the backoff
+        entry["health"] = _worse(entry["health"], "backoff")
+    if drained:
+        entry["delete"] += c["ready"] + c["in_flight"]
+        entry["reason"] = "drained"
+    size = have + len(c["taken"])
+    entry["want"] = max(0, min(target - have, pool["max_size"] - size, pool["max_in_flight"] - len(c["in_flight"])))
+    return entry
+
+
+def _boot(entry, pool, flavors, hosts, global_room):
+    """Boots for one pool within the global room and what fits per host; returns the boots."""
+    flavor = flavors.get(pool["flavor"])
+    problem = None
+    if flavor is None:
+        problem = f"unknown flavor {pool['flavor']}"
+    elif not hosts:
+        problem = "placement lists no compute hosts"
+    if problem:  # a failure of the pool: it backs off and, repeated, degrades
+        entry["problems"].append(problem)
+        entry["failed"] += 1
+        entry["reason"] = problem
+        return 0
+    n = host_capacity.take(hosts, host_capacity.flavor_request(flavor), min(entry["want"], global_room))
+    if n < entry["want"]:
+        entry["reason"] = "capped by " + ("boot-storm limit" if n == global_room else "over-commit headroom (per host)")
+    entry["boots"] = n
+    return n
+
+
 def plan(pools, servers, providers, flavors, health, now, settings=None, only=None, drained=()):
     """
     Decide boots and deletes for every pool (or only ``only``).
 
-    pools     validated pool config (:func:`validate_pools`)
-    servers   cloud listing: dicts with id, status, metadata
-    providers placement inventories/usages per compute provider (:func:`headroom`)
+    pools     validated pool config (:func:`pool_config.validate`)
+    servers   cloud listing: dicts with id, status, metadata, created (epoch seconds)
+    providers placement per compute provider (:func:`host_capacity.hosts_from_placement`)
     flavors   {flavor name or id: {ram, vcpus, disk}}
     health    {pool: {failures, last_failure}} from the keeper's store
     now       timezone-aware datetime
     drained   pools being drained: no boots, spares deleted
 
-    Returns ``{"pools": {pool: {...counts, boots, delete, reason}}, "boots": n, "in_flight_total": n}``.
-    Boots are capped by each pool's deficit, its max_size, its max_in_flight, the
-    global max_in_flight_total and placement headroom, in that order of pools
-    whose shortfall is largest relative to target.
+    Returns ``{"pools": {pool: {...counts, boots, delete, failed, problems, reason}}, "boots": n,
+    "in_flight_total": n}``. Boots are capped by each pool's deficit, its max_size, its max_in_flight,
+    the global max_in_flight_total and what fits on each host (every resource on one host), pools
+    whose shortfall is largest relative to target first. Desktops in flight past their readiness
+    deadline are failures: deleted, counted against the pool's health, and no longer in flight.
     """
     settings = dict(DEFAULTS, **(settings or {}))
-    counts, stray = census(servers, pools)
+    now_ts = now.timestamp()
+    counts, stray = census(servers, pools, now_ts, settings)
     in_flight_total = sum(len(c["in_flight"]) for c in counts.values())
     global_room = max(0, settings["max_in_flight_total"] - in_flight_total)
-    free = headroom(providers)
-    now_ts = now.timestamp()
-    result = {}
-    order = []
+    hosts = host_capacity.hosts_from_placement(providers)
+    result, order = {}, []
     for name, pool in pools.items():
-        c = counts[name]
         target = 0 if name in drained else target_spares(pool, now)
-        have = len(c["ready"]) + len(c["in_flight"])
-        size = have + len(c["taken"])
         state = pool_health(health.get(name), now_ts, settings)
-        if c["error"]:  # fresh failures: delete them now, retry after the backoff
-            state = _worse(state, "backoff")
-        entry = {
-            "target": target,
-            "ready": len(c["ready"]),
-            "in_flight": len(c["in_flight"]),
-            "taken": len(c["taken"]),
-            "error": len(c["error"]),
-            "health": state,
-            "boots": 0,
-            "delete": list(c["error"]),
-            "reason": "",
-        }
-        if name in drained:
-            entry["delete"] += c["ready"] + c["in_flight"]
-            entry["reason"] = "drained"
-        want = max(0, min(target - have, pool["max_size"] - size, pool["max_in_flight"] - len(c["in_flight"])))
-        entry["want"] = want
-        result[name] = entry
-        if want and (only is None or name in only) and entry["health"] == "ok" and name not in drained:
-            order.append((-(target - have) / max(1, target), name))
-        elif want and entry["health"] != "ok":
+        entry = result[name] = _entry(pool, counts[name], target, state, name in drained)
+        if entry["want"] and (only is None or name in only) and entry["health"] == "ok" and name not in drained:
+            order.append((-(target - entry["ready"] - entry["in_flight"]) / max(1, target), name))
+        elif entry["want"] and entry["health"] != "ok":
             entry["reason"] = entry["health"]
     for _, name in sorted(order):
-        entry, pool = result[name], pools[name]
-        flavor = flavors.get(pool["flavor"])
-        if flavor is None:
-            entry["reason"] = f"unknown flavor {pool['flavor']}"
-            continue
-        n = min(entry["want"], global_room, fits(free, flavor))
-        if n < entry["want"]:
-            entry["reason"] = "capped by " + ("boot-storm limit" if n == global_room else "over-commit headroom")
-        entry["boots"] = n
-        global_room -= n
-        take(free, flavor, n)
+        global_room -= _boot(result[name], pools[name], flavors, hosts, global_room)
     if only is not None:
         result = {k: v for k, v in result.items() if k in only}
     return {
@@ -294,6 +192,59 @@ def plan(pools, servers, providers, flavors, health, now, settings=None, only=No
         "boots": sum(e["boots"] for e in result.values()),
         "in_flight_total": in_flight_total,
     }
+
+
+# ---- alerts and event checks -------------------------------------------------------
+
+
+def shortage(entry, short_since, now_ts, settings):
+    """
+    Track how long a pool has had fewer ready desktops than its target. Returns
+    ``(short_since, alert)``: the new start of the shortage (None when not short) and an
+    alert dict once it lasted longer than ``short_alert_after`` (else None).
+    """
+    if entry["ready"] >= entry["target"] or entry.get("reason") == "drained":
+        return None, None
+    since = short_since or now_ts
+    lasted = now_ts - since
+    if lasted < settings["short_alert_after"]:
+        return since, None
+    alert = {"kind": "short", "ready": entry["ready"], "target": entry["target"], "short_for": int(lasted)}
+    alert["message"] = f"{entry['ready']}/{entry['target']} ready for {int(lasted)} s ({entry.get('reason') or 'booting'})"
+    return since, alert
+
+
+START_TAG_RE = re.compile(r"salt/minion/([^/]{1,128})/start")
+
+
+def check_start(tag, data, server, key_accepted, pools):
+    """
+    Why a ``salt/minion/<id>/start`` event must not start the ready flow, or None.
+
+    The tag and ``data["id"]`` are NOT proof of the sender: a desktop can put any tag and data on the
+    bus through the batched ``events`` form of ``_minion_event``. What a desktop cannot forge: the
+    minion key for ``<id>`` accepted on this master, and a Nova server named ``<id>`` in a known pool,
+    still booting (not ready, not taken). ``server`` is that Nova server (dict with name, status,
+    metadata) or None. The baseline job that follows is answered over the authenticated return path.
+    """
+    match = START_TAG_RE.fullmatch(str(tag))
+    if not match:
+        return "not a minion start event"
+    vm = match.group(1)
+    if isinstance(data, dict) and data.get("id") not in (None, vm):
+        return f"start event for {vm} carries id {str(data.get('id'))[:64]}"
+    if not key_accepted:
+        return f"{vm} has no accepted minion key"
+    if server is None or server.get("name") != vm:
+        return f"{vm} is not a server in the cloud"
+    meta = server.get("metadata") or {}
+    if meta.get(POOL_KEY) not in pools:
+        return f"{vm} is not a desktop of a known pool"
+    if meta.get(STATE_KEY) in ("ready", "taken"):
+        return f"{vm} is already {meta[STATE_KEY]}"
+    if (server.get("status") or "").upper() != "ACTIVE":
+        return f"{vm} is {server.get('status')}, not ACTIVE"
+    return None
 
 
 def utcnow():

@@ -299,6 +299,7 @@ class NovaLab:
         """SIGTERM the server's process group, SIGKILL it after ``grace`` seconds; remove temp files."""
         if self.proc is not None:
             if self.proc.poll() is None:
+                _signal_group(self.proc.pid, signal.SIGCONT)  # a paused lab could not act on SIGTERM
                 _signal_group(self.proc.pid, signal.SIGTERM)
                 try:
                     self.proc.wait(grace)
@@ -328,6 +329,14 @@ class NovaLab:
                 text = path.read_text(errors="replace").splitlines()[-lines:]
                 out.append(f"--- {name} (last {len(text)} lines)\n" + "\n".join(text))
         return "\n".join(out)
+
+    def pause(self):
+        """Freeze the whole lab (SIGSTOP to its group): a really hung API. The kernel still accepts
+        TCP connections on the listening socket; nothing ever answers. Undo with :meth:`resume`."""
+        _signal_group(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self):
+        _signal_group(self.proc.pid, signal.SIGCONT)
 
     def env(self):
         """Environment for other processes that should reach the lab through clouds.yaml."""

@@ -1,12 +1,15 @@
-# salt-run state.orch orchestration.pool_vm_ready pillar='{"vm": "dfp-sales-1a2b3c4d", "tag": "salt/minion/dfp-sales-1a2b3c4d/start"}'
+# salt-run state.orch orchestration.pool_vm_ready pillar='{"vm": "dfp-sales-1a2b3c4d"}'
+# check-sender: accepted minion key + a booting Nova server of a known pool (vmpool.on_event);
+# the baseline job is then answered by the desktop over Salt's authenticated return path.
 {%- set vm = pillar.get('vm', '') %}
-{%- set tag = pillar.get('tag', 'salt/minion/' ~ vm ~ '/start') %}
+{%- set tag = 'salt/minion/' ~ vm ~ '/start' %}
+{%- set data_id = pillar.get('data_id', vm) %}
 
 check-sender:
   salt.runner:
     - name: vmpool.on_event
     - tag: {{ tag | json }}
-    - data: {{ {'id': vm} | json }}
+    - data: {{ {'id': data_id} | json }}
     - failhard: True
 
 # A fresh desktop has none of deskfleet's code: the execution modules import _utils
@@ -23,6 +26,7 @@ desktop-sync:
 desktop-baseline:
   salt.state:
     - tgt: {{ vm | json }}
+    - tgt_type: list   # the exact id, never a glob
     - sls: win
     - require:
       - salt: desktop-sync

@@ -4,12 +4,14 @@ runner loader (salt.runner.RunnerClient) with the vm master's shipped config.
 """
 
 import concurrent.futures
+import pathlib
 import threading
 import time
 
 import pytest
 
 from harness.vmrunner import VmRunner
+from tests.cloud.conftest import clear_servers
 
 POOL_KEY, STATE_KEY = "deskfleet_pool", "deskfleet_state"
 
@@ -67,7 +69,7 @@ def test_unknown_pool_and_bad_pillar_are_refused(tmp_path, novalab, cloud):
     assert "unknown pool" in keeper("replenish", "nosuch")["error"]
     assert not members(cloud, "nosuch")
     bad = VmRunner(tmp_path / "bad", novalab, {"sales": {"flavor": "desk.small"}})
-    assert "image is required" in bad("reconcile")["error"]
+    assert "pool sales: image: is required" in bad("reconcile")["error"]
     assert not list(cloud.compute.servers())
 
 
@@ -196,3 +198,96 @@ def test_drain_deletes_spares_keeps_taken(tmp_path, novalab, cloud, undo):
     if undo:
         resumed = keeper("drain", "sales", True)
         assert resumed["pools"]["sales"]["boots"] == 2
+
+
+# ---- per-host capacity, failing boots, readiness deadline, hung API (issue 10) ------------------
+
+
+def test_per_host_fit_two_hosts_with_3gb_each_take_no_4gb_desktop(tmp_path, novalab_factory):
+    """(3584 - 512) x 1.0 = 3072 MB per host: summed 6144 MB would "fit" a desk.medium (4096 MB)."""
+    lab = novalab_factory(computes=2, ram_mb=3584, ram_ratio=1.0)
+    conn = lab.connect()
+    try:
+        keeper = VmRunner(tmp_path, lab, {"big": pool(lab, flavor="desk.medium", spares=1), "small": pool(lab, spares=3)})
+        plan = keeper("reconcile")
+        assert plan["pools"]["big"]["boots"] == 0 and "headroom" in plan["pools"]["big"]["reason"]
+        assert plan["pools"]["small"]["boots"] == 2  # one desk.small (2048 MB) per host, not floor(6144/2048) = 3
+        servers = wait_active(conn, "small", 2)
+        assert not members(conn, "big")
+        assert sorted(s.compute_host for s in servers) == sorted(lab.computes)  # nothing ended in ERROR
+    finally:
+        clear_servers(conn)
+        conn.close()
+
+
+def test_failing_boots_image_name_instead_of_id_fail_the_run(tmp_path, novalab, cloud):
+    keeper = VmRunner(tmp_path, novalab, {"sales": pool(novalab, image="win10-desktop")})
+    result = keeper("reconcile")
+    assert result["retcode"] == 1 and "pool sales: boot refused" in result["error"]
+    assert keeper("status")["pools"]["sales"]["health"] == "backoff"
+    assert not members(cloud, "sales")
+
+
+def test_unknown_flavor_fails_the_run(tmp_path, novalab, cloud):
+    keeper = VmRunner(tmp_path, novalab, {"sales": pool(novalab, flavor="desk.nosuch"), "ok": pool(novalab, spares=1)})
+    result = keeper("reconcile")
+    assert result["retcode"] == 1 and "pool sales: unknown flavor desk.nosuch" in result["error"]
+    assert result["pools"]["ok"]["boots"] == 1  # the other pool goes on
+    assert keeper("status")["pools"]["sales"]["health"] != "ok"
+
+
+def test_active_never_ready_past_the_deadline_is_failed_and_frees_the_cap(tmp_path, novalab, cloud):
+    keeper = VmRunner(tmp_path, novalab, {"sales": pool(novalab, spares=1)}, ready_deadline=4, max_in_flight_total=1)
+    assert keeper("reconcile")["pools"]["sales"]["boots"] == 1
+    (server,) = wait_active(cloud, "sales", 1)  # ... and no minion ever marks it ready
+    time.sleep(max(0.0, 4.5 - (time.time() - _created(server))))  # until the deadline has passed, by Nova's clock
+    result = keeper("reconcile")
+    entry = result["pools"]["sales"]
+    assert (entry["stuck"], entry["in_flight"], entry["health"]) == (1, 0, "backoff")
+    assert result["deleted"] == [server.id] and result["retcode"] == 1 and "not ready within" in result["error"]
+    cloud.compute.wait_for_delete(server, wait=60)
+    assert keeper("status")["pools"]["sales"]["failures"] == 1
+
+
+def _created(server):
+    import datetime  # pylint: disable=import-outside-toplevel
+
+    return datetime.datetime.fromisoformat(server.created_at.replace("Z", "+00:00")).timestamp()
+
+
+def test_hung_nova_reconcile_gives_up_in_bounded_time_and_releases_the_lock(tmp_path, novalab_factory):
+    import fcntl  # pylint: disable=import-outside-toplevel
+
+    lab = novalab_factory()
+    keeper = VmRunner(tmp_path, lab, {"sales": pool(lab, spares=1)}, cloud_timeout=2, cloud_retries=1)
+    lab.pause()  # SIGSTOP: connections are accepted by the kernel, nothing answers
+    try:
+        t0 = time.monotonic()
+        result = keeper("reconcile")
+        took = time.monotonic() - t0
+        assert result["retcode"] == 1 and result["error"].startswith("cloud error"), result
+        assert took < 30, took
+        lock = pathlib.Path(keeper.opts["cachedir"]) / "deskfleet" / "vmpool.lock"
+        with open(lock, "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: raises if a pass still held it
+        print(f"\nhung Nova: reconcile gave up after {took:.1f} s (timeout 2 s, 1 retry)")
+    finally:
+        lab.resume()
+    assert keeper("reconcile")["pools"]["sales"]["boots"] == 1  # and recovers once Nova answers
+    conn = lab.connect()
+    try:
+        clear_servers(conn)
+    finally:
+        conn.close()
+
+
+def test_servers_are_listed_by_name_prefix_on_the_server(tmp_path, novalab, cloud):
+    # a server with the pool's metadata but another name is not the keeper's: Nova filters it out
+    other = cloud.compute.create_server(
+        name="manual-desktop", flavor_id=novalab.flavor_id, image_id=novalab.image_id,
+        networks=[{"uuid": novalab.network_id}], metadata={POOL_KEY: "sales", STATE_KEY: "ready"},
+    )
+    cloud.compute.wait_for_server(other, status="ACTIVE", wait=90)
+    keeper = VmRunner(tmp_path, novalab, {"sales": pool(novalab, spares=1)})
+    assert keeper("status")["pools"]["sales"]["ready"] == 0
+    assert keeper("reconcile")["pools"]["sales"]["boots"] == 1

@@ -1,12 +1,12 @@
 """
-Pool replenishment through a real vm master (shipped reactor + schedule config)
-with the Nova lab behind it: taken events → reactor → keeper; a pool VM's
-minion start → orchestration → baseline + ready; forged events refused; the
-periodic reconcile repairs a dropped event.
+Pool replenishment through a real vm master (shipped reactor config, no schedule:
+every effect is the reactor's) with the Nova lab behind it: taken events → reactor →
+keeper; a pool VM's minion start → orchestration → baseline + ready; forged taken and
+start events refused; a malformed pool reported on the bus while the others run. A
+second master with the shipped schedule shows the periodic reconcile on its own.
 """
 
 import threading
-import time
 
 import pytest
 import yaml
@@ -29,20 +29,27 @@ def nova():
         yield lab
 
 
-@pytest.fixture(scope="module")
-def pool_master(salt_factories, nova, tmp_path_factory):
-    pillar = tmp_path_factory.mktemp("pool-pillar")
+def _master(salt_factories, nova, tmp_path_factory, name, pools, schedule_seconds=None):
+    pillar = tmp_path_factory.mktemp(f"{name}-pillar")
     (pillar / "top.sls").write_text("base:\n  '*':\n    - pools\n")
-    pools = {
-        "sales": {"flavor": "desk.small", "image": nova.image_id, "network": nova.network_id, "spares": 2, "max_size": 5, "max_in_flight": 2}
-    }
     (pillar / "pools.sls").write_text(yaml.safe_dump({"deskfleet": {"pools": pools}}))
-    conf = saltconf.lab_master_config("vm", tmp_path_factory.mktemp("pool-etc"))
+    conf = saltconf.lab_master_config("vm", tmp_path_factory.mktemp(f"{name}-etc"))
     conf["pillar_roots"]["base"].insert(0, str(pillar))  # our pools.sls shadows the shipped one
     conf["deskfleet"]["vm"].update(cloud=nova.cloud, clouds_yaml=nova.clouds_yaml)
-    # only the keeper's schedule, every 20 s: slow enough to tell reactor reactions from it
-    conf["schedule"] = {"vmpool-reconcile": dict(conf["schedule"]["vmpool-reconcile"], seconds=20)}
-    factory = salt_factories.salt_master_daemon("pool-master", overrides=conf)
+    if schedule_seconds is None:
+        conf.pop("schedule")  # the reactor alone: nothing else may boot or mark desktops
+    else:
+        conf["schedule"] = {"vmpool-reconcile": dict(conf["schedule"]["vmpool-reconcile"], seconds=schedule_seconds)}
+    return salt_factories.salt_master_daemon(name, overrides=conf)
+
+
+@pytest.fixture(scope="module")
+def pool_master(salt_factories, nova, tmp_path_factory):
+    pools = {
+        "sales": {"flavor": "desk.small", "image": nova.image_id, "network": nova.network_id, "spares": 2, "max_size": 5, "max_in_flight": 2},
+        "broken": {"flavor": "desk.small", "image": nova.image_id, "network": nova.network_id},  # no spares
+    }
+    factory = _master(salt_factories, nova, tmp_path_factory, "pool-master", pools)
     with factory.started():
         yield factory
 
@@ -82,8 +89,8 @@ class Bus:
         self.bus.destroy()
 
 
-def members(cloud, state=None):
-    servers = [s for s in cloud.compute.servers(details=True) if (s.metadata or {}).get(POOL_KEY) == "sales"]
+def members(cloud, state=None, pool="sales"):
+    servers = [s for s in cloud.compute.servers(details=True) if (s.metadata or {}).get(POOL_KEY) == pool]
     return [s for s in servers if state is None or (s.metadata or {}).get(STATE_KEY) == state]
 
 
@@ -92,47 +99,66 @@ def run(master, fun, *args):
     return ret
 
 
-def test_pool_lifecycle_through_reactor_and_schedule(pool_master, cloud, tmp_path):
-    # 1. fill: the schedule (or a manual reconcile) boots the spares
-    assert run(pool_master, "vmpool.reconcile").returncode == 0
+def alerts(bus):
+    return [e["data"] for e in list(bus.events) if e["tag"] == "deskfleet/alert/pool"]
+
+
+def test_pool_lifecycle_through_the_reactor(pool_master, cloud):
+    # 1. fill by hand (no schedule on this master); the malformed pool is an error, sales still fills
+    with Bus(pool_master) as bus:
+        ret = run(pool_master, "vmpool.reconcile")
+        assert ret.returncode == 1 and "pool broken: spares: is required" in ret.data["error"]
+        assert ret.data["pools"]["sales"]["boots"] == 2
+        wait_for(lambda: [a for a in alerts(bus) if a.get("pool") == "broken" and "spares" in a["message"]], what="alert event for the broken pool")
     servers = wait_for(lambda: (m := members(cloud)) and len([s for s in m if s.status == "ACTIVE"]) == 2 and m, what="2 ACTIVE")
+    vm, other = servers
 
     # 2. the first desktop's minion starts: reactor → orchestration → baseline + ready
-    vm = servers[0]
     minion = pool_master.salt_minion_daemon(vm.name, overrides={"grains": {"deskfleet_role": "desktop"}})
     with minion.started():
-        wait_for(lambda: members(cloud, "ready") and members(cloud, "ready")[0].name == vm.name, timeout=120, what=f"{vm.name} marked ready by the orchestration")
-        # the other one is marked by hand (no minion for it in this test)
-        other = [s for s in servers if s.id != vm.id][0]
-        assert run(pool_master, "vmpool.mark_ready", other.name).data["state"] == "ready"
+        wait_for(lambda: [s.name for s in members(cloud, "ready")] == [vm.name], timeout=120, what=f"{vm.name} marked ready by the orchestration")
 
         with Bus(pool_master) as bus:
-            # 3. a forged taken event from a machine outside the pool is refused
+            # 3. the desktop forges a start event for the other one (batched form: tag and data.id both
+            #    name the victim, which has no accepted key): refused, and the victim stays not ready
+            forged = {"events": [{"tag": f"salt/minion/{other.name}/start", "data": {"id": other.name, "cmd": "_minion_event", "data": "Minion started"}}]}
+            ret = minion.salt_call_cli(timeout=60).run("event.fire_master", data={}, tag="deskfleet/noop", preload=forged)
+            assert ret.returncode == 0, ret
+            refused = wait_for(
+                lambda: [r for r in bus.runner_returns("runner.vmpool.on_event") if isinstance(r, dict) and other.name in str(r)],
+                timeout=120, what="the check-sender verdict on the forged start",
+            )
+            assert refused[0]["refused"] and "no accepted minion key" in refused[0]["reason"]
+            wait_for(lambda: [r for r in bus.runner_returns("runner.state.orchestrate") if other.name in str(r)], timeout=120, what="the orchestration to end")
+            assert not (cloud.compute.get_server(other).metadata or {}).get(STATE_KEY)
+            assert run(pool_master, "vmpool.mark_ready", other.name).data["state"] == "ready"  # by hand: no minion for it
+
+            # 4. a forged taken event from a machine outside the pool is refused
             intruder = pool_master.salt_minion_daemon("intruder-0001")
             with intruder.started():
                 ret = intruder.salt_call_cli(timeout=60).run("event.send", "deskfleet/pool/taken", data={"pool": "sales"})
                 assert ret.returncode == 0
-                refused = wait_for(lambda: [r for r in bus.runner_returns("runner.vmpool.on_event") if isinstance(r, dict) and r.get("refused")], what="refusal")
-                assert "intruder-0001" in refused[0]["reason"]
-            # 4. the pool's own desktop reports it was taken: reactor → replenish → one boot
+                refused = wait_for(lambda: [r for r in bus.runner_returns("runner.vmpool.on_event") if isinstance(r, dict) and "intruder-0001" in str(r.get("reason"))], what="refusal")
+                assert refused[0]["refused"]
+            assert len(members(cloud)) == 2
+            # 5. the pool's own desktop reports it was taken: reactor → replenish → one boot (the reactor's own)
             cloud.compute.set_server_metadata(vm, **{STATE_KEY: "taken"})
             ret = minion.salt_call_cli(timeout=60).run("event.send", "deskfleet/pool/taken", data={"pool": "sales"})
             assert ret.returncode == 0
             replenished = wait_for(
                 lambda: [r for r in bus.runner_returns("runner.vmpool.on_event") if isinstance(r, dict) and r.get("boots")],
-                timeout=30, what="replenish through the reactor",
+                timeout=60, what="replenish through the reactor",
             )
             assert replenished[0]["pools"]["sales"]["boots"] == 1
     wait_for(lambda: len(members(cloud)) == 3, what="3 servers (2 spare + 1 taken)")
 
-    # 5. a dropped event: a desktop is taken and nobody tells the keeper; the schedule repairs it
-    for server in members(cloud):
-        if server.status == "ACTIVE" and not (server.metadata or {}).get(STATE_KEY):
-            run(pool_master, "vmpool.mark_ready", server.name)
-    cloud.compute.set_server_metadata(other, **{STATE_KEY: "taken"})
-    wait_for(lambda: len(members(cloud)) == 4, timeout=60, what="the scheduled reconcile to boot a replacement")
-    status = run(pool_master, "vmpool.status").data["pools"]["sales"]
-    assert status["taken"] == 2 and status["ready"] + status["in_flight"] == 2
+
+def test_the_shipped_schedule_runs_the_keeper(salt_factories, nova, cloud, tmp_path_factory):
+    """A dropped event is repaired because the master schedule calls vmpool.reconcile: nobody else calls it here."""
+    pools = {"sched": {"flavor": "desk.small", "image": nova.image_id, "network": nova.network_id, "spares": 1}}
+    factory = _master(salt_factories, nova, tmp_path_factory, "sched-master", pools, schedule_seconds=5)
+    with factory.started():
+        wait_for(lambda: members(cloud, pool="sched"), timeout=120, what="the scheduled reconcile to boot a desktop")
 
 
 def test_events_for_unknown_pools_are_refused(pool_master):

@@ -32,7 +32,9 @@ def runner(tmp_path, monkeypatch):
     pools = keeper.validate_pools(
         {"sales": {"flavor": "f1", "image": "img-1", "network": "net-1", "spares": 2, "max_size": 5, "max_in_flight": 2}}
     )
-    monkeypatch.setattr(mod, "_pools", lambda: pools)
+    monkeypatch.setattr(mod, "_pools", lambda: (pools, {}))
+    mod.alerts = []  # what would go on the master bus (the integration test checks the real bus)
+    monkeypatch.setattr(mod, "_alert", mod.alerts.append)
     return mod
 
 
@@ -46,9 +48,11 @@ def cloud(runner, monkeypatch):
         mock.get(NOVA + "/flavors/f1", json={"flavor": {"id": "f1", "name": "desk.small", "ram": 2048, "vcpus": 1, "disk": 20}})
         mock.get(NOVA + "/servers/detail", json={"servers": []})
         mock.get(PLACEMENT + "/resource_providers", json={"resource_providers": [{"uuid": RP, "name": "cmp1", "generation": 1}]})
+        mock.get(PLACEMENT + "/resource_providers?required=COMPUTE_STATUS_DISABLED", json={"resource_providers": []})
+        inv = {"total": 65536, "reserved": 512, "allocation_ratio": 1.0, "max_unit": 65536, "min_unit": 1, "step_size": 1}
         mock.get(
             PLACEMENT + f"/resource_providers/{RP}/inventories",
-            json={"resource_provider_generation": 1, "inventories": {"MEMORY_MB": {"total": 65536, "reserved": 512, "allocation_ratio": 1.0, "max_unit": 65536, "min_unit": 1, "step_size": 1}}},
+            json={"resource_provider_generation": 1, "inventories": {"MEMORY_MB": inv, "VCPU": dict(inv, total=64, max_unit=64, reserved=0), "DISK_GB": dict(inv, total=900, max_unit=900, reserved=0)}},
         )
         mock.get(PLACEMENT + f"/resource_providers/{RP}/usages", json={"resource_provider_generation": 1, "usages": {"MEMORY_MB": 0}})
 
