@@ -411,7 +411,10 @@ def keys(tmp_path_factory):
 @pytest.fixture
 def minion(monkeypatch, keys):
     """tc_status as the loader would have it: __opts__ set, no memory of earlier calls."""
-    monkeypatch.setattr(tc_status, "__opts__", {"id": SEAT, "pki_dir": str(keys["minion_pki"])}, raising=False)
+    cachedir = str(keys["minion_pki"].parent / "cache")
+    monkeypatch.setattr(
+        tc_status, "__opts__", {"id": SEAT, "pki_dir": str(keys["minion_pki"]), "cachedir": cachedir}, raising=False
+    )
     monkeypatch.setattr(tc_status, "_STATE", {})
     monkeypatch.setattr(tc_status, "_KEY", {})
     return keys
@@ -427,7 +430,8 @@ def test_beacon_returns_one_signed_status_payload(minion, root):
     assert isinstance(ret, list) and len(ret) == 1
     payload = ret[0]
     assert payload["tag"] == "status"
-    assert payload["v"] == tc_status.PAYLOAD_VERSION == 1
+    assert payload["v"] == tc_status.PAYLOAD_VERSION == 2
+    assert isinstance(payload["epoch"], int) and payload["epoch"] > 0
     assert payload["seat"] == SEAT
     assert payload["seq"] == 1
     assert payload["reason"] == "start"
@@ -477,7 +481,7 @@ def test_beacon_signs_with_a_rotated_minion_key(minion, root, tmp_path, monkeypa
     pki = tmp_path / "pki"
     pki.mkdir()
     (pki / "minion.pem").write_text((minion["minion_pki"] / "minion.pem").read_text())
-    monkeypatch.setattr(tc_status, "__opts__", {"id": SEAT, "pki_dir": str(pki)}, raising=False)
+    monkeypatch.setattr(tc_status, "__opts__", {"id": SEAT, "pki_dir": str(pki), "cachedir": str(tmp_path)}, raising=False)
     (first,) = tc_status.beacon([{"root": str(root)}])
     assert _verifies(minion, SEAT, first)
 
