@@ -146,7 +146,7 @@ def freshness(seen, epoch, seq):
     """
     if seen is None:
         return 0
-    if (epoch, seq) == seen[:2]:
+    if (epoch, seq) == tuple(seen[:2]):
         raise Rejected("duplicate", None, f"epoch {epoch} seq {seq} already received")
     if epoch < seen[0]:
         raise Rejected("replayed", None, f"epoch {epoch} is older than the seat's epoch {seen[0]}")
