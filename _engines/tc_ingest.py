@@ -18,7 +18,7 @@ engine's CPU per event.
       - tc_ingest:
           batch_size: 500
           flush_interval: 0.25
-          rate_limit: 30       # events per seat per rate_window
+          rate_limit: 64       # events per seat per rate_window
           rate_window: 300     # seconds; default deskfleet:tc:heartbeat
 
 On SIGTERM (master stop, engine restart) the buffer is flushed before the
@@ -52,7 +52,7 @@ def __virtual__():
     return __virtualname__
 
 
-def start(batch_size=500, flush_interval=0.25, retry_delay=1.0, rate_limit=30, rate_window=None):
+def start(batch_size=500, flush_interval=0.25, retry_delay=1.0, rate_limit=64, rate_window=None):
     """
     Run until SIGTERM/SIGINT: read beacon events, flush batches to the store,
     and flush what is buffered before returning.

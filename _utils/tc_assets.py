@@ -197,7 +197,7 @@ class Ingestor:
 
     def __init__(  # pylint: disable=too-many-arguments
         self, conn, verify, batch_size=500, flush_interval=0.25, clock=time.time, log_rejects=20,
-        rate_limit=30, rate_window=300.0,
+        rate_limit=64, rate_window=300.0,
     ):
         self.conn = conn
         self.verify = verify
@@ -351,7 +351,7 @@ class Ingestor:
         return result
 
 
-def ingestor(opts, batch_size=500, flush_interval=0.25, rate_limit=30, rate_window=None):
+def ingestor(opts, batch_size=500, flush_interval=0.25, rate_limit=64, rate_window=None):
     """Build an :class:`Ingestor` on the tc master's store and minion keys."""
     if rate_window is None:  # one heartbeat
         rate_window = float(((opts.get("deskfleet") or {}).get("tc") or {}).get("heartbeat", 300))
