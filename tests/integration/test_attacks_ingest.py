@@ -181,7 +181,8 @@ def test_a_flood_from_one_seat_is_limited_and_charged_to_it(master, seats):
 
     def limited():
         summary = _summary(master)
-        return _by_sender(summary, "rate_limited", sender=ATTACKER) >= 150 - limit - 2 and summary
+        # all 150 land within one window, or straddle one boundary at worst
+        return _by_sender(summary, "rate_limited", sender=ATTACKER) >= 150 - 2 * limit and summary
 
     summary = wait_for(limited, timeout=60, what="the flood to be limited")
     # charged to the attacker, proven by its own signature; nobody else charged
