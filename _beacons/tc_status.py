@@ -351,7 +351,7 @@ def _signer():
 def build_payload(seat, state, reason, changed, facts, now, heartbeat):
     return {
         "v": PAYLOAD_VERSION,
-        "epoch": state["epoch"],
+        "epoch": state.get("epoch", 0),
         "seat": seat,
         "seq": state["seq"],
         "ts": round(now, 3),
