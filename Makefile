@@ -19,6 +19,8 @@ bench: bench-ingest bench-filedist bench-vmpool
 bench-ingest: setup
 	$(PYTHON) -m bench.ingest
 
+bench-flood: setup
+	$(PYTHON) -m bench.flood
 bench-filedist: setup
 	$(PYTHON) -m bench.filedist
 

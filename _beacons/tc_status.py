@@ -48,10 +48,15 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "tc_status"
 
-PAYLOAD_VERSION = 1
+PAYLOAD_VERSION = 2
 SIGN_ALGORITHM = "PKCS1v15-SHA224"
 # Salt adds keys on the way (id, _stamp); only these are signed.
-SIGNED_FIELDS = ("v", "seat", "seq", "ts", "reason", "changed", "heartbeat", "facts")
+SIGNED_FIELDS = ("v", "seat", "seq", "ts", "reason", "changed", "heartbeat", "facts", "epoch")
+# Upper bounds so an odd device still fits one small event; the master cuts to its
+# own (smaller) limits and flags the field, so nothing odd is hidden.
+MAX_TEXT = 256
+MAX_ADDRESSES = 32
+EPOCH_FILE = "tc_status.epoch"
 SESSION_STATES = ("connected", "connecting", "disconnected", "none")
 # Facts that change on their own every interval; a change there is not news.
 VOLATILE = ("uptime", "idle_seconds")
@@ -234,7 +239,7 @@ def collect(conf, now=None):
     target, state = _session(root, conf["session_file"])
     ips = ipv4_local(_read(root, "proc/net/fib_trie"))
     ips += ipv6_global(_read(root, "proc/net/if_inet6"), iface)
-    return {
+    return bounded({
         "serial": _line(root, dmi + "product_serial"),
         "model": _line(root, dmi + "product_name"),
         "vendor": _line(root, dmi + "sys_vendor"),
@@ -252,7 +257,19 @@ def collect(conf, now=None):
         "session_target": target,
         "session_state": state,
         "idle_seconds": _idle_seconds(root, conf["input_glob"], now),
-    }
+    })
+
+
+def bounded(facts):
+    """Cap strings and the address list; an empty MAC (tunnel interface) is no MAC."""
+    out = {}
+    for name, value in facts.items():
+        if isinstance(value, str):
+            value = value[:MAX_TEXT] or (None if name == "mac" else value)
+        elif isinstance(value, list):
+            value = value[: MAX_ADDRESSES + 1]  # one more than kept: the master sees it was cut
+        out[name] = value
+    return out
 
 
 # ---- change detection and heartbeat ----------------------------------------
@@ -274,7 +291,7 @@ def decide(state, facts, now, heartbeat, jitter, idle_after, rng=random.random):
     jittered heartbeat.
     """
     view = _stable_view(facts, idle_after)
-    if not state:
+    if "view" not in state:
         reason, changed = "start", sorted(view)
     elif view != state["view"]:
         reason = "change"
@@ -287,6 +304,32 @@ def decide(state, facts, now, heartbeat, jitter, idle_after, rng=random.random):
     state["seq"] = state.get("seq", 0) + 1
     state["next_heartbeat"] = now + heartbeat * (1 - jitter * rng())
     return reason, changed
+
+
+def next_epoch(path, now):
+    """
+    This beacon process's start epoch: above the last one recorded at ``path``
+    and at least the wall clock, then recorded. A reboot or minion restart
+    starts a new epoch (seq restarts at 1); the master refuses any (epoch, seq)
+    not newer than the last it saw, so an old boot's payload cannot come back.
+    Wall clock keeps it rising if the file is lost (re-imaged device); the
+    file keeps it rising if the clock goes back.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            last = int(fh.read().strip() or 0)
+    except (OSError, ValueError):
+        last = 0
+    epoch = max(last + 1, int(now))
+    tmp = f"{path}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(str(epoch))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("tc_status: cannot record epoch at %s: %s", path, exc)
+    return epoch
 
 
 def canonical(payload):
@@ -308,6 +351,7 @@ def _signer():
 def build_payload(seat, state, reason, changed, facts, now, heartbeat):
     return {
         "v": PAYLOAD_VERSION,
+        "epoch": state.get("epoch", 0),
         "seat": seat,
         "seq": state["seq"],
         "ts": round(now, 3),
@@ -326,6 +370,8 @@ def beacon(config):
     """
     conf = _conf(config)
     now = time.time()
+    if "epoch" not in _STATE:
+        _STATE["epoch"] = next_epoch(os.path.join(__opts__["cachedir"], EPOCH_FILE), now)
     facts = collect(conf, now)
     verdict = decide(
         _STATE, facts, now, conf["heartbeat"], conf["jitter"], conf["idle_after"]

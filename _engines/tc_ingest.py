@@ -18,11 +18,18 @@ engine's CPU per event.
       - tc_ingest:
           batch_size: 500
           flush_interval: 0.25
+          rate_limit: 64       # events per seat per rate_window
+          rate_window: 300     # seconds; default deskfleet:tc:heartbeat
+
+On SIGTERM (master stop, engine restart) the buffer is flushed before the
+process exits; events the bus delivered while no engine ran show up as seq
+gaps, counted per seat (``missed``).
 """
 
 import asyncio
 import logging
 import re
+import signal
 
 import salt.utils.event
 
@@ -45,17 +52,23 @@ def __virtual__():
     return __virtualname__
 
 
-def start(batch_size=500, flush_interval=0.25, retry_delay=1.0):
+def start(batch_size=500, flush_interval=0.25, retry_delay=1.0, rate_limit=64, rate_window=None):
     """
-    Run forever: read beacon events, flush batches to the store.
+    Run until SIGTERM/SIGINT: read beacon events, flush batches to the store,
+    and flush what is buffered before returning.
     """
-    asyncio.run(_run(batch_size, flush_interval, retry_delay))
+    ingest = tc_assets.ingestor(__opts__, batch_size, flush_interval, rate_limit, rate_window)
+    asyncio.run(_run(__opts__, ingest, retry_delay))
 
 
-async def _run(batch_size, flush_interval, retry_delay):
+async def _run(opts, ingest, retry_delay, bus=None, stop=None):
     loop = asyncio.get_running_loop()
-    ingest = tc_assets.ingestor(__opts__, batch_size=batch_size, flush_interval=flush_interval)
-    bus = salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=True, io_loop=loop)
+    if bus is None:
+        bus = salt.utils.event.get_master_event(opts, opts["sock_dir"], listen=True, io_loop=loop)
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     wanted = re.compile(tc_assets.TAG_MATCH).match
     timer = None
 
@@ -83,5 +96,16 @@ async def _run(batch_size, flush_interval, retry_delay):
             timer = loop.call_later(ingest.wait_time(), flush)
 
     bus.set_event_handler(on_event)
-    log.info("tc_ingest: started (batch %s, flush every %ss)", batch_size, flush_interval)
-    await asyncio.Event().wait()
+    log.info("tc_ingest: started (batch %s, flush every %ss)", ingest.batch_size, ingest.flush_interval)
+    await stop.wait()
+    if timer is not None:
+        timer.cancel()
+    # stopping: whatever was taken off the bus is stored (a store fault is retried, then logged)
+    for _ in range(3):
+        try:
+            ingest.flush()
+            break
+        except Exception:  # pylint: disable=broad-except
+            log.exception("tc_ingest: flush on shutdown failed; %d events pending", ingest.pending())
+            await asyncio.sleep(retry_delay)
+    log.info("tc_ingest: stopped")

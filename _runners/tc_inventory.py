@@ -114,7 +114,8 @@ def show(seat):
 def summary():
     """
     Counts by status, site and firmware, plus the ingestion counters
-    (accepted, forged, malformed) and the last rejected events.
+    (accepted, refusals by reason, missed, flagged), the last rejected events
+    and refusals per sender, claimed seat and reason (``rejects_by_sender``).
 
     CLI Example:
 
@@ -127,9 +128,10 @@ def summary():
     try:
         counters = tc_assets.counters(conn)
         rejects = tc_assets.recent_rejects(conn)
+        by_sender = tc_assets.reject_stats(conn)
     finally:
         conn.close()
-    return dict(tc_report.counts(seats), ingest=counters, recent_rejects=rejects)
+    return dict(tc_report.counts(seats), ingest=counters, recent_rejects=rejects, rejects_by_sender=by_sender)
 
 
 @deskfleet_store.guard

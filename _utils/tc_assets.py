@@ -1,50 +1,56 @@
 """
-Thin-client inventory: validation of beacon events, batched ingestion into the
-deskfleet store, and the queries behind the ``tc_inventory`` runner.
+Thin-client inventory: batched ingestion of beacon events into the deskfleet
+store, the guards on the way in, and the queries behind the ``tc_inventory``
+runner. Which events are genuine and which facts are odd lives in
+``_utils/tc_validate.py`` (see there for what Salt does and does not prove
+about the sender of a bus event).
 
-Everything here is plain Python over a sqlite3 connection, so it is tested
-without Salt; the engine and the runner are thin shells around it.
+Guards, in order: tag, size and signature (forged, oversize, malformed);
+freshness per seat on ``(epoch, seq)`` (duplicate, stale, replayed: an old
+signed payload never rolls a seat back nor keeps it online); a per-seat budget
+of events per window (rate_limited, charged to the proven signer only, never
+to a seat someone else claims to be). Seq gaps are counted as ``missed``.
+Refusals go to per-minute aggregates (sender, claimed seat, reason) and to a
+sample log capped per (origin, reason), so a flood cannot erase the evidence.
 
-Trust model: the master's event bus does not say which minion fired a beacon
-event (a minion chooses the tag and data of its batched events). So each
-event carries a signature made with the thin client's own minion key, checked
-here against the accepted key in ``<pki_dir>/minions/<id>``. An event is
-stored only if the tag's minion id, the payload's seat and the signer agree.
+Everything here is plain Python over a sqlite3 connection (clock and verifier
+passed in), so it is tested without Salt; the engine and runner are thin shells.
 """
 
-import base64
-import ipaddress
+import collections
 import json
 import logging
-import math
-import os
-import re
 import sqlite3
 import time
 
 # Salt puts utils_dirs on sys.path while it loads runners and engines.
 import deskfleet_store as store
+from tc_validate import (  # noqa: F401 - re-exported for the runner, bench and tests
+    FACT_SCHEMA,
+    MAX_EVENT_BYTES,
+    MAX_PAYLOAD_BYTES,
+    SIGN_ALGORITHM,
+    TAG_MATCH,
+    TAG_RE,
+    Rejected,
+    attribution,
+    canonical,
+    envelope,
+    facts_row,
+    pki_verifier,
+    verified,
+)
 
 log = logging.getLogger(__name__)
 
 COMPONENT = "tc_inventory"
-# regex (anchored at the start) for the bus subscription; TAG_RE then checks the exact shape
-TAG_MATCH = r"salt/beacon/[^/]+/tc_status/"
-TAG_RE = re.compile(r"salt/beacon/([^/]{1,128})/tc_status/status")
-# thin-client minion ids: a file name in pki_dir/minions, so no path tricks
-SENDER_RE = re.compile(r"(?!\.)[\w.@-]{1,128}")
-MAX_SEQ = 2**63 - 1  # SQLite INTEGER
 # errors that say "this row", not "this store": isolate the row instead of retrying forever
 STORE_REFUSALS = (sqlite3.IntegrityError, sqlite3.InterfaceError, OverflowError, ValueError)
-MAX_NUMBER = 1e12  # seconds: ~31,000 years of uptime
-SIGN_ALGORITHM = "PKCS1v15-SHA224"
-# Salt adds keys on the way (id, _stamp); only these are signed.
-SIGNED_FIELDS = ("v", "seat", "seq", "ts", "reason", "changed", "heartbeat", "facts")
-MAX_PAYLOAD_BYTES = 16384
-REJECT_LOG_KEEP = 1000
+SAMPLE_KEEP = 50  # sample rows kept per (origin, reason); the aggregates keep the counts
+STATS_KEEP_S = 14 * 86400
+RESENT = ("duplicate", "stale", "replayed")  # validly signed, but the sender is unknown
 STATUSES = ("online", "stale", "offline")
-SESSION_STATES = ("connected", "connecting", "disconnected", "none")
-REASONS = ("start", "change", "heartbeat")
+UNKNOWN_SEAT = "*"  # aggregate key for claimed ids that are no seat: a flood cannot mint keys
 
 MIGRATIONS = {
     COMPONENT: [
@@ -68,49 +74,37 @@ MIGRATIONS = {
             at REAL NOT NULL, sender TEXT, reason TEXT NOT NULL, detail TEXT NOT NULL
         )
         """,
+        # v2: freshness, flags, attributed reject log
+        """
+        ALTER TABLE seats ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE seats ADD COLUMN flags TEXT NOT NULL DEFAULT '';
+        CREATE TABLE ingest_seq (
+            seat TEXT PRIMARY KEY, epoch INTEGER NOT NULL, seq INTEGER NOT NULL,
+            missed INTEGER NOT NULL DEFAULT 0
+        );
+        ALTER TABLE ingest_rejects ADD COLUMN claimed TEXT;
+        ALTER TABLE ingest_rejects ADD COLUMN origin TEXT NOT NULL DEFAULT '';
+        CREATE INDEX ingest_rejects_origin ON ingest_rejects (origin, reason, id);
+        CREATE TABLE ingest_reject_stats (
+            minute INTEGER NOT NULL, sender TEXT NOT NULL, claimed TEXT NOT NULL,
+            reason TEXT NOT NULL, count INTEGER NOT NULL,
+            PRIMARY KEY (minute, sender, claimed, reason)
+        )
+        """,
     ]
 }
 
-# fact name -> (kind, limit); kind "str" allows None
-FACT_SCHEMA = {
-    "serial": ("str", 128),
-    "model": ("str", 128),
-    "vendor": ("str", 128),
-    "bios": ("str", 128),
-    "iface": ("str", 32),
-    "mac": ("mac", None),
-    "ips": ("ips", 16),
-    "firmware": ("str", 64),
-    "image": ("str", 64),
-    "boot_id": ("str", 64),
-    "uptime": ("num", None),
-    "site": ("str", 64),
-    "department": ("str", 64),
-    "asset_id": ("str", 64),
-    "session_target": ("str", 255),
-    "session_state": ("enum", SESSION_STATES),
-    "idle_seconds": ("num", None),
-}
 SEAT_COLUMNS = tuple(FACT_SCHEMA) + (
     "seat",
     "seq",
+    "epoch",
+    "flags",
     "reported_at",
     "last_reason",
     "first_seen",
     "last_seen",
     "last_change",
 )
-MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-
-
-class Rejected(Exception):
-    """An event that is not stored. ``reason`` is ``forged`` or ``malformed``."""
-
-    def __init__(self, reason, sender, detail):
-        super().__init__(f"{reason} event from {sender}: {detail}")
-        self.reason = reason
-        self.sender = sender
-        self.detail = detail
 
 
 def open_store(opts):
@@ -118,126 +112,14 @@ def open_store(opts):
     return store.connect(store.default_path(opts, "tc"), MIGRATIONS)
 
 
-def canonical(payload):
-    """The signed bytes; mirrors ``_beacons/tc_status.canonical``."""
-    body = {k: payload.get(k) for k in SIGNED_FIELDS}
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-
-
-def pki_verifier(pki_dir):
-    """
-    A ``verify(sender, message, signature) -> bool`` that checks against the
-    sender's accepted minion key. A pending, rejected or unknown key fails.
-    """
-    import salt.crypt  # pylint: disable=import-outside-toplevel
-
-    minions_dir = os.path.join(pki_dir, "minions")
-
-    def verify(sender, message, signature):
-        try:
-            key = salt.crypt.PublicKey.from_file(os.path.join(minions_dir, sender))
-        except Exception:  # pylint: disable=broad-except
-            return False
-        try:
-            return bool(key.verify(message, signature, algorithm=SIGN_ALGORITHM))
-        except Exception:  # pylint: disable=broad-except
-            return False
-
-    return verify
-
-
-# ---- validation --------------------------------------------------------------
-
-
-def _finite(value, low, high):
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and low <= value <= high
-    )
-
-
-def _check_fact(sender, name, value):
-    kind, limit = FACT_SCHEMA[name]
-    if value is None:
-        return None
-    if kind in ("str", "mac"):
-        if not isinstance(value, str) or len(value) > (limit or 64):
-            raise Rejected("malformed", sender, f"fact {name} is not a short string")
-        if kind == "mac" and not MAC_RE.match(value.lower()):
-            raise Rejected("malformed", sender, f"fact mac {value[:32]!r} is not a MAC address")
-        return value.lower() if kind == "mac" else value
-    if kind == "num":
-        if not _finite(value, 0, MAX_NUMBER):
-            raise Rejected("malformed", sender, f"fact {name} is not a number of seconds")
-        return float(value)
-    if kind == "enum":
-        if value not in limit:
-            raise Rejected("malformed", sender, f"fact {name} must be one of {', '.join(limit)}")
-        return value
-    if not isinstance(value, list) or len(value) > limit:
-        raise Rejected("malformed", sender, f"fact {name} must be a list of at most {limit} addresses")
-    if not all(isinstance(v, str) for v in value):
-        raise Rejected("malformed", sender, f"fact {name} must hold address strings")
-    try:
-        return json.dumps([str(ipaddress.ip_address(v)) for v in value])
-    except ValueError as exc:
-        raise Rejected("malformed", sender, f"fact {name}: {exc}") from exc
-
-
-def parse_event(tag, data, verify, received_at):
-    """
-    Turn one bus event into a seat row, or raise :class:`Rejected`.
-
-    ``data`` is the beacon payload as the master bus carries it: the payload
-    itself (beacon batches) or wrapped under ``data`` (a single fire_master).
-    """
-    match = TAG_RE.fullmatch(tag) if isinstance(tag, str) else None
-    if not match:
-        raise Rejected("malformed", None, f"tag {str(tag)[:80]!r} is not salt/beacon/<id>/tc_status/status")
-    sender = match.group(1)
-    if not SENDER_RE.fullmatch(sender):
-        raise Rejected("malformed", None, f"tag names an invalid minion id {sender[:64]!r}")
-    if isinstance(data, dict) and isinstance(data.get("data"), dict) and "sig" not in data:
-        data = data["data"]
-    if not isinstance(data, dict):
-        raise Rejected("malformed", sender, "payload is not a mapping")
-    sig = data.get("sig")
-    if not isinstance(sig, str):
-        raise Rejected("forged", sender, "payload is not signed")
-    message = canonical(data)
-    if len(message) > MAX_PAYLOAD_BYTES:
-        raise Rejected("malformed", sender, f"payload of {len(message)} bytes is over {MAX_PAYLOAD_BYTES}")
-    try:
-        signature = base64.b64decode(sig, validate=True)
-    except ValueError as exc:
-        raise Rejected("forged", sender, "signature is not base64") from exc
-    if not verify(sender, message, signature):
-        raise Rejected("forged", sender, "signature does not match the sender's accepted key")
-    if data.get("seat") != sender or data.get("id", sender) != sender:
-        raise Rejected("forged", sender, f"signed by {sender} but claims seat {str(data.get('seat'))[:64]!r}")
-    return _row(sender, data, received_at)
-
-
-def _row(sender, data, received_at):
-    if data.get("v") != 1:
-        raise Rejected("malformed", sender, f"unknown payload version {data.get('v')!r}")
-    seq, ts, reason, facts = (data.get(k) for k in ("seq", "ts", "reason", "facts"))
-    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
-        raise Rejected("malformed", sender, "seq is not a 64-bit non-negative integer")
-    if not _finite(ts, 0, MAX_NUMBER * 10):
-        raise Rejected("malformed", sender, "ts is not a finite epoch time")
-    if reason not in REASONS:
-        raise Rejected("malformed", sender, f"reason must be one of {', '.join(REASONS)}")
-    if not isinstance(facts, dict):
-        raise Rejected("malformed", sender, "facts is not a mapping")
-    row = {name: _check_fact(sender, name, facts.get(name)) for name in FACT_SCHEMA}
-    row["ips"] = row["ips"] or "[]"
+def _row(sender, epoch, seq, ts, reason, facts, received_at):
+    row, flags = facts_row(facts)
     row.update(
         seat=sender,
         seq=seq,
-        reported_at=float(ts),
+        epoch=epoch,
+        flags=",".join(flags),
+        reported_at=ts,
         last_reason=reason,
         first_seen=received_at,
         last_seen=received_at,
@@ -245,6 +127,49 @@ def _row(sender, data, received_at):
         last_change=None if reason == "heartbeat" else received_at,
     )
     return row
+
+
+def parse_event(tag, data, verify, received_at):
+    """
+    Turn one bus event into a seat row (odd facts cut, named in ``flags``), or
+    raise :class:`Rejected`. No freshness or rate check: that needs the store.
+    """
+    sender, data = verified(tag, data, verify)
+    return _row(sender, *envelope(sender, data), received_at)
+
+
+def freshness(seen, epoch, seq):
+    """
+    Compare ``(epoch, seq)`` with the last seen ``seen = (epoch, seq)`` of the
+    seat (None: never seen). Returns the number of events missed in between,
+    or raises :class:`Rejected` (duplicate, stale, replayed; sender unproven).
+    """
+    if seen is None:
+        return 0
+    if (epoch, seq) == tuple(seen[:2]):
+        raise Rejected("duplicate", None, f"epoch {epoch} seq {seq} already received")
+    if epoch < seen[0]:
+        raise Rejected("replayed", None, f"epoch {epoch} is older than the seat's epoch {seen[0]}")
+    if epoch == seen[0] and seq < seen[1]:
+        raise Rejected("stale", None, f"seq {seq} is older than the seat's seq {seen[1]}")
+    return seq - seen[1] - 1 if epoch == seen[0] else seq - 1
+
+
+class RateLimit:
+    """At most ``limit`` events per seat per ``window`` seconds (fixed windows)."""
+
+    def __init__(self, limit, window):
+        self.limit, self.window = limit, window
+        self.windows = {}
+
+    def admit(self, seat, now):
+        start, count = self.windows.get(seat, (now, 0))
+        if now - start >= self.window:
+            start, count = now, 0
+        if count >= self.limit:
+            return False
+        self.windows[seat] = (start, count + 1)
+        return True
 
 
 # ---- batched ingestion -------------------------------------------------------
@@ -257,6 +182,10 @@ _UPSERT = "INSERT INTO seats ({cols}) VALUES ({marks}) ON CONFLICT(seat) DO UPDA
         + ["last_change = COALESCE(excluded.last_change, seats.last_change)"]
     ),
 )
+_SEQ_UPSERT = (
+    "INSERT INTO ingest_seq (seat, epoch, seq, missed) VALUES (?, ?, ?, ?) ON CONFLICT(seat) DO UPDATE"
+    " SET epoch = excluded.epoch, seq = excluded.seq, missed = excluded.missed"
+)
 
 
 class Ingestor:
@@ -266,31 +195,63 @@ class Ingestor:
     whichever comes first: no partial batch waits for the next event.
     """
 
-    def __init__(self, conn, verify, batch_size=500, flush_interval=0.25, clock=time.time, log_rejects=20):
+    def __init__(  # pylint: disable=too-many-arguments
+        self, conn, verify, batch_size=500, flush_interval=0.25, clock=time.time, log_rejects=20,
+        rate_limit=64, rate_window=300.0,
+    ):
         self.conn = conn
         self.verify = verify
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.clock = clock
         self.log_rejects = log_rejects
-        self.rows = {}
-        self.rejects = []
-        self.accepted = 0
+        self.limit = RateLimit(rate_limit, rate_window)
+        self.seen = {}  # seat -> [epoch, seq, missed], mirrors ingest_seq
+        self.known = {r[0] for r in conn.execute("SELECT seat FROM seats")}
+        self._reset()
+
+    def _reset(self):
+        self.rows, self.rejects, self.dirty = {}, [], set()
+        self.counts = collections.Counter(accepted=0)
+        self.stats = collections.Counter()
+        self.sampled = collections.Counter()
         self.deadline = None
 
+    def _seen(self, seat):
+        if seat not in self.seen:
+            got = self.conn.execute("SELECT epoch, seq, missed FROM ingest_seq WHERE seat = ?", (seat,)).fetchone()
+            self.seen[seat] = list(got) if got else None
+        return self.seen[seat]
+
+    def _admit(self, tag, data, now):
+        sender, data = verified(tag, data, self.verify)
+        epoch, seq, ts, reason, facts = envelope(sender, data)
+        seen = self._seen(sender)
+        try:
+            missed = freshness(seen, epoch, seq)
+        except Rejected as exc:
+            exc.claimed = sender
+            raise
+        # received and fresh: later copies are duplicates, earlier gaps are counted once
+        self.seen[sender] = [epoch, seq, (seen[2] if seen else 0) + missed]
+        self.dirty.add(sender)
+        self.counts["missed"] += missed
+        if not self.limit.admit(sender, now):
+            raise Rejected("rate_limited", sender, f"over {self.limit.limit} events in {self.limit.window:g} s")
+        return _row(sender, epoch, seq, ts, reason, facts, now)
+
     def add(self, tag, data):
-        """Validate one event and buffer it (or its rejection). Never raises."""
+        """Validate one event and buffer it (or its refusal). Never raises."""
         now = self.clock()
         try:
-            row = parse_event(tag, data, self.verify, now)
+            row = self._admit(tag, data, now)
         except Rejected as exc:
-            self.rejects.append((now, exc.sender, exc.reason, exc.detail))
+            self._reject(now, exc)
         except Exception as exc:  # pylint: disable=broad-except
-            self.rejects.append((now, None, "malformed", f"unreadable event: {type(exc).__name__}"))
+            self._reject(now, Rejected("malformed", None, f"unreadable event: {type(exc).__name__}"))
         else:
-            # Last arrival wins: a thin client emits at most once per interval, in order,
-            # and its own clock (reported_at) may be wrong, so it is kept but never trusted.
-            self.accepted += 1
+            self.counts["accepted"] += 1
+            self.counts["flagged"] += bool(row["flags"])
             prev = self.rows.get(row["seat"])
             if prev is not None and row["last_change"] is None:
                 row["last_change"] = prev["last_change"]
@@ -298,9 +259,19 @@ class Ingestor:
         if self.deadline is None:
             self.deadline = now + self.flush_interval
 
+    def _reject(self, now, exc):
+        self.counts[exc.reason] += 1
+        sender = exc.sender or ""
+        claimed = exc.claimed if exc.claimed in self.known or exc.claimed == sender else UNKNOWN_SEAT
+        self.stats[(int(now // 60), sender, claimed or "", exc.reason)] += 1
+        origin = sender or f"?{claimed or ''}"
+        if self.sampled[(origin, exc.reason)] < SAMPLE_KEEP:
+            self.sampled[(origin, exc.reason)] += 1
+            self.rejects.append((now, exc.sender, exc.claimed, exc.reason, exc.detail[:500], origin))
+
     def pending(self):
         """Events buffered (several events of one seat merge into one row, but each counts)."""
-        return self.accepted + len(self.rejects)
+        return self.counts["accepted"] + sum(self.stats.values())
 
     def wait_time(self, idle=1.0):
         """Seconds the caller may block for the next event before a flush is due."""
@@ -313,29 +284,39 @@ class Ingestor:
             self.deadline is not None and self.clock() >= self.deadline
         )
 
-    def _counts(self):
-        counts = {"accepted": self.accepted}
-        for _, _, reason, _ in self.rejects:
-            counts[reason] = counts.get(reason, 0) + 1
-        return counts
-
     def _write(self, rows):
         with store.transaction(self.conn):
             self.conn.executemany(_UPSERT, [tuple(r[c] for c in SEAT_COLUMNS) for r in rows])
+            self.conn.executemany(_SEQ_UPSERT, [(s, *self.seen[s]) for s in self.dirty])
             self.conn.executemany(
                 "INSERT INTO ingest_counters (name, value) VALUES (?, ?)"
                 " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                list(self._counts().items()),
+                [(k, v) for k, v in self.counts.items() if v or k == "accepted"],
             )
-            if self.rejects:
-                self.conn.executemany(
-                    "INSERT INTO ingest_rejects (at, sender, reason, detail) VALUES (?, ?, ?, ?)",
-                    self.rejects,
-                )
-                self.conn.execute(
-                    "DELETE FROM ingest_rejects WHERE id <= (SELECT MAX(id) FROM ingest_rejects) - ?",
-                    (REJECT_LOG_KEEP,),
-                )
+            self.conn.executemany(
+                "INSERT INTO ingest_reject_stats (minute, sender, claimed, reason, count) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(minute, sender, claimed, reason) DO UPDATE SET count = count + excluded.count",
+                [(*k, v) for k, v in self.stats.items()],
+            )
+            self._write_samples()
+
+    def _write_samples(self):
+        if not self.rejects:
+            return
+        self.conn.executemany(
+            "INSERT INTO ingest_rejects (at, sender, claimed, reason, detail, origin) VALUES (?, ?, ?, ?, ?, ?)",
+            self.rejects,
+        )
+        for origin, reason in self.sampled:
+            self.conn.execute(
+                "DELETE FROM ingest_rejects WHERE origin = ? AND reason = ? AND id <= COALESCE(("
+                " SELECT id FROM ingest_rejects WHERE origin = ? AND reason = ?"
+                " ORDER BY id DESC LIMIT 1 OFFSET ?), -1)",
+                (origin, reason, origin, reason, SAMPLE_KEEP),
+            )
+        self.conn.execute(
+            "DELETE FROM ingest_reject_stats WHERE minute < ?", (int((self.clock() - STATS_KEEP_S) // 60),)
+        )
 
     def _isolate(self):
         for seat_id, row in list(self.rows.items()):
@@ -344,13 +325,13 @@ class Ingestor:
                     self.conn.execute(_UPSERT, tuple(row[c] for c in SEAT_COLUMNS))
             except STORE_REFUSALS as exc:
                 del self.rows[seat_id]
-                self.accepted -= 1
-                self.rejects.append((self.clock(), seat_id, "malformed", f"refused by the store: {exc}"))
+                self.counts["accepted"] -= 1
+                self._reject(self.clock(), Rejected("malformed", seat_id, f"refused by the store: {exc}"))
         self._write([])  # counters and rejects; the good rows are in
 
     def flush(self):
         """Write the buffer in one transaction. On a store error the buffer is kept for the next try."""
-        if not self.pending():
+        if not self.pending() and not self.dirty:
             self.deadline = None
             return {"accepted": 0, "rejected": 0}
         try:
@@ -359,18 +340,25 @@ class Ingestor:
             # A row the store refuses must not block the fleet: write one by one, reject the bad.
             log.exception("tc_ingest: batch refused by the store; isolating the bad rows")
             self._isolate()
-        for _, sender, reason, detail in self.rejects[: self.log_rejects]:
-            log.warning("tc_ingest: rejected %s event from %s: %s", reason, sender or "?", detail)
-        if len(self.rejects) > self.log_rejects:
-            log.warning("tc_ingest: %d more rejected events in this batch", len(self.rejects) - self.log_rejects)
-        result = {"accepted": self.accepted, "rejected": len(self.rejects)}
-        self.rows, self.rejects, self.accepted, self.deadline = {}, [], 0, None
+        self.known.update(self.rows)
+        for at, sender, claimed, reason, detail, _ in self.rejects[: self.log_rejects]:
+            log.warning("tc_ingest: %s event from %s: %s", reason, attribution(sender, claimed, reason), detail)
+        rejected = sum(self.stats.values())
+        if rejected > self.log_rejects:
+            log.warning("tc_ingest: %d more rejected events in this batch", rejected - self.log_rejects)
+        result = {"accepted": self.counts["accepted"], "rejected": rejected}
+        self._reset()
         return result
 
 
-def ingestor(opts, batch_size=500, flush_interval=0.25):
+def ingestor(opts, batch_size=500, flush_interval=0.25, rate_limit=64, rate_window=None):
     """Build an :class:`Ingestor` on the tc master's store and minion keys."""
-    return Ingestor(open_store(opts), pki_verifier(opts["pki_dir"]), batch_size, flush_interval)
+    if rate_window is None:  # one heartbeat
+        rate_window = float(((opts.get("deskfleet") or {}).get("tc") or {}).get("heartbeat", 300))
+    return Ingestor(
+        open_store(opts), pki_verifier(opts["pki_dir"]), batch_size, flush_interval,
+        rate_limit=rate_limit, rate_window=rate_window,
+    )
 
 
 # ---- queries -------------------------------------------------------------------
@@ -389,11 +377,16 @@ def status_of(last_seen, now, heartbeat, offline_after):
 def _present(row, now, heartbeat, offline_after):
     seat = dict(row)
     seat["ips"] = json.loads(seat["ips"] or "[]")
+    seat["flags"] = [f for f in (seat["flags"] or "").split(",") if f]
+    seat["missed"] = seat["missed"] or 0
     if seat["last_change"] is None:
         seat["last_change"] = seat["first_seen"]
     seat["status"] = status_of(seat["last_seen"], now, heartbeat, offline_after)
     seat["last_seen_ago"] = round(now - seat["last_seen"], 1)
     return seat
+
+
+_SELECT = "SELECT seats.*, ingest_seq.missed AS missed FROM seats LEFT JOIN ingest_seq USING (seat)"
 
 
 def seats(conn, now, heartbeat, offline_after, status=None, firmware=None, site=None, idle_over=None):
@@ -410,13 +403,13 @@ def seats(conn, now, heartbeat, offline_after, status=None, firmware=None, site=
     if idle_over is not None:
         where.append("idle_seconds >= ?")
         args.append(float(idle_over))
-    sql = "SELECT * FROM seats" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seat"
+    sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seat"
     found = [_present(r, now, heartbeat, offline_after) for r in conn.execute(sql, args)]
     return [s for s in found if status is None or s["status"] == status]
 
 
 def seat(conn, seat_id, now, heartbeat, offline_after):
-    row = conn.execute("SELECT * FROM seats WHERE seat = ?", (seat_id,)).fetchone()
+    row = conn.execute(_SELECT + " WHERE seat = ?", (seat_id,)).fetchone()
     return None if row is None else _present(row, now, heartbeat, offline_after)
 
 
@@ -425,9 +418,33 @@ def counters(conn):
 
 
 def recent_rejects(conn, limit=20):
+    """Newest sample rows of the reject log, each with its attribution."""
+    rows = conn.execute(
+        "SELECT at, sender, claimed, reason, detail FROM ingest_rejects ORDER BY id DESC LIMIT ?", (limit,)
+    )
+    return [dict(r, attribution=attribution(r["sender"], r["claimed"], r["reason"])) for r in rows]
+
+
+def reject_stats(conn, since=0.0, limit=20):
+    """
+    Refusals per (sender, claimed seat, reason) since ``since`` (epoch seconds),
+    largest first, with the first and last minute seen: who floods, as whom.
+    """
+    rows = conn.execute(
+        "SELECT sender, claimed, reason, SUM(count) AS count, MIN(minute) AS first, MAX(minute) AS last"
+        " FROM ingest_reject_stats WHERE minute >= ? GROUP BY sender, claimed, reason"
+        " ORDER BY count DESC, sender, claimed, reason LIMIT ?",
+        (int(since // 60), limit),
+    )
     return [
-        dict(r)
-        for r in conn.execute(
-            "SELECT at, sender, reason, detail FROM ingest_rejects ORDER BY id DESC LIMIT ?", (limit,)
-        )
+        {
+            "sender": r["sender"] or None,
+            "claimed": r["claimed"] or None,
+            "reason": r["reason"],
+            "count": r["count"],
+            "attribution": attribution(r["sender"], r["claimed"], r["reason"]),
+            "first_minute": r["first"] * 60,
+            "last_minute": r["last"] * 60,
+        }
+        for r in rows
     ]

@@ -191,7 +191,9 @@ def test_forged_events_are_rejected(keys, verify, case):
     with pytest.raises(Rejected) as info:
         tc_assets.parse_event(tag, data, verify, 1.0)
     assert info.value.reason == "forged"
-    assert info.value.sender == tag.split("/")[2]
+    # nothing proves who sent it: the claimed seat is named, never blamed
+    assert info.value.sender is None
+    assert info.value.claimed == tag.split("/")[2]
 
 
 def test_forged_event_wrapped_is_still_rejected(keys, verify):
@@ -234,7 +236,7 @@ def test_non_mapping_payload_is_malformed(verify, data):
     with pytest.raises(Rejected) as info:
         tc_assets.parse_event(TAG.format("tc-0001"), data, verify, 1.0)
     assert info.value.reason == "malformed"
-    assert info.value.sender == "tc-0001"
+    assert info.value.sender is None and info.value.claimed == "tc-0001"
 
 
 def _body_with(field, value):
@@ -251,9 +253,10 @@ def _body_with(field, value):
 _DROP = object()
 
 MALFORMED = [
-    ("v", 2),
+    ("v", 3),
     ("v", _DROP),
     ("v", "1"),
+    ("v", True),
     ("seq", -1),
     ("seq", True),
     ("seq", "7"),
@@ -262,35 +265,60 @@ MALFORMED = [
     ("reason", "reboot"),
     ("facts", ["serial"]),
     ("facts", None),
-    ("mac", "52:54:00:zz:00:01"),
-    ("mac", "525400000001"),
-    ("mac", "52:54:00:00:00"),
-    ("mac", 525400000001),
-    ("ips", ["10.20.0.300"]),
-    ("ips", ["not-an-ip"]),
-    ("ips", ["10.20.0.3", None]),
-    ("ips", "10.20.0.3"),
-    ("ips", [f"10.0.0.{i}" for i in range(17)]),
-    ("uptime", -1),
-    ("uptime", "3600"),
-    ("uptime", True),
-    ("idle_seconds", -0.5),
-    ("session_state", "hacked"),
-    ("session_state", "CONNECTED"),
-    ("serial", "S" * 129),
-    ("serial", 12345),
-    ("iface", "e" * 33),
-    ("session_target", "d" * 256),
 ]
 
 
 @pytest.mark.parametrize("field, value", MALFORMED, ids=[f"{f}-{i}" for i, (f, _) in enumerate(MALFORMED)])
-def test_signed_but_invalid_payload_is_malformed(keys, verify, field, value):
+def test_signed_but_invalid_envelope_is_malformed(keys, verify, field, value):
     data = sign(_body_with(field, value), keys["tc-0001"][0])
     with pytest.raises(Rejected) as info:
         tc_assets.parse_event(TAG.format("tc-0001"), data, verify, 1.0)
     assert info.value.reason == "malformed"
-    assert info.value.sender == "tc-0001"
+    assert info.value.sender == "tc-0001"  # signed: the signer is proven
+
+
+# odd but honest facts: (field, value, stored); the event is kept, the field flagged
+ODD = [
+    ("mac", "52:54:00:zz:00:01", None),
+    ("mac", "525400000001", None),
+    ("mac", "52:54:00:00:00", None),
+    ("mac", 525400000001, None),
+    ("ips", ["10.20.0.300"], "[]"),
+    ("ips", ["not-an-ip", "10.0.0.1"], '["10.0.0.1"]'),
+    ("ips", ["10.20.0.3", None], '["10.20.0.3"]'),
+    ("ips", "10.20.0.3", "[]"),
+    ("ips", [f"10.0.0.{i}" for i in range(20)], json.dumps([f"10.0.0.{i}" for i in range(16)])),
+    ("uptime", -1, None),
+    ("uptime", "3600", None),
+    ("uptime", True, None),
+    ("uptime", 1e13, None),
+    ("idle_seconds", -0.5, None),
+    ("session_state", "hacked", None),
+    ("session_state", "CONNECTED", None),
+    ("serial", "S" * 129, "S" * 128),
+    ("serial", 12345, None),
+    ("iface", "e" * 33, "e" * 32),
+    ("session_target", "d" * 256, "d" * 255),
+    ("firmware", "13.1.0-" + "x" * 80, ("13.1.0-" + "x" * 80)[:64]),
+    ("image", "i" * 65, "i" * 64),
+]
+
+
+@pytest.mark.parametrize("field, value, stored", ODD, ids=[f"{f}-{i}" for i, (f, _, _) in enumerate(ODD)])
+def test_odd_fact_is_cut_and_flagged_and_the_rest_kept(keys, verify, field, value, stored):
+    data = sign(_body_with(field, value), keys["tc-0001"][0])
+    row = tc_assets.parse_event(TAG.format("tc-0001"), data, verify, 1.0)
+    assert row[field] == stored
+    assert row["flags"] == field
+    assert row["serial" if field != "serial" else "firmware"] in ("TC000001", "13.1.0")
+    assert row["seat"] == "tc-0001" and row["last_reason"] == "start"
+
+
+@pytest.mark.parametrize("mac", [None, ""])
+def test_no_mac_on_a_tunnel_route_is_not_odd(keys, verify, mac):
+    data = sign(_body_with("mac", mac), keys["tc-0001"][0])
+    row = tc_assets.parse_event(TAG.format("tc-0001"), data, verify, 1.0)
+    assert row["mac"] is None and row["flags"] == ""
 
 
 def _padded_to(size, key):
@@ -307,25 +335,42 @@ def test_payload_of_exactly_max_bytes_is_accepted(keys, verify):
     assert tc_assets.parse_event(TAG.format("tc-0001"), data, verify, 1.0)["seat"] == "tc-0001"
 
 
-def test_oversized_payload_is_malformed(keys, verify):
+def test_oversized_signed_payload_is_refused_and_attributed_to_its_signer(keys, verify):
     data = _padded_to(tc_assets.MAX_PAYLOAD_BYTES + 1, keys["tc-0001"][0])
     with pytest.raises(Rejected) as info:
         tc_assets.parse_event(TAG.format("tc-0001"), data, verify, 1.0)
-    assert info.value.reason == "malformed"
+    assert info.value.reason == "oversize"
+    assert info.value.sender == "tc-0001"
     assert str(tc_assets.MAX_PAYLOAD_BYTES) in info.value.detail
 
 
-def test_oversized_payload_is_refused_before_any_signature_check(keys):
+def test_oversized_unsigned_payload_is_not_attributed(keys, verify):
+    data = _padded_to(tc_assets.MAX_PAYLOAD_BYTES + 1, keys["intruder"][0])
+    with pytest.raises(Rejected) as info:
+        tc_assets.parse_event(TAG.format("tc-0001"), data, verify, 1.0)
+    assert info.value.reason == "forged" and info.value.sender is None
+
+
+def test_huge_event_is_refused_before_any_signature_check(keys):
     calls = []
 
     def spy(*args):
         calls.append(args)
         return True
 
-    data = _padded_to(tc_assets.MAX_PAYLOAD_BYTES + 1, keys["tc-0001"][0])
-    with pytest.raises(Rejected):
+    data = _padded_to(tc_assets.MAX_EVENT_BYTES + 1, keys["tc-0001"][0])
+    with pytest.raises(Rejected) as info:
         tc_assets.parse_event(TAG.format("tc-0001"), data, spy, 1.0)
     assert calls == []
+    assert info.value.reason == "oversize" and info.value.sender is None and info.value.claimed == "tc-0001"
+
+
+def test_event_trimmed_by_salt_max_event_size_is_oversize_not_forged(event, verify):
+    tag, data = event("tc-0001")
+    data["facts"]["image"] = "VALUE_TRIMMED"  # what the master bus does to a value over max_event_size
+    with pytest.raises(Rejected) as info:
+        tc_assets.parse_event(tag, {"data": data, "id": "tc-0001"}, verify, 1.0)
+    assert info.value.reason == "oversize" and info.value.sender is None
 
 
 # ---- Ingestor ------------------------------------------------------------------------
@@ -415,39 +460,53 @@ def test_counters_and_rejects_are_recorded(conn, verify, clock, event, keys):
     ing.add(*event("tc-0002"))
     ing.add(TAG.format("tc-0003"), sign(payload("tc-0003"), keys["intruder"][0]))  # forged
     ing.add("salt/beacon/tc-0001/tc_status/other", {})  # malformed tag
-    ing.add(*event("tc-0001", ts=1001.0, mac="nonsense"))  # malformed fact
-    assert ing.flush() == {"accepted": 2, "rejected": 3}
-    assert tc_assets.counters(conn) == {"accepted": 2, "forged": 1, "malformed": 2}
+    ing.add(*event("tc-0001", seq=2, ts=1001.0, mac="nonsense"))  # odd fact: kept, flagged
+    assert ing.flush() == {"accepted": 3, "rejected": 2}
+    assert tc_assets.counters(conn) == {"accepted": 3, "flagged": 1, "forged": 1, "malformed": 1}
+    assert _row(conn, "tc-0001")["flags"] == "mac"
 
     rejects = tc_assets.recent_rejects(conn)
-    assert [(r["sender"], r["reason"]) for r in rejects] == [
-        ("tc-0001", "malformed"),
-        (None, "malformed"),
-        ("tc-0003", "forged"),
+    assert [(r["sender"], r["claimed"], r["reason"]) for r in rejects] == [
+        (None, None, "malformed"),
+        (None, "tc-0003", "forged"),
     ]
+    assert rejects[1]["attribution"] == "claimed tc-0003, unproven"
     assert all(r["at"] == clock.t for r in rejects)
-    assert "mac" in rejects[0]["detail"]
 
     ing.add(*event("tc-0003"))
     ing.flush()
-    assert tc_assets.counters(conn) == {"accepted": 3, "forged": 1, "malformed": 2}
+    assert tc_assets.counters(conn)["accepted"] == 4
 
 
-def test_reject_log_is_capped(conn, verify, clock):
-    ing = _ingestor(conn, verify, clock)
-    extra = 7
-    total = tc_assets.REJECT_LOG_KEEP + extra
-    for i in range(total):
-        ing.add(f"bad/tag/{i}", {})
-        if i == 600:
+def test_a_flood_cannot_erase_the_evidence(conn, verify, clock, event, keys):
+    """Samples are capped per (origin, reason); the per-minute aggregates keep every count."""
+    ing = _ingestor(conn, verify, clock, rate_limit=2, rate_window=300)
+    ing.add(*event("tc-0002"))  # a seat in the inventory
+    for seq in range(1, 6):  # tc-0001 floods with its own, validly signed events
+        ing.add(*event("tc-0001", seq=seq))
+    ing.flush()
+    forged = sign(payload("tc-0002"), keys["intruder"][0])
+    for i in range(3 * tc_assets.SAMPLE_KEEP):  # then a forged flood claiming tc-0002 and invented ids
+        clock.t += 1
+        ing.add(TAG.format("tc-0002" if i % 2 else f"ghost-{i}"), forged)
+        if i % 40 == 0:
             ing.flush()
     ing.flush()
-    assert _count(conn, "ingest_rejects") == tc_assets.REJECT_LOG_KEEP
-    details = [r["detail"] for r in tc_assets.recent_rejects(conn, limit=total)]
-    assert "bad/tag/" + str(total - 1) in details[0]  # newest kept
-    assert "bad/tag/" + str(extra) + "'" in details[-1]  # oldest kept: the first `extra` are gone
-    assert not any(f"'bad/tag/{i}'" in d for d in details for i in range(extra))
-    assert tc_assets.counters(conn)["malformed"] == total
+    rows = conn.execute("SELECT sender, reason, COUNT(*) FROM ingest_rejects GROUP BY origin, reason").fetchall()
+    assert ("tc-0001", "rate_limited", 3) in [tuple(r) for r in rows]  # the flooder's rows survive
+    assert max(r[2] for r in rows) <= tc_assets.SAMPLE_KEEP
+    stats = {(s["sender"], s["claimed"], s["reason"]): s for s in tc_assets.reject_stats(conn)}
+    assert stats[("tc-0001", "tc-0001", "rate_limited")]["count"] == 3
+    assert stats[("tc-0001", "tc-0001", "rate_limited")]["attribution"] == "tc-0001"
+    assert stats[(None, "tc-0002", "forged")]["count"] == 75
+    assert stats[(None, "tc-0002", "forged")]["attribution"] == "claimed tc-0002, unproven"
+    # invented ids share one key: a flood cannot mint aggregate rows
+    assert stats[(None, tc_assets.UNKNOWN_SEAT, "forged")]["count"] == 75
+    assert len(stats) == 3
+    assert tc_assets.counters(conn)["forged"] == 150
+    # the victim's own events still land
+    ing.add(*event("tc-0002", seq=2, reason="heartbeat"))
+    assert ing.flush() == {"accepted": 1, "rejected": 0}
 
 
 def test_rejects_are_logged_up_to_log_rejects_per_batch(conn, verify, clock, caplog):
@@ -745,7 +804,7 @@ def _version(conn, component=tc_assets.COMPONENT):
 
 def test_connect_creates_the_schema_and_records_its_version(db_path):
     conn = store.connect(db_path, tc_assets.MIGRATIONS)
-    assert _version(conn) == len(tc_assets.MIGRATIONS[tc_assets.COMPONENT]) == 1
+    assert _version(conn) == len(tc_assets.MIGRATIONS[tc_assets.COMPONENT]) == 2
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"schema_version", "seats", "ingest_counters", "ingest_rejects"} <= tables
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -762,7 +821,7 @@ def test_reopening_is_idempotent_and_keeps_data(db_path, verify, event):
     conn.close()
     for _ in range(2):
         conn = store.connect(db_path, tc_assets.MIGRATIONS)
-        assert _version(conn) == 1
+        assert _version(conn) == 2
         assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 1
         assert _row(conn, "tc-0001")["seat"] == "tc-0001"
         conn.close()
@@ -773,7 +832,7 @@ def test_a_new_migration_step_is_applied_once(db_path):
     v2 = {tc_assets.COMPONENT: tc_assets.MIGRATIONS[tc_assets.COMPONENT] + ["ALTER TABLE seats ADD COLUMN note TEXT"]}
     for _ in range(2):  # a second open would fail ("duplicate column") if the step ran again
         conn = store.connect(db_path, v2)
-        assert _version(conn) == 2
+        assert _version(conn) == 3
         assert "note" in [r[1] for r in conn.execute("PRAGMA table_info(seats)")]
         conn.close()
 
@@ -781,12 +840,12 @@ def test_a_new_migration_step_is_applied_once(db_path):
 def test_components_are_versioned_independently(db_path):
     migrations = dict(tc_assets.MIGRATIONS, other=["CREATE TABLE a (x)", "CREATE TABLE b (y)"])
     conn = store.connect(db_path, migrations)
-    assert _version(conn) == 1
+    assert _version(conn) == 2
     assert _version(conn, "other") == 2
     conn.close()
 
 
-@pytest.mark.parametrize("stored", [2, 5])
+@pytest.mark.parametrize("stored", [3, 5])
 def test_a_store_newer_than_the_code_is_refused(db_path, stored):
     conn = store.connect(db_path, tc_assets.MIGRATIONS)
     conn.execute("UPDATE schema_version SET version = ? WHERE component = ?", (stored, tc_assets.COMPONENT))
@@ -796,7 +855,7 @@ def test_a_store_newer_than_the_code_is_refused(db_path, stored):
     message = str(info.value)
     assert db_path in message
     assert f"version {stored}" in message
-    assert "knows 1" in message
+    assert "knows 2" in message
     assert "upgrade deskfleet" in message
     # the store itself is left as it was
     conn = sqlite3.connect(db_path)
@@ -838,7 +897,7 @@ def test_two_processes_opening_a_fresh_store_at_once(db_path, monkeypatch):
 
     monkeypatch.setattr(store, "transaction", racing)
     conn = store.connect(db_path, tc_assets.MIGRATIONS)
-    assert raced and _version(conn) == 1
+    assert raced and _version(conn) == 2
     conn.close()
 
 

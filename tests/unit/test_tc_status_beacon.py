@@ -411,7 +411,10 @@ def keys(tmp_path_factory):
 @pytest.fixture
 def minion(monkeypatch, keys):
     """tc_status as the loader would have it: __opts__ set, no memory of earlier calls."""
-    monkeypatch.setattr(tc_status, "__opts__", {"id": SEAT, "pki_dir": str(keys["minion_pki"])}, raising=False)
+    cachedir = str(keys["minion_pki"].parent / "cache")
+    monkeypatch.setattr(
+        tc_status, "__opts__", {"id": SEAT, "pki_dir": str(keys["minion_pki"]), "cachedir": cachedir}, raising=False
+    )
     monkeypatch.setattr(tc_status, "_STATE", {})
     monkeypatch.setattr(tc_status, "_KEY", {})
     return keys
@@ -427,7 +430,8 @@ def test_beacon_returns_one_signed_status_payload(minion, root):
     assert isinstance(ret, list) and len(ret) == 1
     payload = ret[0]
     assert payload["tag"] == "status"
-    assert payload["v"] == tc_status.PAYLOAD_VERSION == 1
+    assert payload["v"] == tc_status.PAYLOAD_VERSION == 2
+    assert isinstance(payload["epoch"], int) and payload["epoch"] > 0
     assert payload["seat"] == SEAT
     assert payload["seq"] == 1
     assert payload["reason"] == "start"
@@ -477,7 +481,7 @@ def test_beacon_signs_with_a_rotated_minion_key(minion, root, tmp_path, monkeypa
     pki = tmp_path / "pki"
     pki.mkdir()
     (pki / "minion.pem").write_text((minion["minion_pki"] / "minion.pem").read_text())
-    monkeypatch.setattr(tc_status, "__opts__", {"id": SEAT, "pki_dir": str(pki)}, raising=False)
+    monkeypatch.setattr(tc_status, "__opts__", {"id": SEAT, "pki_dir": str(pki), "cachedir": str(tmp_path)}, raising=False)
     (first,) = tc_status.beacon([{"root": str(root)}])
     assert _verifies(minion, SEAT, first)
 
@@ -517,3 +521,50 @@ def test_beacon_spawns_no_subprocess_and_opens_no_socket(minion, root, monkeypat
     # the whole path ran, key loading and signing included
     assert reasons == [["start"], [], ["change"], [], ["change"], []]
     assert tc_status._KEY.get("key") is not None
+
+
+# ---- start epoch and bounded facts (freshness, odd but honest seats) -------------------
+
+
+def test_each_start_gets_a_higher_epoch_even_if_the_clock_goes_back(tmp_path):
+    path = str(tmp_path / "cache" / tc_status.EPOCH_FILE)
+    first = tc_status.next_epoch(path, 1_700_000_000.5)
+    assert first == 1_700_000_000
+    assert tc_status.next_epoch(path, 1_700_000_000.9) == first + 1  # restarted within the second
+    assert tc_status.next_epoch(path, 1_000.0) == first + 2  # clock set back: still higher
+    os.unlink(path)  # re-imaged device: the wall clock keeps it rising
+    assert tc_status.next_epoch(path, 1_800_000_000.0) == 1_800_000_000
+
+
+def test_an_unwritable_epoch_file_does_not_stop_the_beacon(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert tc_status.next_epoch(str(blocker / "sub" / tc_status.EPOCH_FILE), 5000.0) == 5000
+
+
+def test_the_epoch_is_signed_and_kept_for_the_process(minion, root):
+    config = [{"root": str(root)}, {"heartbeat": 300}]
+    (first,) = tc_status.beacon(config)
+    tcroot.set_firmware(root, "13.2.0")
+    (second,) = tc_status.beacon(config)
+    assert second["epoch"] == first["epoch"] and second["seq"] == first["seq"] + 1
+    tampered = dict(second, epoch=second["epoch"] + 1)
+    assert _verifies(minion, SEAT, second) and not _verifies(minion, SEAT, tampered)
+
+
+def test_facts_are_bounded_and_an_empty_mac_is_none():
+    out = tc_status.bounded(
+        {"mac": "", "image": "i" * 1000, "ips": [f"10.0.0.{i}" for i in range(100)], "uptime": 5.0}
+    )
+    assert out["mac"] is None
+    assert len(out["image"]) == tc_status.MAX_TEXT
+    assert len(out["ips"]) == tc_status.MAX_ADDRESSES + 1  # one more than kept: the master flags the cut
+    assert out["uptime"] == 5.0
+
+
+def test_a_tunnel_default_route_reports_no_mac(root):
+    (root / "sys/class/net/tun0").mkdir(parents=True)
+    (root / "sys/class/net/tun0/address").write_text("\n")
+    (root / "proc/net/route").write_text("Iface\tDestination\tGateway\ntun0\t00000000\t00000000\n")
+    facts = tc_status.collect(dict(tc_status.DEFAULTS, root=str(root)))
+    assert facts["iface"] == "tun0" and facts["mac"] is None
