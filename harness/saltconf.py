@@ -79,18 +79,22 @@ def lab_master_config(role, etc_dir, **deskfleet_overrides):
     return conf
 
 
-def enroll_grain(token_file, minion_id, pki_dir, lab_root):
+def enroll_device(token_file, minion_id, pki_dir, lab_root, conf_dir=None):
     """
     What a thin client does once before its first start (``tools/deskfleet-enroll``):
     make its minion key in ``pki_dir`` and turn the token ops issued into the
     ``deskfleet_enroll`` grain, bound to its id, its (fake) DMI serial and that key.
+    With ``conf_dir`` the grain goes to ``<conf_dir>/grains`` (as on a device, next
+    to the minion config); returns the grain value either way.
     """
-    out = subprocess.run(
-        [sys.executable, str(ENROLL_TOOL), "--id", minion_id, "--token-file", str(token_file),
-         "--root", str(lab_root), "--pki-dir", str(pki_dir), "--print-grain"],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    return out.stdout.strip()
+    cmd = [sys.executable, str(ENROLL_TOOL), "--id", minion_id, "--token-file", str(token_file),
+           "--root", str(lab_root), "--pki-dir", str(pki_dir), "--print-grain"]  # fmt: skip
+    value = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout.strip()
+    if conf_dir is not None:
+        grains = pathlib.Path(conf_dir) / "grains"
+        current = (yaml.safe_load(grains.read_text()) or {}) if grains.exists() else {}
+        grains.write_text(yaml.safe_dump(dict(current, **{ENROLL_GRAIN: value})))
+    return value
 
 
 def preseed_key(master_opts, minion_id, pki_dir):
@@ -103,7 +107,7 @@ def preseed_key(master_opts, minion_id, pki_dir):
     pki_dir = pathlib.Path(pki_dir)
     pki_dir.mkdir(parents=True, exist_ok=True)
     if not (pki_dir / "minion.pub").exists():
-        salt.crypt.gen_keys(str(pki_dir), "minion", 2048)
+        salt.crypt.write_keys(str(pki_dir), "minion", 2048)
     accepted = pathlib.Path(master_opts["pki_dir"]) / "minions"
     accepted.mkdir(parents=True, exist_ok=True)
     (accepted / minion_id).write_text((pki_dir / "minion.pub").read_text())

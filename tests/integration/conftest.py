@@ -30,19 +30,20 @@ def tc_master(salt_factories, lab_etc):
         yield factory
 
 
-def enrolled_minion(master, seat, lab_root, tmp_dir, serial=None, **overrides):
+def enrolled_minion(master, seat, lab_root, tmp_dir, token_file=None, **overrides):
     """
     A thin client as ops and the device enrol it: ``salt-run enroll.issue`` writes
-    the token, ``tools/deskfleet-enroll`` turns it into the device's grain.
+    the token; before the minion's first start, ``tools/deskfleet-enroll`` makes its
+    key and writes the ``deskfleet_enroll`` grain into its grains file.
     """
-    serial = serial or (lab_root / "sys/class/dmi/id/product_serial").read_text().strip()
-    token_file = tmp_dir / f"{seat}.token"
-    ret = master.salt_run_cli(timeout=120).run("enroll.issue", seat, f"serial={serial}", f"path={token_file}")
-    assert ret.returncode == 0, ret
-    pki_dir = tmp_dir / f"{seat}-pki"  # the device's own key, made before its first start
-    grain = saltconf.enroll_grain(token_file, seat, pki_dir, lab_root)
-    config = dict(saltconf.tc_minion_config(lab_root, enroll=grain), pki_dir=str(pki_dir), **overrides)
-    return master.salt_minion_daemon(seat, overrides=config)
+    if token_file is None:
+        serial = (lab_root / "sys/class/dmi/id/product_serial").read_text().strip()
+        token_file = tmp_dir / f"{seat}.token"
+        ret = master.salt_run_cli(timeout=120).run("enroll.issue", seat, f"serial={serial}", f"path={token_file}")
+        assert ret.returncode == 0, ret
+    factory = master.salt_minion_daemon(seat, overrides=dict(saltconf.tc_minion_config(lab_root), **overrides))
+    saltconf.enroll_device(token_file, seat, factory.config["pki_dir"], lab_root, factory.config_dir)
+    return factory
 
 
 @pytest.fixture(scope="package")
