@@ -9,7 +9,9 @@ ops and the device do it (``enroll.issue`` + ``tools/deskfleet-enroll``).
 """
 
 import contextlib
+import os
 import pathlib
+import signal
 import subprocess
 import sys
 import time
@@ -33,8 +35,12 @@ def _leave_pending(master, payload):  # noqa: ARG001 - factories' auth hook: nev
 
 
 @pytest.fixture(scope="module")
-def master(salt_factories, tmp_path_factory):
-    etc = tmp_path_factory.mktemp("etc-enroll")
+def etc(tmp_path_factory):
+    return tmp_path_factory.mktemp("etc-enroll")
+
+
+@pytest.fixture(scope="module")
+def master(salt_factories, etc):
     overrides = saltconf.lab_master_config(
         "tc", etc, heartbeat=HEARTBEAT, beacon_interval=1,
         enroll={"pending_ttl": PENDING_TTL, "sweep_interval": 1, "pending_grace": 2},
@@ -107,12 +113,20 @@ def raw_minion(master, minion_id, work, grain=None, token_file=None, serial_of=9
     try:
         yield proc
     finally:
-        proc.terminate()
+        # its whole process group (start_new_session): a salt-minion takes 10-20 s to act on SIGTERM
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
             proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def pending_age(master, minion_id):
+    rows = [p for p in run(master, "enroll.pending").data["pending"] if p["id"] == minion_id]
+    return rows[0]["age_seconds"] if rows else -1
 
 
 def refusals(master, minion_id):
@@ -146,9 +160,11 @@ def test_a_token_works_once_and_only_for_its_id(master, work):
         (work / "x").mkdir()
         with raw_minion(master, "tc-lon-0102", work / "x", token_file=token_file, serial_of=102), \
              raw_minion(master, "tc-lon-0199", work, token_file=token_file, serial_of=102):  # fmt: skip
-            wait_for(lambda: "tc-lon-0199" in keys(master)["minions_pre"], 60, what="tc-lon-0199 pending")
-            # both keep re-authenticating every second: judge the outcome several rounds later
-            wait_for(lambda: (r := refusals(master, "tc-lon-0102")) and r[0]["count"] >= 3, 60, what="three refused attempts")
+            # Salt denies the second key (the id holds another); the guard finds no open token for it
+            (refusal,) = wait_for(lambda: refusals(master, "tc-lon-0102"), 60, what="the second device's refusal")
+            assert "no open token" in refusal["reason"]
+            # the other id has no token: its key waits for ops through several auth rounds, never accepted
+            wait_for(lambda: pending_age(master, "tc-lon-0199") >= 4, 60, what="tc-lon-0199 pending for 4 s")
             assert accepted_fp(master, "tc-lon-0102") == real
             assert accepted_fp(master, "tc-lon-0199") is None
             assert "tc-lon-0199" in keys(master)["minions_pre"]  # no token for that id: left for ops, expires
@@ -160,9 +176,9 @@ def test_invented_id_without_token_stays_pending_and_expires(master, work):
         (row,) = [p for p in run(master, "enroll.pending").data["pending"] if p["id"] == "tc-new-0001"]
         assert row["fingerprint"] == device_fp(raw_pki(work, "tc-new-0001"))
         assert row["expires_in"] <= PENDING_TTL and row["open_token"] is False
-    t0 = time.time()
+        pending_since = time.time() - row["age_seconds"]
     wait_for(lambda: "tc-new-0001" not in keys(master)["minions_pre"], PENDING_TTL * 4, what="the pending key to expire")
-    assert time.time() - t0 >= PENDING_TTL - row["age_seconds"] - 3
+    assert time.time() - pending_since >= PENDING_TTL - 2  # kept for pending_ttl, not deleted at once
     assert accepted_fp(master, "tc-new-0001") is None
     assert "pending for" in refusals(master, "tc-new-0001")[0]["reason"]
 
@@ -203,7 +219,12 @@ def test_salt_key_accept_of_a_pre_claim_is_undone(master, work):
 
 
 @pytest.mark.parametrize("grain", ["", " "])
-def test_an_empty_grain_never_enrols(master, work, grain):
+def test_an_empty_grain_never_enrols(master, etc, work, grain):
+    # what the old shared-secret set-up left on masters: a grains file with a blank line
+    legacy = etc / "autosign_grains"
+    legacy.mkdir(exist_ok=True)
+    (legacy / saltconf.ENROLL_GRAIN).write_text("\n")
+    (legacy / saltconf.ENROLL_GRAIN).chmod(0o600)
     minion_id = f"tc-lon-010{5 + len(grain)}"
     issue(master, minion_id, "TC000105", work)
     with raw_minion(master, minion_id, work, grain=grain):
@@ -211,10 +232,12 @@ def test_an_empty_grain_never_enrols(master, work, grain):
         assert accepted_fp(master, minion_id) is None
         assert "no enrollment proof" in refusals(master, minion_id)[0]["reason"]
     with raw_minion(master, "tc-blank-0001", work, grain=grain):
-        wait_for(lambda: "tc-blank-0001" in keys(master)["minions_pre"], 60, what="tc-blank-0001 pending")
-        time.sleep(3)  # several auth rounds
+        wait_for(lambda: pending_age(master, "tc-blank-0001") >= 4, 60, what="tc-blank-0001 pending for 4 s")
         assert accepted_fp(master, "tc-blank-0001") is None
     master.salt_key_cli().run("-y", "-d", "tc-blank-0001")
+    # Salt's own autosign stays off: no autosign_grains_dir, autosign_file or auto_accept
+    assert not {k for k in master.config if k.startswith("autosign")} - {"autosign_timeout"}
+    assert master.config["auto_accept"] is False
 
 
 def test_retire_removes_key_inventory_row_and_history(master, work):
@@ -227,9 +250,6 @@ def test_retire_removes_key_inventory_row_and_history(master, work):
         assert accepted_fp(master, "tc-lon-0107") is not None
         done = run(master, "seat.retire", "tc-lon-0107").data
         assert done["retired"] is True and done["keys"] == ["minions"]
-        assert accepted_fp(master, "tc-lon-0107") is None
-        # the device is still running and re-authenticates: it may only wait in pending (no token, no approval)
-        time.sleep(3)
         assert accepted_fp(master, "tc-lon-0107") is None
     assert run(master, "tc_inventory.show", "tc-lon-0107", ok=False).returncode == 1
     import tc_assets  # pylint: disable=import-outside-toplevel
