@@ -28,6 +28,7 @@ __virtualname__ = "vmpool"
 
 try:
     import deskfleet_store
+    import desktop_seed
     import vmpool as keeper
 
     import keystoneauth1.exceptions
@@ -193,7 +194,10 @@ def _execute(conn, db, pools, decision, flavors, health):
         for _ in range(entry["boots"]):
             server_name = f"{prefix}-{name}-{uuid.uuid4().hex[:8]}"
             try:
+                # the desktop's minion key, accepted here before it boots (no pending key to pre-claim)
+                seeded = desktop_seed.boot_args(__opts__, server_name)
                 conn.compute.create_server(
+                    **seeded,
                     name=server_name,
                     flavor_id=flavors[pool["flavor"]]["id"],
                     image_id=pool["image"],
@@ -202,6 +206,7 @@ def _execute(conn, db, pools, decision, flavors, health):
                 )
                 actions["booted"].append(server_name)
             except CLOUD_ERRORS as exc:
+                desktop_seed.unseed_for(__opts__, server_name)
                 boot_error = f"boot refused: {exc}"
                 actions["errors"].append(f"{name}: {boot_error}")
                 break  # back off this pool; the next reconcile retries after the delay

@@ -50,7 +50,8 @@ class Guard:
         token = enroll_store.open_token(self.conn, minion_id, now)
         approved = enroll_store.approved(self.conn, minion_id)
         action, reason = enrollment.decide(
-            act, minion_id, pub, grain, key, token, approved and approved["fingerprint"], self.settings["id_re"]
+            act, minion_id, pub, grain, key, token, approved and approved["fingerprint"], self.settings["id_re"],
+            is_reserved=enrollment.reserved(minion_id, self.settings),
         )
         fp = _fp(pub)
         if action in ("accept", "install"):
@@ -123,7 +124,8 @@ class Guard:
         done = {"tokens_expired": len(enroll_store.expire_tokens(self.conn, now))}
         protected = enroll_store.protected_ids(self.conn, now)
         for minion_id, pub, mtime in self.keys.pending():
-            verdict, reason = enrollment.sweep_verdict(now, minion_id, mtime, minion_id in protected, self.settings)
+            guarded = minion_id in protected or enrollment.reserved(minion_id, self.settings)
+            verdict, reason = enrollment.sweep_verdict(now, minion_id, mtime, guarded, self.settings)
             if verdict == "delete" and self.keys.drop_pending(minion_id, pub):
                 enroll_store.refused(self.conn, now, minion_id, _fp(pub), reason)
                 kind = reason.split(" (")[0].split(":")[0]
@@ -142,7 +144,8 @@ class Guard:
         rows = []
         for minion_id, pub, mtime in sorted(self.keys.pending()):
             age = max(0.0, now - mtime)
-            verdict, reason = enrollment.sweep_verdict(now, minion_id, mtime, minion_id in protected, self.settings)
+            guarded = minion_id in protected or enrollment.reserved(minion_id, self.settings)
+            verdict, reason = enrollment.sweep_verdict(now, minion_id, mtime, guarded, self.settings)
             rows.append({
                 "id": minion_id, "fingerprint": _fp(pub), "age_seconds": round(age),
                 "expires_in": max(0, round(self.settings["pending_ttl"] - age)),

@@ -37,6 +37,7 @@ DEFAULTS = {
     "pending_ttl": 3600,  # seconds a pending key stays before it is deleted
     "pending_grace": 5,  # seconds a fresh pending key of a protected id waits for its auth event
     "sweep_interval": 30,
+    "reserved_pattern": "",  # ids only ever pre-seeded (vm master: pool desktops); their pending keys are deleted
 }
 
 
@@ -55,11 +56,18 @@ def settings(opts, role):
             raise EnrollError(f"deskfleet:{role}:enroll:{name} must be a number of seconds") from exc
         if conf[name] < 0:
             raise EnrollError(f"deskfleet:{role}:enroll:{name} must not be negative")
-    try:
-        conf["id_re"] = re.compile(str(conf["id_pattern"]))
-    except re.error as exc:
-        raise EnrollError(f"deskfleet:{role}:enroll:id_pattern is not a regex: {exc}") from exc
+    for name in ("id_pattern", "reserved_pattern"):
+        try:
+            conf[name[:-7] + "re"] = re.compile(str(conf[name])) if conf[name] else None
+        except re.error as exc:
+            raise EnrollError(f"deskfleet:{role}:enroll:{name} is not a regex: {exc}") from exc
+    if conf["id_re"] is None:
+        raise EnrollError(f"deskfleet:{role}:enroll:id_pattern must not be empty")
     return conf
+
+
+def reserved(minion_id, settings_):
+    return bool(settings_.get("reserved_re")) and isinstance(minion_id, str) and bool(settings_["reserved_re"].fullmatch(minion_id))
 
 
 def conforming(minion_id, id_re):
@@ -148,12 +156,13 @@ def verify(token_row, minion_id, pub_pem, grain):
     return True, None
 
 
-def decide(act, minion_id, pub_pem, grain, key, token_row, approved_fp, id_re):
+def decide(act, minion_id, pub_pem, grain, key, token_row, approved_fp, id_re, is_reserved=False):
     """
     What to do about one auth event (``salt/auth`` act ``pend`` or ``denied``).
 
     key: the key Salt holds for the id now, ``{"state", "pub"}`` or None
-    token_row: the id's open token or None; approved_fp: fingerprint deskfleet approved for the id
+    token_row: the id's open token or None; approved_fp: fingerprint deskfleet approved for the id;
+    is_reserved: the id is only ever pre-seeded
 
     Returns ``(action, reason)``: ``accept`` (the pending key is the proven one),
     ``install`` (replace what Salt holds with the proven key), ``delete`` (drop
@@ -169,7 +178,7 @@ def decide(act, minion_id, pub_pem, grain, key, token_row, approved_fp, id_re):
             return "ignore", "the pending key is not the one of this request"
         if proven:
             return "accept", "token proven"
-        if token_row is not None or approved_fp:
+        if token_row is not None or approved_fp or is_reserved:
             return "delete", f"pre-claim of a protected id refused: {why}"
         return "keep", why
     if act == "denied":

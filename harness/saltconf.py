@@ -125,3 +125,17 @@ def tc_minion_config(lab_root, enroll=None):
         # beacon intervals count minion loops; 1 s loops keep them in seconds
         "loop_interval": 1,
     }
+
+
+def install_seeded_key(user_data, pki_dir):
+    """What cloud-init does on a pool desktop: write the minion key the keeper seeded (from Nova user_data)."""
+    sys.path.insert(0, str(CHECKOUT / "_utils"))
+    import desktop_seed  # pylint: disable=import-outside-toplevel
+
+    priv, pub = desktop_seed.keys_from_user_data(user_data)
+    pki_dir = pathlib.Path(pki_dir)
+    pki_dir.mkdir(parents=True, exist_ok=True)
+    (pki_dir / "minion.pem").write_text(priv)
+    (pki_dir / "minion.pem").chmod(0o400)
+    (pki_dir / "minion.pub").write_text(pub)
+    return pki_dir

@@ -100,6 +100,8 @@ def test_pool_lifecycle_through_reactor_and_schedule(pool_master, cloud, tmp_pat
     # 2. the first desktop's minion starts: reactor → orchestration → baseline + ready
     vm = servers[0]
     minion = pool_master.salt_minion_daemon(vm.name, overrides={"grains": {"deskfleet_role": "desktop"}})
+    # what cloud-init does on the desktop: install the key the keeper seeded (and accepted) at boot
+    saltconf.install_seeded_key(cloud.compute.get_server(vm.id).user_data, minion.config["pki_dir"])
     with minion.started():
         wait_for(lambda: members(cloud, "ready") and members(cloud, "ready")[0].name == vm.name, timeout=120, what=f"{vm.name} marked ready by the orchestration")
         # the other one is marked by hand (no minion for it in this test)
