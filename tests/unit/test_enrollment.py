@@ -193,3 +193,25 @@ def test_seat_records_delete_every_row_about_a_seat(conn):
     assert seat_records.count(conn, "tc-a-2") == {"seats": 1}
     assert enroll_store.audit_log(conn, minion_id="tc-a-1")  # the audit log stays
     assert isinstance(conn, sqlite3.Connection)
+
+
+def test_reserved_ids_are_never_left_pending(pubs):
+    settings_ = enrollment.settings({"deskfleet": {"vm": {"enroll": {"id_pattern": ".+", "reserved_pattern": "dfp-.+"}}}}, "vm")
+    assert enrollment.reserved("dfp-sales-0badc0de", settings_) and not enrollment.reserved("desk-0001", settings_)
+    pend = {"state": "pending", "pub": pubs[1]}
+    args = ("pend", "dfp-sales-0badc0de", pubs[1], None, pend, None, None, settings_["id_re"])
+    assert enrollment.decide(*args, is_reserved=True)[0] == "delete"
+    assert enrollment.decide(*args, is_reserved=False)[0] == "keep"
+
+
+def test_seeded_key_round_trips_through_user_data():
+    import base64  # pylint: disable=import-outside-toplevel
+
+    import desktop_seed  # pylint: disable=import-outside-toplevel
+
+    priv, pub = desktop_seed.new_keypair()
+    data = desktop_seed.user_data(priv, pub, pki_dir="/etc/salt/pki/minion")
+    assert base64.b64decode(data).startswith(b"#cloud-config\n")
+    assert desktop_seed.keys_from_user_data(data) == (priv, pub)
+    # off unless the vm master's config says so: the keeper then boots exactly as before
+    assert desktop_seed.boot_args({"deskfleet": {"vm": {}}}, "dfp-x-1") == {}
