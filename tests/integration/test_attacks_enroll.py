@@ -202,16 +202,17 @@ def test_a_pre_claimed_id_does_not_lock_out_the_real_device(master, work):
 
 
 def test_salt_key_accept_of_a_pre_claim_is_undone(master, work):
-    """A pre-claim that reached the pending dir (engine down, say) and a careless `salt-key -a`."""
+    """A claim's key that sits in Salt's key dirs (here: rejected earlier) and a careless `salt-key -a`."""
     issue(master, "tc-lon-0104", "TC000104", work)
     import salt.crypt  # pylint: disable=import-outside-toplevel
 
     salt.crypt.write_keys(str(work), "attacker", 2048)
     pending = work / "attacker.pub"
-    dest = master.config["pki_dir"] + "/minions_pre/tc-lon-0104"
+    dest = master.config["pki_dir"] + "/minions_rejected/tc-lon-0104"
     with open(dest, "w", encoding="utf-8") as fh:
         fh.write(pending.read_text())
-    master.salt_key_cli().run("-y", "-a", "tc-lon-0104")
+    ret = master.salt_key_cli().run("-y", "-a", "tc-lon-0104", "--include-rejected")
+    assert ret.returncode == 0, ret
     wait_for(lambda: accepted_fp(master, "tc-lon-0104") is None, 30, what="the foreign key to be deleted")
     audit = run(master, "enroll.audit", "minion_id=tc-lon-0104").data
     assert any(a["action"] == "misuse" and a["fingerprint"] == enrollment.fingerprint(pending.read_text()) for a in audit)
