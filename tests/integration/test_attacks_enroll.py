@@ -221,9 +221,10 @@ def test_salt_key_accept_of_a_pre_claim_is_undone(master, work):
 
 @pytest.mark.parametrize("grain", ["", " "])
 def test_an_empty_grain_never_enrols(master, etc, work, grain):
-    # what the old shared-secret set-up left on masters: a grains file with a blank line
-    legacy = etc / "autosign_grains"
-    legacy.mkdir(exist_ok=True)
+    # what the old shared-secret set-up left on masters: a grains file with a blank line, where
+    # the master would read it if autosign_grains_dir were set (Salt puts it under root_dir)
+    legacy = pathlib.Path(master.config.get("autosign_grains_dir") or etc / "autosign_grains")
+    legacy.mkdir(parents=True, exist_ok=True)
     (legacy / saltconf.ENROLL_GRAIN).write_text("\n")
     (legacy / saltconf.ENROLL_GRAIN).chmod(0o600)
     minion_id = f"tc-lon-010{5 + len(grain)}"
