@@ -23,6 +23,7 @@ __virtualname__ = "vmpool"
 
 try:
     import deskfleet_store
+    import desktop_seed
     import pool_cloud
     import pool_health
     import pool_config
@@ -152,10 +153,14 @@ def _execute(conn, db, pools, decision, flavors, health, deadline):
             if time.monotonic() > deadline:
                 boot_error = "pass deadline reached before every boot was sent"
                 break
+            server_name = pool_cloud.new_name(prefix, name)
             try:
                 flavor_id = flavors[pools[name]["flavor"]]["id"]
-                actions["booted"].append(pool_cloud.boot(conn, prefix, name, pools[name], flavor_id))
+                # the desktop's minion key, accepted here before it boots (no pending key to pre-claim)
+                seeded = desktop_seed.boot_args(__opts__, server_name)
+                actions["booted"].append(pool_cloud.boot(conn, server_name, name, pools[name], flavor_id, **seeded))
             except CLOUD_ERRORS as exc:
+                desktop_seed.unseed_for(__opts__, server_name)
                 boot_error = f"boot refused: {exc}"
                 break  # back off this pool; the next reconcile retries after the delay
         if boot_error:

@@ -80,10 +80,15 @@ def flavors(conn, names):
     return out
 
 
-def boot(conn, prefix, name, pool, flavor_id):
-    """Ask Nova for one desktop of pool ``name``; returns its server name."""
-    server_name = f"{prefix}-{name}-{uuid.uuid4().hex[:8]}"
+def new_name(prefix, name):
+    """A fresh server name for pool ``name``: ``<prefix>-<pool>-<8 hex>``."""
+    return f"{prefix}-{name}-{uuid.uuid4().hex[:8]}"
+
+
+def boot(conn, server_name, name, pool, flavor_id, **extra):
+    """Ask Nova for desktop ``server_name`` of pool ``name`` (``extra``: e.g. user_data); returns its name."""
     conn.compute.create_server(
+        **extra,
         name=server_name,
         flavor_id=flavor_id,
         image_id=pool["image"],

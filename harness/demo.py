@@ -1,9 +1,9 @@
 """
 ``make demo``: both deskfleet masters doing real work on embedded defaults.
 
-tc master: four thin clients with varied (fake) hardware enroll by autosign
-grain (a fifth with the wrong secret stays pending); their beacons fill the
-inventory; the HTML report is written; one thin client is re-imaged and the
+tc master: four thin clients with varied (fake) hardware enroll with the
+per-device tokens ops issue (a fifth without a token stays pending until it
+expires); their beacons fill the inventory; the HTML report is written; one thin client is re-imaged and the
 inventory follows.
 
 vm master: a desktop VM minion gets a scheduled software install (batched
@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import json
 import pathlib
-import secrets
 import shutil
 import sys
 import tempfile
@@ -110,20 +109,23 @@ def run_demo(lab, base, out, stack):
         drop_schedule=("deskfleet_software_tick", "deskfleet_password_rotate_due"),
         cloud=nova.cloud, clouds_yaml=nova.clouds_yaml,
     )
-    secret = secrets.token_hex(16)
-    saltconf.write_enroll_secret(tc.opts, secret)
     for master in (tc, vm):
         master.start()
     for master in (tc, vm):
         master.wait_ready()
         say(f"   {master.name}: listening on 127.0.0.1:{master.config['ret_port']}")
 
-    say("\n== 2. Thin clients enroll by autosign grain; one has the wrong secret")
+    say("\n== 2. Thin clients enroll with per-device tokens; one has no token")
+    tokens = base / "tokens"
     for n, (seat, firmware, site, dept, session, idle) in enumerate(THIN_CLIENTS, start=1):
         root = tcroot.make(base / "tc-roots" / seat, n, firmware=firmware, site=site, department=dept, session=session, idle=idle)
-        lab.minion(seat, tc, **saltconf.tc_minion_config(secret, root)).start()
+        issued = tc.run("enroll.issue", seat, f"serial=TC{n:06d}", f"path={tokens / seat}")
+        say(f"   salt-run enroll.issue {seat} serial=TC{n:06d} path=... -> token {issued.get('token_id', issued)}")
+        minion = lab.minion(seat, tc, **saltconf.tc_minion_config(root))
+        saltconf.enroll_device(tokens / seat, seat, minion.root / "etc/salt/pki/minion", root, conf_dir=minion.conf_dir)
+        minion.start()
     rogue_root = tcroot.make(base / "tc-roots" / "tc-rogue-0001", 99)
-    lab.minion("tc-rogue-0001", tc, **saltconf.tc_minion_config("not-the-secret", rogue_root)).start()
+    lab.minion("tc-rogue-0001", tc, **saltconf.tc_minion_config(rogue_root, enroll="v1:" + "0" * 64 + ":TC000099")).start()
     lab.minion(
         "desk-0001", vm, grains={"deskfleet_role": "desktop", "deskfleet_lab_root": str(desk_root)},
         deskfleet={"passwords": {"linux_root": str(desk_root)}},
@@ -133,7 +135,11 @@ def run_demo(lab, base, out, stack):
     tc.wait_minions(seats)
     keys = tc.keys()
     say(f"   tc master accepted: {', '.join(keys['minions'])}")
-    say(f"   tc master pending (wrong secret, never auto-accepted): {', '.join(keys['minions_pre'])}")
+    say(f"   tc master pending (no token, never accepted): {', '.join(keys['minions_pre'])}")
+    for row in tc.run("enroll.pending")["pending"]:
+        say(f"   salt-run enroll.pending: {row['id']} key {row['fingerprint'][:23]}… age {row['age_seconds']} s, expires in {row['expires_in']} s")
+    consumed = [t for t in tc.run("enroll.list") if t["state"] == "consumed"]
+    say(f"   salt-run enroll.list: {len(consumed)} tokens consumed, each by the key fingerprint of its device")
     wait_for(lambda: "desk-0001" in (vm.keys() or {}).get("minions_pre", []), 60, what="desk-0001's key")
     vm.accept("desk-0001")  # ops accept VM keys; the vm master never autosigns
     vm.wait_minions(["desk-0001"])

@@ -8,8 +8,9 @@ daemons listen, who runs them and where their state lives is the lab's choice.
 """
 
 import copy
-import os
 import pathlib
+import subprocess
+import sys
 
 import yaml
 
@@ -17,6 +18,7 @@ CHECKOUT = pathlib.Path(__file__).resolve().parents[1]
 PROD_CHECKOUT = "/srv/deskfleet"
 PROD_ETC = "/etc/deskfleet"
 ENROLL_GRAIN = "deskfleet_enroll"
+ENROLL_TOOL = CHECKOUT / "tools" / "deskfleet-enroll"
 LAB_OWNED = (
     "interface",
     "publish_port",
@@ -77,25 +79,63 @@ def lab_master_config(role, etc_dir, **deskfleet_overrides):
     return conf
 
 
-def write_enroll_secret(master_opts, secret):
+def enroll_device(token_file, minion_id, pki_dir, lab_root, conf_dir=None):
     """
-    What ops provision on the tc master: the accepted enrollment secret, in the
-    ``autosign_grains_dir`` the master really reads (Salt puts that path under
-    ``root_dir``, so take it from the loaded master config).
+    What a thin client does once before its first start (``tools/deskfleet-enroll``):
+    make its minion key in ``pki_dir`` and turn the token ops issued into the
+    ``deskfleet_enroll`` grain, bound to its id, its (fake) DMI serial and that key.
+    With ``conf_dir`` the grain goes to ``<conf_dir>/grains`` (as on a device, next
+    to the minion config); returns the grain value either way.
     """
-    grains_dir = pathlib.Path(master_opts["autosign_grains_dir"])
-    grains_dir.mkdir(parents=True, exist_ok=True)
-    path = grains_dir / ENROLL_GRAIN
-    path.write_text(secret + "\n")
-    os.chmod(path, 0o600)
-    return path
+    cmd = [sys.executable, str(ENROLL_TOOL), "--id", minion_id, "--token-file", str(token_file),
+           "--root", str(lab_root), "--pki-dir", str(pki_dir), "--print-grain"]  # fmt: skip
+    value = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout.strip()
+    if conf_dir is not None:
+        grains = pathlib.Path(conf_dir) / "grains"
+        current = (yaml.safe_load(grains.read_text()) or {}) if grains.exists() else {}
+        grains.write_text(yaml.safe_dump(dict(current, **{ENROLL_GRAIN: value})))
+    return value
 
 
-def tc_minion_config(secret, lab_root):
-    """Minion settings of a thin client: enrollment grain, and its fake hardware root."""
+def preseed_key(master_opts, minion_id, pki_dir):
+    """
+    Accept a minion's key on the master before it first starts, as salt-cloud does:
+    for labs that measure something else than enrollment (benchmarks).
+    """
+    import salt.crypt  # pylint: disable=import-outside-toplevel
+
+    pki_dir = pathlib.Path(pki_dir)
+    pki_dir.mkdir(parents=True, exist_ok=True)
+    if not (pki_dir / "minion.pub").exists():
+        salt.crypt.write_keys(str(pki_dir), "minion", 2048)
+    accepted = pathlib.Path(master_opts["pki_dir"]) / "minions"
+    accepted.mkdir(parents=True, exist_ok=True)
+    (accepted / minion_id).write_text((pki_dir / "minion.pub").read_text())
+    return accepted / minion_id
+
+
+def tc_minion_config(lab_root, enroll=None):
+    """Minion settings of a thin client: its enrollment grain (if any), and its fake hardware root."""
+    grains = {"deskfleet_role": "tc", "deskfleet_lab_root": str(lab_root)}
+    if enroll is not None:
+        grains[ENROLL_GRAIN] = enroll
     return {
         "autosign_grains": [ENROLL_GRAIN],
-        "grains": {ENROLL_GRAIN: secret, "deskfleet_role": "tc", "deskfleet_lab_root": str(lab_root)},
+        "grains": grains,
         # beacon intervals count minion loops; 1 s loops keep them in seconds
         "loop_interval": 1,
     }
+
+
+def install_seeded_key(user_data, pki_dir):
+    """What cloud-init does on a pool desktop: write the minion key the keeper seeded (from Nova user_data)."""
+    sys.path.insert(0, str(CHECKOUT / "_utils"))
+    import desktop_seed  # pylint: disable=import-outside-toplevel
+
+    priv, pub = desktop_seed.keys_from_user_data(user_data)
+    pki_dir = pathlib.Path(pki_dir)
+    pki_dir.mkdir(parents=True, exist_ok=True)
+    (pki_dir / "minion.pem").write_text(priv)
+    (pki_dir / "minion.pem").chmod(0o400)
+    (pki_dir / "minion.pub").write_text(pub)
+    return pki_dir

@@ -3,8 +3,6 @@ Two real masters (tc and vm) started from the shipped ``salt_*/master.d``,
 with real minions, through pytest-salt-factories.
 """
 
-import secrets
-
 import pytest
 
 from harness import saltconf, tcroot
@@ -18,24 +16,34 @@ def lab_etc(tmp_path_factory):
     return tmp_path_factory.mktemp("etc-deskfleet")
 
 
-@pytest.fixture(scope="package")
-def enroll_secret():
-    return secrets.token_hex(16)
-
-
 def _leave_pending(master, payload):  # noqa: ARG001 - factories' auth hook
-    """Do not let the test harness accept keys: the tc master's autosign decides."""
+    """Do not let the test harness accept keys: the tc master's enroll engine decides."""
 
 
 @pytest.fixture(scope="package")
-def tc_master(salt_factories, lab_etc, enroll_secret):  # noqa: ARG001
+def tc_master(salt_factories, lab_etc):
     overrides = saltconf.lab_master_config("tc", lab_etc, heartbeat=HEARTBEAT, beacon_interval=1)
     factory = salt_factories.salt_master_daemon(
         "tc-master", overrides=overrides, on_auth_event_callback=_leave_pending
     )
-    saltconf.write_enroll_secret(factory.config, enroll_secret)
     with factory.started():
         yield factory
+
+
+def enrolled_minion(master, seat, lab_root, tmp_dir, token_file=None, **overrides):
+    """
+    A thin client as ops and the device enrol it: ``salt-run enroll.issue`` writes
+    the token; before the minion's first start, ``tools/deskfleet-enroll`` makes its
+    key and writes the ``deskfleet_enroll`` grain into its grains file.
+    """
+    if token_file is None:
+        serial = (lab_root / "sys/class/dmi/id/product_serial").read_text().strip()
+        token_file = tmp_dir / f"{seat}.token"
+        ret = master.salt_run_cli(timeout=120).run("enroll.issue", seat, f"serial={serial}", f"path={token_file}")
+        assert ret.returncode == 0, ret
+    factory = master.salt_minion_daemon(seat, overrides=dict(saltconf.tc_minion_config(lab_root), **overrides))
+    saltconf.enroll_device(token_file, seat, factory.config["pki_dir"], lab_root, factory.config_dir)
+    return factory
 
 
 @pytest.fixture(scope="package")
@@ -55,11 +63,9 @@ def tc_roots(tmp_path_factory):
 
 
 @pytest.fixture(scope="package")
-def thin_clients(tc_master, tc_roots, enroll_secret):
-    minions = [
-        tc_master.salt_minion_daemon(seat, overrides=saltconf.tc_minion_config(enroll_secret, root))
-        for seat, root in tc_roots.items()
-    ]
+def thin_clients(tc_master, tc_roots, tmp_path_factory):
+    tokens = tmp_path_factory.mktemp("tokens")
+    minions = [enrolled_minion(tc_master, seat, root, tokens) for seat, root in tc_roots.items()]
     with minions_running(tc_master, minions, "tc-*") as running:
         yield running
 

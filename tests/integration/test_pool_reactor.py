@@ -115,6 +115,8 @@ def test_pool_lifecycle_through_the_reactor(pool_master, cloud):
 
     # 2. the first desktop's minion starts: reactor → orchestration → baseline + ready
     minion = pool_master.salt_minion_daemon(vm.name, overrides={"grains": {"deskfleet_role": "desktop"}})
+    # what cloud-init does on the desktop: install the key the keeper seeded (and accepted) at boot
+    saltconf.install_seeded_key(cloud.compute.get_server(vm.id).user_data, minion.config["pki_dir"])
     with minion.started():
         wait_for(lambda: [s.name for s in members(cloud, "ready")] == [vm.name], timeout=120, what=f"{vm.name} marked ready by the orchestration")
 

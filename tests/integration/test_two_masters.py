@@ -1,7 +1,7 @@
 """
 The security boundary between the two masters, with real daemons: each master
-sees only its own minions, and the tc master signs thin clients only by the
-enrollment grain (a wrong secret stays pending; auto_accept is never on).
+sees only its own minions, and the tc master accepts thin clients only by a
+per-device enrollment token (a wrong proof stays pending; auto_accept is never on).
 """
 
 import subprocess
@@ -44,11 +44,11 @@ def _auth_attempts(event_listener, master, minion_id, since):
     return sorted((e.stamp, e.data.get("act")) for e in events if e.data.get("id") == minion_id)
 
 
-def test_wrong_enrollment_secret_stays_pending(tc_master, thin_clients, tmp_path, event_listener):
-    """A plain salt-minion with the wrong secret: its key waits in minions_pre, never accepted."""
+def test_wrong_enrollment_proof_stays_pending(tc_master, thin_clients, tmp_path, event_listener):
+    """A plain salt-minion with a made-up proof and no token: its key waits in minions_pre, never accepted."""
     root = tcroot.make(tmp_path / "fakeroot", 66)
     conf = dict(
-        saltconf.tc_minion_config("wrong-secret", root),
+        saltconf.tc_minion_config(root, enroll="v1:" + "0" * 64 + ":TC000066"),
         id="tc-rogue-0066",
         root_dir=str(tmp_path / "m"),
         user=tc_master.config["user"],
