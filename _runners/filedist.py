@@ -34,7 +34,7 @@ def _progress(message):
         log.info(message)
 
 
-def summarize(returns, expected):
+def _summarize(returns, expected):
     """Per-minion results plus counts; minions that never answered count as failed."""
     minions = {}
     for minion in expected:
@@ -81,4 +81,4 @@ def distribute(tgt, source, dest, sha256, batch=10, tgt_type="glob", user=None, 
         for minion, ret in chunk.items():
             returns[minion] = ret.get("ret", ret) if isinstance(ret, dict) and "ret" in ret else ret
         _progress(f"filedist: {len(returns)}/{len(expected)} minions done")
-    return summarize(returns, expected)
+    return _summarize(returns, expected)
