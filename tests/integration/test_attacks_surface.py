@@ -123,11 +123,14 @@ def test_vm_master_serves_only_the_vm_allow_list(vm_master, desktop_vm, stray_fi
 
 
 def test_a_seat_cannot_store_mine_data(tc_master, thin_clients):
-    assert tc_master.config["minion_data_cache"] is False
     assert _call(tc_master, "tc-0001", "mine.send", "test.arg", "x" * 1024) is True
     cache = salt.cache.factory(tc_master.config)
-    assert cache.fetch("mine", "tc-0001") == {}
-    assert _call(tc_master, "tc-0002", "mine.get", "tc-0001", "test.arg") == {}
+    try:
+        assert cache.fetch("mine", "tc-0001") == {}
+        assert _call(tc_master, "tc-0002", "mine.get", "tc-0001", "test.arg") == {}
+    finally:
+        cache.flush("mine", "tc-0001")
+    assert tc_master.config["minion_data_cache"] is False
 
 
 def test_a_seat_cannot_read_another_seats_mine(tc_master, thin_clients):
