@@ -81,12 +81,12 @@ def _as_int(value, what, minimum, problems):
     return number
 
 
-def keepalive_worst_case(time, intvl, probes):
+def _keepalive_worst_case(time, intvl, probes):
     """Seconds from the last segment until keepalive gives up on a dead peer."""
     return int(time) + int(intvl) * int(probes)
 
 
-def suggest_keepalive(firewall_idle_timeout, probes=None):
+def _suggest_keepalive(firewall_idle_timeout, probes=None):
     """Keepalive settings whose worst case is below ``firewall_idle_timeout``, or None.
 
     The deskfleet defaults (60/15/4, 120 s) when they fit, else values scaled
@@ -94,7 +94,7 @@ def suggest_keepalive(firewall_idle_timeout, probes=None):
     """
     limit = int(firewall_idle_timeout)
     base = DEFAULTS["sysctl"]
-    if keepalive_worst_case(base["tcp_keepalive_time"], base["tcp_keepalive_intvl"], base["tcp_keepalive_probes"]) < limit:
+    if _keepalive_worst_case(base["tcp_keepalive_time"], base["tcp_keepalive_intvl"], base["tcp_keepalive_probes"]) < limit:
         return dict(base)
     budget = limit - 1  # strictly below the timeout
     if budget < 2:  # time >= 1 and intvl * probes >= 1
@@ -108,7 +108,7 @@ def suggest_keepalive(firewall_idle_timeout, probes=None):
     return {"tcp_keepalive_time": time, "tcp_keepalive_intvl": intvl, "tcp_keepalive_probes": probes}
 
 
-def check_keepalive(time, intvl, probes, firewall_idle_timeout, where=PILLAR_KEY):
+def _check_keepalive(time, intvl, probes, firewall_idle_timeout, where=PILLAR_KEY):
     """Problems (human sentences) with keepalive settings against a firewall idle timeout.
 
     Empty list: ``time + intvl * probes`` is below the idle timeout, so a probe
@@ -122,7 +122,7 @@ def check_keepalive(time, intvl, probes, firewall_idle_timeout, where=PILLAR_KEY
     timeout = _as_int(firewall_idle_timeout, f"{where}:firewall_idle_timeout", 1, problems)
     if problems:
         return problems
-    worst = keepalive_worst_case(time, intvl, probes)
+    worst = _keepalive_worst_case(time, intvl, probes)
     if worst < timeout:
         return []
     message = (
@@ -131,14 +131,14 @@ def check_keepalive(time, intvl, probes, firewall_idle_timeout, where=PILLAR_KEY
         f"timeout of {timeout} s ({where}:firewall_idle_timeout), so the firewall can forget an idle AMQP "
         f"connection before keepalive refreshes it and the connection dies silently."
     )
-    hint = suggest_keepalive(timeout, probes)
+    hint = _suggest_keepalive(timeout, probes)
     if hint:
         message += (
             f" Change pillar {where}:sysctl so that the sum is below {timeout} s, e.g. "
             f"tcp_keepalive_time: {hint['tcp_keepalive_time']}, "
             f"tcp_keepalive_intvl: {hint['tcp_keepalive_intvl']}, "
             f"tcp_keepalive_probes: {hint['tcp_keepalive_probes']} "
-            f"({keepalive_worst_case(**_short(hint))} s)"
+            f"({_keepalive_worst_case(**_short(hint))} s)"
         )
         message += f", or correct {where}:firewall_idle_timeout if the firewall keeps idle flows longer."
     else:
@@ -153,7 +153,7 @@ def _short(sysctls):
     return {"time": sysctls["tcp_keepalive_time"], "intvl": sysctls["tcp_keepalive_intvl"], "probes": sysctls["tcp_keepalive_probes"]}
 
 
-def check_heartbeats(rabbitmq_heartbeat=None, heartbeat_timeout_threshold=None, heartbeat_rate=None, where=PILLAR_KEY):
+def _check_heartbeats(rabbitmq_heartbeat=None, heartbeat_timeout_threshold=None, heartbeat_rate=None, where=PILLAR_KEY):
     """Problems with the AMQP heartbeat settings (types and ranges only; 0 disables a heartbeat)."""
     problems = []
     if rabbitmq_heartbeat is not None:
@@ -165,7 +165,7 @@ def check_heartbeats(rabbitmq_heartbeat=None, heartbeat_timeout_threshold=None, 
     return problems
 
 
-def parse_duration(text):
+def _parse_duration(text):
     """Seconds (float) from an ss timer expiry: ``119min``, ``1min52sec``, ``4sec``, ``988ms``, ``2.488ms`` (2.488 s)."""
     match = _DURATION_RE.match(text.strip())
     if not match or not any(match.group(k) for k in ("min", "sec", "ms")):
@@ -179,7 +179,7 @@ def parse_duration(text):
     return round(-seconds if match.group("neg") else seconds, 3)
 
 
-def split_endpoint(text):
+def _split_endpoint(text):
     """(address, port) from ``10.0.0.1:5672``, ``[::1]:5672``, ``[::ffff:10.0.0.1]:5672``, ``*:*``."""
     host, _, port = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
@@ -194,7 +194,7 @@ def split_endpoint(text):
         return host, None
 
 
-def parse_ss(output):
+def _parse_ss(output):
     """Sockets from ``ss -tnoe[p]H`` output (with or without the State column).
 
     Each socket: ``state``, ``recv_q``, ``send_q``, ``local``, ``local_port``,
@@ -212,8 +212,8 @@ def parse_ss(output):
             continue
         state, recv_q, send_q, local, peer = fields[:5]
         rest = " ".join(fields[5:])
-        local_addr, local_port = split_endpoint(local)
-        peer_addr, peer_port = split_endpoint(peer)
+        local_addr, local_port = _split_endpoint(local)
+        peer_addr, peer_port = _split_endpoint(peer)
         sock = {
             "state": state,
             "recv_q": int(recv_q),
@@ -231,7 +231,7 @@ def parse_ss(output):
         timer = _TIMER_RE.search(rest)
         if timer:
             sock["timer"] = timer.group("name")
-            sock["timer_expires_s"] = parse_duration(timer.group("expires"))
+            sock["timer_expires_s"] = _parse_duration(timer.group("expires"))
             sock["timer_retrans"] = int(timer.group("retrans"))
         users = _USERS_RE.search(rest)
         if users:
@@ -249,7 +249,7 @@ def _ports(ports):
     return sorted({int(str(p).strip()) for p in ports if str(p).strip()})
 
 
-def amqp_sockets(sockets, ports=(5672,), states=LIVE_STATES):
+def _amqp_sockets(sockets, ports=(5672,), states=LIVE_STATES):
     """The live sockets of ``sockets`` (from ``parse_ss``) that carry AMQP.
 
     ``side`` is ``server`` when the local port is an AMQP port (the broker's
@@ -275,7 +275,7 @@ def amqp_sockets(sockets, ports=(5672,), states=LIVE_STATES):
     return found
 
 
-def sysctl_drift(current, target):
+def _sysctl_drift(current, target):
     """Per keepalive sysctl: current, target, ok; ``current`` / ``target`` keyed by short or full name."""
     report = {}
     for short in SYSCTLS:
@@ -291,7 +291,7 @@ def sysctl_drift(current, target):
     return report
 
 
-def summarize(sockets, drift, firewall_idle_timeout=None):
+def _summarize(sockets, drift, firewall_idle_timeout=None):
     """The audit verdict from ``amqp_sockets`` and ``sysctl_drift`` results (plain dict)."""
     missing = [s for s in sockets if s["keepalive"] is False]
     unknown = [s for s in sockets if s["keepalive"] is None]
@@ -315,7 +315,7 @@ def summarize(sockets, drift, firewall_idle_timeout=None):
     kernel = {short: drift[SYSCTL_PREFIX + short]["current"] for short in SYSCTLS}
     live_problems = []
     if firewall_idle_timeout and all(isinstance(v, int) for v in kernel.values()):
-        worst = keepalive_worst_case(**_short(kernel))
+        worst = _keepalive_worst_case(**_short(kernel))
         if worst >= int(firewall_idle_timeout):
             live_problems.append(
                 f"running kernel keepalive gives up after {worst} s ({kernel['tcp_keepalive_time']} + "
@@ -398,12 +398,12 @@ def validate(time=None, intvl=None, probes=None, firewall_idle_timeout=None, hea
     targets = _targets(time, intvl, probes)
     if firewall_idle_timeout is None:
         firewall_idle_timeout = _setting("firewall_idle_timeout", DEFAULTS["firewall_idle_timeout"])
-    problems = check_keepalive(
+    problems = _check_keepalive(
         targets["tcp_keepalive_time"], targets["tcp_keepalive_intvl"], targets["tcp_keepalive_probes"], firewall_idle_timeout
     )
-    problems += check_heartbeats(heartbeat, heartbeat_timeout_threshold, heartbeat_rate)
+    problems += _check_heartbeats(heartbeat, heartbeat_timeout_threshold, heartbeat_rate)
     try:
-        worst = keepalive_worst_case(**_short(targets))
+        worst = _keepalive_worst_case(**_short(targets))
     except (TypeError, ValueError):
         worst = None
     return {
@@ -441,7 +441,7 @@ def sockets(ports=None):
     run = __salt__["cmd.run_all"]([ss_bin, "-tnoepH"], python_shell=False, ignore_retcode=True)
     if run["retcode"] != 0:
         raise CommandExecutionError(f"ss -tnoepH failed: {run.get('stderr', '').strip()}")
-    return amqp_sockets(parse_ss(run["stdout"]), ports)
+    return _amqp_sockets(_parse_ss(run["stdout"]), ports)
 
 
 def audit(ports=None, time=None, intvl=None, probes=None, firewall_idle_timeout=None):
@@ -465,7 +465,7 @@ def audit(ports=None, time=None, intvl=None, probes=None, firewall_idle_timeout=
     if firewall_idle_timeout is None:
         firewall_idle_timeout = _setting("firewall_idle_timeout", DEFAULTS["firewall_idle_timeout"])
     live = sockets(ports)
-    drift = sysctl_drift(_read_sysctls(), _targets(time, intvl, probes))
-    report = summarize(live, drift, int(firewall_idle_timeout) if firewall_idle_timeout else None)
+    drift = _sysctl_drift(_read_sysctls(), _targets(time, intvl, probes))
+    report = _summarize(live, drift, int(firewall_idle_timeout) if firewall_idle_timeout else None)
     report["ports"] = _ports(ports if ports is not None else _setting("amqp_ports", DEFAULTS["amqp_ports"]))
     return report

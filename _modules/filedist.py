@@ -46,7 +46,7 @@ class PushError(Exception):
     pass
 
 
-def sha256_of(path, prefix_bytes=None):
+def _sha256_of(path, prefix_bytes=None):
     """sha256 of a file (or of its first ``prefix_bytes``), and the hasher for going on."""
     digest = hashlib.sha256()
     done = 0
@@ -91,7 +91,7 @@ def _part_path(dest, sha256):
     return os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.{sha256[:16]}.part")
 
 
-def download(url, part, timeout=30, session=None):
+def _download(url, part, timeout=30, session=None):
     """
     Download ``url`` into ``part``, resuming from its current size with a Range
     request. Returns ``(resumed_from, hasher)``: the hasher covers the whole file.
@@ -103,12 +103,12 @@ def download(url, part, timeout=30, session=None):
         if resp.status_code == 416 and have:
             # the part is already complete (or longer than the file): start over
             os.unlink(part)
-            return download(url, part, timeout, session)
+            return _download(url, part, timeout, session)
         if resp.status_code not in (200, 206):
             raise PushError(f"GET {url}: HTTP {resp.status_code}")
         if resp.status_code == 200:
             have = 0  # server ignored the range: start over
-        hasher = sha256_of(part, have) if have else hashlib.sha256()
+        hasher = _sha256_of(part, have) if have else hashlib.sha256()
         with open(part, "r+b" if have else "wb") as fh:
             fh.seek(have)
             fh.truncate()
@@ -161,7 +161,7 @@ def push(source, dest, sha256, user=None, group=None, mode=None, saltenv="base",
     except (KeyError, ValueError) as exc:
         return _result(False, dest, f"bad owner or mode: {exc}")
 
-    if os.path.isfile(dest) and sha256_of(dest).hexdigest() == sha256:
+    if os.path.isfile(dest) and _sha256_of(dest).hexdigest() == sha256:
         changes = _meta_changes(dest, uid, gid, mode)
         if changes and not test:
             _apply_meta(dest, uid, gid, mode)
@@ -178,10 +178,10 @@ def push(source, dest, sha256, user=None, group=None, mode=None, saltenv="base",
             cached = __salt__["cp.cache_file"](source, saltenv)
             if not cached:
                 raise PushError(f"{source} not found on the master")
-            got = sha256_of(cached).hexdigest()
+            got = _sha256_of(cached).hexdigest()
             _copy(cached, part)
         else:
-            resumed, hasher = download(source, part, timeout)
+            resumed, hasher = _download(source, part, timeout)
             got = hasher.hexdigest()
     except (OSError, PushError, requests.RequestException) as exc:
         # keep the partial file: the next push resumes it
@@ -205,7 +205,7 @@ def push(source, dest, sha256, user=None, group=None, mode=None, saltenv="base",
 
 
 def _old_hash(dest):
-    return sha256_of(dest).hexdigest() if os.path.isfile(dest) else None
+    return _sha256_of(dest).hexdigest() if os.path.isfile(dest) else None
 
 
 def _copy(src, part):

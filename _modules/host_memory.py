@@ -132,7 +132,7 @@ def __virtual__():
 # --------------------------------------------------------------------------
 
 
-def parse_meminfo(text):
+def _parse_meminfo(text):
     """``{field: kB}`` from /proc/meminfo text (``MemTotal:  16384000 kB``); values are ints (kB)."""
     info = {}
     for line in text.splitlines():
@@ -149,7 +149,7 @@ def parse_meminfo(text):
     return info
 
 
-def parse_ini(text):
+def _parse_ini(text):
     """Active ``(section, key, value, lineno)`` entries of an oslo.config style ini file.
 
     Comments (``#``/``;``) and blank lines are skipped; ``key = value`` and
@@ -178,7 +178,7 @@ def parse_ini(text):
     return entries
 
 
-def nova_config_files(nova_dir, prog="nova-compute", exists=os.path.exists, listdir=glob.glob):
+def _nova_config_files(nova_dir, prog="nova-compute", exists=os.path.exists, listdir=glob.glob):
     """The files nova-compute reads, in oslo.config's default order.
 
     ``<dir>/nova.conf``, ``<dir>/<prog>.conf``, then ``<dir>/nova.conf.d/*.conf``
@@ -199,7 +199,7 @@ def nova_config_files(nova_dir, prog="nova-compute", exists=os.path.exists, list
     return files
 
 
-def effective_nova(file_texts, keys=None):
+def _effective_nova(file_texts, keys=None):
     """Effective ``[DEFAULT]`` values from ``[(path, text), ...]`` read in order (the last setting wins).
 
     Returns ``{key: {"value", "source", "line", "set_in": [{"source", "line", "value"}, ...]}}`` for
@@ -210,7 +210,7 @@ def effective_nova(file_texts, keys=None):
                                        "initial_disk_allocation_ratio")))
     found = {key: {"value": None, "source": None, "line": None, "set_in": []} for key in keys}
     for path, text in file_texts:
-        for section, key, value, lineno in parse_ini(text):
+        for section, key, value, lineno in _parse_ini(text):
             if section.upper() != "DEFAULT" or key not in found:
                 continue
             row = found[key]
@@ -226,7 +226,7 @@ def _float(value):
         return None
 
 
-def resolve_ram_target(effective):
+def _resolve_ram_target(effective):
     """``(target, source)``: the effective ram_allocation_ratio as nova 34 resolves it.
 
     ``ram_allocation_ratio`` when set to something other than 0.0, else
@@ -246,7 +246,7 @@ def resolve_ram_target(effective):
     )
 
 
-def resolve_reserved_mb(effective):
+def _resolve_reserved_mb(effective):
     """``(reserved_host_memory_mb, source)``; nova's default is 512."""
     row = effective.get("reserved_host_memory_mb") or {}
     if row.get("value") is not None:
@@ -257,7 +257,7 @@ def resolve_reserved_mb(effective):
     return NOVA_DEFAULTS["reserved_host_memory_mb"], "nova default (512)"
 
 
-def conflicts(effective, wanted, ignore=()):
+def _conflicts(effective, wanted, ignore=()):
     """Files (other than ``ignore``) that set a managed key to a value different from ``wanted[key]``.
 
     Which of two files wins depends on nova-compute's command line (see
@@ -295,7 +295,7 @@ def _number(value, what, problems, integer=False):
     return number
 
 
-def check_settings(ram_allocation_ratio, cpu_allocation_ratio, reserved_host_memory_mb, disk_allocation_ratio=None,
+def _check_settings(ram_allocation_ratio, cpu_allocation_ratio, reserved_host_memory_mb, disk_allocation_ratio=None,
                    ksm_enabled=True, allow_high_ram_ratio=False, ram_ratio_ceiling=1.5, pages_to_scan=None,
                    sleep_millisecs=None, mem_total_kb=None, where=PILLAR_KEY):
     """Problems (sentences) with over-commit settings; empty when host.overcommit may write them.
@@ -354,16 +354,16 @@ def check_settings(ram_allocation_ratio, cpu_allocation_ratio, reserved_host_mem
     return problems
 
 
-def ksm_saved_bytes(ksm, page_size):
+def _ksm_saved_bytes(ksm, page_size):
     """Bytes KSM saves: (pages_sharing + ksm_zero_pages) x page size (kernel admin-guide/mm/ksm)."""
     pages = int(ksm.get("pages_sharing") or 0) + int(ksm.get("ksm_zero_pages") or 0)
     return pages * int(page_size)
 
 
-def ksm_summary(values, page_size):
+def _ksm_summary(values, page_size):
     """``ksm_status``'s dict from raw sysfs values (``{field: int or None}``)."""
     run = values.get("run")
-    saved = ksm_saved_bytes(values, page_size)
+    saved = _ksm_saved_bytes(values, page_size)
     summary = {field: values.get(field) for field in KSM_FIELDS}
     summary.update(
         available=run is not None,
@@ -375,7 +375,7 @@ def ksm_summary(values, page_size):
     return summary
 
 
-def domain_memory(conn, include_defined=False, errors=()):
+def _domain_memory(conn, include_defined=False, errors=()):
     """``[{"name", "active", "max_kib", "current_kib"}]`` of a libvirt connection's domains.
 
     Running domains always; defined (shut-off) ones too with ``include_defined``.
@@ -396,7 +396,7 @@ def domain_memory(conn, include_defined=False, errors=()):
     return sorted(rows, key=lambda r: r["name"])
 
 
-def verdict(ratio, target, mem_available_fraction, warn_fraction=0.9, available_warn=0.10,
+def _verdict(ratio, target, mem_available_fraction, warn_fraction=0.9, available_warn=0.10,
             available_critical=0.05):
     """``(verdict, reasons)``: critical / warning / ok from the commit ratio and MemAvailable."""
     critical, warning = [], []
@@ -421,7 +421,7 @@ def verdict(ratio, target, mem_available_fraction, warn_fraction=0.9, available_
     return "ok", []
 
 
-def commit_report(meminfo, domains, reserved_mb, target, target_source="", reserved_source="", ksm=None,
+def _commit_report(meminfo, domains, reserved_mb, target, target_source="", reserved_source="", ksm=None,
                   page_size=4096, include_defined=False, warn_fraction=0.9, available_warn=0.10,
                   available_critical=0.05):
     """The ``commit_ratio`` report from parsed /proc/meminfo, ``domain_memory`` rows and nova's settings.
@@ -437,10 +437,10 @@ def commit_report(meminfo, domains, reserved_mb, target, target_source="", reser
     usable_kib = total_kib - int(reserved_mb) * 1024
     ratio = committed_kib / usable_kib if usable_kib > 0 else None
     available_fraction = (int(available_kib) / total_kib) if available_kib is not None and total_kib else None
-    state, reasons = verdict(ratio, float(target), available_fraction, warn_fraction, available_warn,
+    state, reasons = _verdict(ratio, float(target), available_fraction, warn_fraction, available_warn,
                              available_critical)
     ksm = ksm or {}
-    saved = ksm_saved_bytes(ksm, page_size) if ksm else 0
+    saved = _ksm_saved_bytes(ksm, page_size) if ksm else 0
     ratio_after_ksm = ((committed_kib - saved / 1024) / usable_kib) if usable_kib > 0 else None
     comment = (
         f"{state}: {len(domains)} domain(s) commit {committed_kib / 1024:.0f} MiB against "
@@ -568,14 +568,14 @@ def _read_int(path):
 
 def _nova_effective(root, nova_dir=None, prog=None):
     nova_dir = root + str(_cfg("nova_dir", nova_dir))
-    files = nova_config_files(nova_dir, str(_cfg("nova_prog", prog) or ""))
+    files = _nova_config_files(nova_dir, str(_cfg("nova_prog", prog) or ""))
     texts = []
     for path in files:
         try:
             texts.append((path, _read(path)))
         except Exception as exc:  # pylint: disable=broad-except
             log.warning("host_memory: %s", exc)
-    return nova_dir, files, effective_nova(texts)
+    return nova_dir, files, _effective_nova(texts)
 
 
 def _ksm_values(root, sysfs=None):
@@ -624,8 +624,8 @@ def nova_config(root=None, nova_dir=None, prog=None):
     """
     root = _root(root)
     nova_dir, files, effective = _nova_effective(root, nova_dir, prog)
-    target, target_source = resolve_ram_target(effective)
-    reserved, reserved_source = resolve_reserved_mb(effective)
+    target, target_source = _resolve_ram_target(effective)
+    reserved, reserved_source = _resolve_reserved_mb(effective)
     multiple = sorted(
         key for key, row in effective.items()
         if len({_float(r["value"]) for r in row["set_in"]}) > 1
@@ -662,7 +662,7 @@ def ksm_status(root=None, sysfs=None, page_size=None):
     root = _root(root)
     sysfs = str(_cfg("ksm_sysfs", sysfs))
     base, values = _ksm_values(root, sysfs)
-    summary = ksm_summary(values, _page_size(page_size))
+    summary = _ksm_summary(values, _page_size(page_size))
     summary["sysfs"] = base
     summary["persisted"] = _ksm_persisted(root, sysfs)
     return summary
@@ -700,17 +700,17 @@ def commit_ratio(uri=None, root=None, include_defined=None, reserved_mb=None, ta
     uri = str(_cfg("libvirt_uri", uri))
     include_defined = _bool(_cfg("include_defined", include_defined))
     meminfo_path = root + str(_cfg("meminfo", meminfo))
-    info = parse_meminfo(_read(meminfo_path))
+    info = _parse_meminfo(_read(meminfo_path))
     if "MemTotal" not in info:
         _fail(f"no MemTotal in {meminfo_path}")
 
     _, _, effective = _nova_effective(root)
     if target is None:
-        target_value, target_source = resolve_ram_target(effective)
+        target_value, target_source = _resolve_ram_target(effective)
     else:
         target_value, target_source = float(target), "argument"
     if reserved_mb is None:
-        reserved_value, reserved_source = resolve_reserved_mb(effective)
+        reserved_value, reserved_source = _resolve_reserved_mb(effective)
     else:
         reserved_value, reserved_source = int(reserved_mb), "argument"
 
@@ -722,12 +722,12 @@ def commit_ratio(uri=None, root=None, include_defined=None, reserved_mb=None, ta
     except libvirt.libvirtError as exc:
         _fail(f"cannot reach libvirt at {uri}: {exc}")
     try:
-        domains = domain_memory(conn, include_defined, errors=(libvirt.libvirtError,))
+        domains = _domain_memory(conn, include_defined, errors=(libvirt.libvirtError,))
     finally:
         conn.close()
 
     _, ksm = _ksm_values(root)
-    report = commit_report(
+    report = _commit_report(
         info, domains, reserved_value, target_value, target_source, reserved_source,
         ksm=ksm if ksm.get("run") is not None else None,
         page_size=_page_size(page_size),
@@ -781,8 +781,8 @@ def validate(ram_allocation_ratio=None, cpu_allocation_ratio=None, reserved_host
     ceiling = _cfg("ram_ratio_ceiling", ram_ratio_ceiling)
 
     root = _root(root)
-    meminfo = parse_meminfo(_read(root + DEFAULTS["meminfo"])) if os.path.exists(root + DEFAULTS["meminfo"]) else {}
-    problems = check_settings(ram, cpu, reserved, disk, ksm_enabled, allow, ceiling, pages, sleep,
+    meminfo = _parse_meminfo(_read(root + DEFAULTS["meminfo"])) if os.path.exists(root + DEFAULTS["meminfo"]) else {}
+    problems = _check_settings(ram, cpu, reserved, disk, ksm_enabled, allow, ceiling, pages, sleep,
                               meminfo.get("MemTotal"))
 
     nova_dir, files, effective = _nova_effective(root, nova_dir, prog)
@@ -792,7 +792,7 @@ def validate(ram_allocation_ratio=None, cpu_allocation_ratio=None, reserved_host
         problems.append(f"{nova_conf} does not exist: is nova-compute installed on this host? Target compute hosts only.")
     wanted = {"ram_allocation_ratio": ram, "cpu_allocation_ratio": cpu, "reserved_host_memory_mb": reserved,
               "disk_allocation_ratio": disk if disk not in (None, "") else None}
-    found = conflicts(effective, wanted, ignore=(nova_conf, dropin_path))
+    found = _conflicts(effective, wanted, ignore=(nova_conf, dropin_path))
     for row in found:
         problems.append(
             f"{row['source']}:{row['line']} sets {row['key']} = {row['value']} but host.overcommit sets "

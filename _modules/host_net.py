@@ -172,7 +172,7 @@ def _optional(value):
     return value
 
 
-def parse_ovs_list(text):
+def _parse_ovs_list(text):
     """Rows of one ``ovs-vsctl --format=json --data=json list <Table>`` output."""
     doc = json.loads(text) if isinstance(text, str) else text
     headings = doc["headings"]
@@ -187,7 +187,7 @@ IFACE_COLUMNS = (
 )
 
 
-def build_ovs_snapshot(bridges, ports, interfaces):
+def _build_ovs_snapshot(bridges, ports, interfaces):
     """
     Join Bridge, Port and Interface rows (as ``parse_ovs_list`` returns them) into a
     list of interfaces, each with its port and bridge.
@@ -264,13 +264,13 @@ def _ovs_snapshot(ovs_db=None, timeout=None):
     docs = [line for line in out.splitlines() if line.strip()]
     if len(docs) != 3:
         _fail(f"unexpected ovs-vsctl output ({len(docs)} tables): {out[:200]}")
-    return build_ovs_snapshot(*(parse_ovs_list(doc) for doc in docs))
+    return _build_ovs_snapshot(*(_parse_ovs_list(doc) for doc in docs))
 
 
 # --------------------------------------------------------------------------- libvirt data
 
 
-def parse_domain_xml(xml_text, active):
+def _parse_domain_xml(xml_text, active):
     """A domain as plain data: name, uuid, active and its network interfaces."""
     root = ET.fromstring(xml_text)
     dom = {
@@ -313,7 +313,7 @@ def _libvirt_domains(libvirt_uri=None):
         for dom in conn.listAllDomains(0):
             try:
                 active = dom.isActive()
-                domains.append(parse_domain_xml(dom.XMLDesc(0), active))
+                domains.append(_parse_domain_xml(dom.XMLDesc(0), active))
             except libvirt.libvirtError as exc:  # a domain vanished mid-listing
                 log.info("host_net: skipping domain: %s", exc)
         return domains
@@ -396,7 +396,7 @@ def _dom_summary(dom):
     return {"name": dom["name"], "uuid": dom["uuid"], "active": dom["active"]} if dom else None
 
 
-def classify(interfaces, domains, netdev=None, bridges=None, prefixes=None):
+def _classify(interfaces, domains, netdev=None, bridges=None, prefixes=None):
     """
     Classify OVS interfaces (``build_ovs_snapshot``) against libvirt domains
     (``parse_domain_xml``). ``netdev`` maps a kernel device name to its ifindex
@@ -517,7 +517,7 @@ def classify(interfaces, domains, netdev=None, bridges=None, prefixes=None):
     return rows
 
 
-def summarize(rows):
+def _summarize(rows):
     summary = {"healthy": 0, "broken": 0, "orphan": 0, "foreign": 0}
     for row in rows:
         summary[row["class"]] = summary.get(row["class"], 0) + 1
@@ -531,7 +531,7 @@ def _candidate_key(row):
     )
 
 
-def confirm(first, second):
+def _confirm(first, second):
     """
     Rows that need an action on both passes, unchanged (same OVS row, class,
     action, bridge and domain state), and the rows skipped with why.
@@ -564,7 +564,7 @@ def _map_settings(column, mapping):
     return [f"{column}:{_quote(k)}={_quote(v)}" for k, v in sorted(mapping.items())]
 
 
-def replug_commands(iface, dif=None, dom=None):
+def _replug_commands(iface, dif=None, dom=None):
     """
     ovs-vsctl argument lists (after the base command) that delete the port and
     add it again with the same settings: Port tag/trunks/vlan_mode/external_ids/
@@ -613,7 +613,7 @@ def replug_commands(iface, dif=None, dom=None):
     return [delete, add]
 
 
-def add_port_command(dif, dom):
+def _add_port_command(dif, dom):
     """What libvirt itself runs to plug a domain's interface (used when a port is missing)."""
     name, ids = dif["target"], {"iface-status": "active", "vm-id": dom["uuid"]}
     if dif.get("interfaceid"):
@@ -626,7 +626,7 @@ def add_port_command(dif, dom):
     ]
 
 
-def delete_command(row):
+def _delete_command(row):
     return [["--", "--if-exists", "del-port", row["bridge"], row["port"] or row["name"]]] if row["bridge"] else [
         ["--", "--if-exists", "del-port", row["port"] or row["name"]]
     ]
@@ -651,7 +651,7 @@ def _netdev_checker(sysfs):
 def _collect(ovs_db, libvirt_uri, bridges, sysfs, timeout):
     interfaces = _ovs_snapshot(ovs_db, timeout)
     domains = _libvirt_domains(libvirt_uri)
-    rows = classify(
+    rows = _classify(
         interfaces,
         domains,
         netdev=_netdev_checker(_cfg("sysfs", sysfs)),
@@ -688,7 +688,7 @@ def audit(ovs_db=None, libvirt_uri=None, bridges=None, sysfs=None, timeout=None)
     rows, _, _ = _collect(ovs_db, libvirt_uri, bridges, sysfs, timeout)
     return {
         "ports": rows,
-        "summary": summarize(rows),
+        "summary": _summarize(rows),
         "needs_repair": sorted(r["name"] for r in rows if r["class"] in ("broken", "orphan")),
         "ovs_db": _cfg("ovs_db", ovs_db),
         "libvirt_uri": _cfg("libvirt_uri", libvirt_uri),
@@ -777,11 +777,11 @@ def repair(
     if isinstance(bridges, str):
         bridges = [b for b in bridges.split(",") if b]
     first, _, _ = _collect(ovs_db, libvirt_uri, bridges, sysfs, timeout)
-    before = summarize(first)
+    before = _summarize(first)
     if any(r["action"] != "none" for r in first) and delay > 0:
         time.sleep(delay)
     second, ifaces, domains = _collect(ovs_db, libvirt_uri, bridges, sysfs, timeout)
-    confirmed, skipped = confirm(first, second)
+    confirmed, skipped = _confirm(first, second)
     dom_by_uuid = {d["uuid"]: d for d in domains}
 
     changes, failed = {}, {}
@@ -795,11 +795,11 @@ def repair(
             )
         action = row["action"]
         if action == "del-port":
-            commands = delete_command(row)
+            commands = _delete_command(row)
         elif action == "replug":
-            commands = replug_commands(ifaces[row["name"]], dif, dom)
+            commands = _replug_commands(ifaces[row["name"]], dif, dom)
         elif action == "add-port":
-            commands = add_port_command(dif, dom)
+            commands = _add_port_command(dif, dom)
         else:  # restart-domain
             commands = []
         entry = {
@@ -876,14 +876,14 @@ def repair(
             for r in remaining
         ],
         "before": before,
-        "after": summarize(final),
+        "after": _summarize(final),
     }
 
 
 # --------------------------------------------------------------------------- boot order
 
 
-def parse_unit_deps(text, deps=None):
+def _parse_unit_deps(text, deps=None):
     """After=/Before=/Wants=/Requires=/BindsTo= of one unit file or drop-in ([Unit] only)."""
     deps = deps if deps is not None else {}
     section = None
@@ -906,7 +906,7 @@ def parse_unit_deps(text, deps=None):
     return deps
 
 
-def parse_ovs_opts(text, var):
+def _parse_ovs_opts(text, var):
     """The last active ``VAR=...`` assignment of a shell-style defaults file, unquoted, or None."""
     value = None
     for raw in text.splitlines():
@@ -928,13 +928,13 @@ def _read(path):
         return None
 
 
-def unit_order_status(root, unit, ovs_units):
+def _unit_order_status(root, unit, ovs_units):
     """Whether ``unit`` (under ``root``) starts after and wants/requires the OVS units."""
     unit_file = next(
         (root + d + "/" + unit for d in UNIT_DIRS if os.path.exists(root + d + "/" + unit)),
         None,
     )
-    deps = parse_unit_deps(_read(unit_file) or "") if unit_file else {}
+    deps = _parse_unit_deps(_read(unit_file) or "") if unit_file else {}
     dropins = []
     for d in DROPIN_DIRS:
         ddir = f"{root}{d}/{unit}.d"
@@ -943,7 +943,7 @@ def unit_order_status(root, unit, ovs_units):
                 if name.endswith(".conf"):
                     dropins.append(f"{ddir}/{name}")
     for path in sorted(dropins, key=os.path.basename):
-        parse_unit_deps(_read(path) or "", deps)
+        _parse_unit_deps(_read(path) or "", deps)
     after = set(deps.get("After", []))
     pulls = set(deps.get("Wants", [])) | set(deps.get("Requires", [])) | set(deps.get("BindsTo", []))
     missing_after = [u for u in ovs_units if u not in after]
@@ -1005,13 +1005,13 @@ def check_order(root="", os_family=None, units=None, ovs_units=None, systemd=Non
     report = {"units": {}, "os_family": os_family, "root": root or "/"}
     considered = []
     for unit in units:
-        status = unit_order_status(root, unit, ovs_units)
+        status = _unit_order_status(root, unit, ovs_units)
         report["units"][unit] = status
         if status["installed"] or status["dropins"]:
             considered.append(unit)
     defaults_file = root + family["ovs_defaults_file"]
     text = _read(defaults_file)
-    value = parse_ovs_opts(text or "", family["ovs_opts_var"])
+    value = _parse_ovs_opts(text or "", family["ovs_opts_var"])
     transient = bool(value) and TRANSIENT_FLAG in value.split()
     report["transient_ports"] = {
         "file": defaults_file,

@@ -34,7 +34,7 @@ def _progress(message):
         log.info(message)
 
 
-def summarize(returns, expected):
+def _summarize(returns, expected):
     """Per-minion results plus counts; minions that never answered count as failed."""
     minions = {}
     for minion in expected:
@@ -95,7 +95,7 @@ def distribute(tgt, source, dest, sha256, batch=10, tgt_type="glob", user=None, 
         for minion, ret in chunk.items():
             returns[minion] = ret.get("ret", ret) if isinstance(ret, dict) and "ret" in ret else ret
         _progress(f"filedist: {len(returns)}/{len(expected)} minions done")
-    result = summarize(returns, expected)
+    result = _summarize(returns, expected)
     if result["failed"]:
         __context__["retcode"] = 1
         result["retcode"] = 1

@@ -16,7 +16,7 @@ software:
       name: deskfleet demo package
       version: "1.0.0"
       linux:
-        source: salt://tests/integration/files/deskfleet-demo-installer.sh
+        source: salt://deskfleet-demo/deskfleet-demo-installer.sh
         sha256: e46f4ce02ffb88bb77f05cc478f056926d47e4218fd4ad1cbc5067a847f06cb2
         args: --version-file {{ root }}/opt/deskfleet-demo/VERSION --log {{ root }}/var/log/deskfleet-demo-install.log
         detect:

@@ -6,10 +6,13 @@ idempotence, salt:// source, batched runner.
 
 import hashlib
 import os
+import pathlib
 
 import pytest
 
 from tests.support.rangehttp import RangeServer
+
+CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def sha(data):
@@ -73,8 +76,9 @@ def test_interrupted_download_resumes(vm_master, desktop_vm, files, tmp_path):
 
 
 def test_salt_source_and_batched_runner(vm_master, desktop_vm, tmp_path):
-    src = "salt://tests/integration/files/filedist/hello.txt"
-    data = open(os.path.join(os.path.dirname(__file__), "files", "filedist", "hello.txt"), "rb").read()
+    # a file the vm master serves (its file root holds no test files)
+    src = "salt://deskfleet-demo/deskfleet-demo-installer.sh"
+    data = (CHECKOUT / "salt_vm" / "fileroot" / "deskfleet-demo" / "deskfleet-demo-installer.sh").read_bytes()
     dest = tmp_path / "hello.txt"
     ret = vm_master.salt_run_cli(timeout=180).run(
         "filedist.distribute", "desk-*", src, str(dest), f"sha256={sha(data)}", "batch=1"

@@ -1,8 +1,8 @@
 """
 Software rollouts with real daemons: a vm master started from the shipped
 ``salt_vm/master.d`` (its schedule taken out so the test drives ``software.tick``
-itself), three Linux minions, and the catalog's demo installer served from the
-checkout (``salt://tests/integration/files/deskfleet-demo-installer.sh``). It
+itself), three Linux minions, and the catalog's demo installer served by the vm
+master's file root (``salt://deskfleet-demo/deskfleet-demo-installer.sh``). It
 really installs: each minion gets a version file and one line in an install log
 per real install, under its own ``deskfleet_lab_root``.
 
@@ -29,7 +29,7 @@ from harness import saltconf
 from tests.support.minions import running as minions_running
 
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
-INSTALLER = CHECKOUT / "tests" / "integration" / "files" / "deskfleet-demo-installer.sh"
+INSTALLER = CHECKOUT / "salt_vm" / "fileroot" / "deskfleet-demo" / "deskfleet-demo-installer.sh"
 MINIONS = ("desk-sw-1", "desk-sw-2", "desk-sw-3")
 DEMO_LOG = "var/log/deskfleet-demo-install.log"
 GATED_LOG = "var/log/gated-install.log"
@@ -50,7 +50,7 @@ software:
     deskfleet-gated:
       version: "1.0.0"
       linux:
-        source: salt://tests/integration/files/deskfleet-demo-installer.sh
+        source: salt://deskfleet-demo/deskfleet-demo-installer.sh
         sha256: @SHA@
         args: --version-file {{ root }}/opt/gated/VERSION {{ common }}gated-install.log --wait-for {{ root }}/gate
         detect:
@@ -58,7 +58,7 @@ software:
     deskfleet-fail:
       version: "1.0.0"
       linux:
-        source: salt://tests/integration/files/deskfleet-demo-installer.sh
+        source: salt://deskfleet-demo/deskfleet-demo-installer.sh
         sha256: @SHA@
         args: --version-file {{ root }}/opt/fail/VERSION {{ common }}fail-install.log --fail 3
         detect:
@@ -66,7 +66,7 @@ software:
     deskfleet-badhash:
       version: "1.0.0"
       linux:
-        source: salt://tests/integration/files/deskfleet-demo-installer.sh
+        source: salt://deskfleet-demo/deskfleet-demo-installer.sh
         sha256: "@BAD@"
         args: --version-file {{ root }}/opt/badhash/VERSION {{ common }}badhash-install.log
         detect:
@@ -239,7 +239,7 @@ def test_install_module_on_real_minions(sw_master, desks):
 
     ret = cli.run("software.list", minion_tgt="desk-sw-1")
     assert ret.data["deskfleet-demo"]["version"] == "1.0.0"
-    assert ret.data["deskfleet-demo"]["source"] == "salt://tests/integration/files/deskfleet-demo-installer.sh"
+    assert ret.data["deskfleet-demo"]["source"] == "salt://deskfleet-demo/deskfleet-demo-installer.sh"
 
 
 def test_batched_rollout_resumes_after_master_restarts(sw_master, desks):

@@ -178,7 +178,7 @@ class ComputeHost:
             "list", "Interface",
         )
         rows = {}
-        for row in self.host_net.parse_ovs_list(out):
+        for row in self.host_net._parse_ovs_list(out):
             for col in ("ofport", "error", "ifindex"):
                 row[col] = self.host_net._optional(row[col])  # pylint: disable=protected-access
             rows[row["name"]] = row
@@ -293,7 +293,7 @@ class ComputeHost:
 
     def tap_of(self, name):
         """The tap libvirt gave a running domain (from its live XML)."""
-        dom = self.host_net.parse_domain_xml(self.domain(name).XMLDesc(0), True)
+        dom = self.host_net._parse_domain_xml(self.domain(name).XMLDesc(0), True)
         return dom["interfaces"][0]["target"]
 
     # ------------------------------------------------------------------ salt

@@ -43,7 +43,7 @@ def msi(**extra):
 
 def linux_only(**extra):
     variant = {
-        "source": "salt://tests/integration/files/deskfleet-demo-installer.sh",
+        "source": "salt://deskfleet-demo/deskfleet-demo-installer.sh",
         "sha256": SHA,
         "args": "--version-file /opt/x/VERSION --log /var/log/x.log",
         "detect": {"version_file": "/opt/x/VERSION"},
@@ -133,8 +133,8 @@ def test_shipped_catalog_validates_and_pins_the_demo_installer():
     pillar = _render_sls(CHECKOUT / "pillar/vm/software.sls", {"deskfleet_lab_root": "/tmp/lab"})
     catalog = pillar["software"]["catalog"]
     demo = rollouts.validate_entry("deskfleet-demo", catalog["deskfleet-demo"])
-    installer = CHECKOUT / "tests/integration/files/deskfleet-demo-installer.sh"
-    assert demo["linux"]["source"] == "salt://" + str(installer.relative_to(CHECKOUT))
+    installer = CHECKOUT / "salt_vm/fileroot/deskfleet-demo/deskfleet-demo-installer.sh"
+    assert demo["linux"]["source"] == "salt://" + str(installer.relative_to(CHECKOUT / "salt_vm/fileroot"))
     assert demo["linux"]["sha256"] == hashlib.sha256(installer.read_bytes()).hexdigest()
     assert demo["linux"]["detect"]["file_version"]["path"] == "/tmp/lab/opt/deskfleet-demo/VERSION"
     assert f"VERSION={demo['version']}" in installer.read_text()

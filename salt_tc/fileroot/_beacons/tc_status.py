@@ -1,0 +1,1 @@
+../../../_beacons/tc_status.py

@@ -1,0 +1,1 @@
+../../../_modules/amqp_keepalive.py

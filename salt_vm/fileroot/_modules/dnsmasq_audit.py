@@ -1,0 +1,1 @@
+../../../_modules/dnsmasq_audit.py

@@ -1,0 +1,1 @@
+../../../_modules/filedist.py

@@ -1,0 +1,1 @@
+../../../_modules/local_password.py

@@ -1,0 +1,1 @@
+../../../_utils/deskfleet_store.py

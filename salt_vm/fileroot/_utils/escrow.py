@@ -1,0 +1,1 @@
+../../../_utils/escrow.py
