@@ -14,6 +14,7 @@ every result it returns), and the file lets a restarted runner see the same host
 
 import json
 import os
+import time
 import uuid
 
 STOP_ORDER = ("guests", "libvirt", "ovs")
@@ -25,11 +26,16 @@ UNITS = {
 
 
 class SimulatedHosts:
-    """Hosts that answer and reboot instantly, recorded in ``path`` (JSON). ``fail`` maps host -> step name."""
+    """
+    Hosts recorded in ``path`` (JSON). ``fail`` maps host -> action that fails
+    (``ping``, ``verify``, ...); a reboot keeps the host silent for ``reboot_seconds``.
+    """
 
-    def __init__(self, path, fail=None):
+    def __init__(self, path, fail=None, reboot_seconds=0.0, clock=time.time):
         self.path = path
         self.fail = dict(fail or {})
+        self.reboot_seconds = reboot_seconds
+        self.clock = clock
 
     def _load(self):
         try:
@@ -55,18 +61,22 @@ class SimulatedHosts:
         if action == "reboot":
             entry["boot_id"] = uuid.uuid4().hex
             entry["boots"] += 1
+            entry["down_until"] = self.clock() + self.reboot_seconds
         self._save(state)
         if self.fail.get(host) == action:
             raise RuntimeError(f"simulated failure of {action} on {host}")
         return entry
 
+    def _down(self, entry):
+        return self.clock() < entry.get("down_until", 0)
+
     def ping(self, host):
-        return self.fail.get(host) != "ping"
+        return self.fail.get(host) != "ping" and not self._down(self._host(host)[1])
 
     def boot_id(self, host):
         state, entry = self._host(host)
         self._save(state)
-        return entry["boot_id"]
+        return None if self._down(entry) else entry["boot_id"]
 
     def stop(self, host):
         for part in STOP_ORDER:

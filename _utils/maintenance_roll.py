@@ -193,7 +193,10 @@ class Roll:
         resuming = detail.get("moving") == sid and previous and previous.get("status") not in MIGRATION_FAILED + ("completed",)
         if not resuming:  # a migration in flight before a restart is polled, not started again
             journal.note(self.db, self.roll_id, host, "migrate", {"moving": sid})
-            self.cloud.live_migrate(sid)
+            try:
+                self.cloud.live_migrate(sid)
+            except Exception as exc:  # pylint: disable=broad-except
+                raise StepFailed(f"live migration of {server.get('name') or sid} refused: {exc}; it stays on {host}") from exc
         seen = (previous or {}).get("id") if not resuming else None
         current = {}
 
@@ -208,7 +211,7 @@ class Roll:
                 raise StepFailed(f"desktop {server.get('name') or sid} went to ERROR during its live migration")
             if current.get("status") in MIGRATION_FAILED:
                 raise StepFailed(f"live migration of {server.get('name') or sid} {current['status']}; it stays on {host}")
-            if now_server.get("host") != host and now_server.get("status") == "ACTIVE":
+            if now_server.get("host") != host and now_server.get("status") == "ACTIVE" and not now_server.get("task_state"):
                 return now_server["host"]
             return None
 
