@@ -297,3 +297,63 @@ def test_a_reboot_in_progress_at_a_crash_is_not_sent_again(world):
         db2.close()
     assert result["state"] == "done" and result["hosts"]["cmp-01"]["steps"]["reboot"]["attempts"] == 2
     assert world.hosts.log("cmp-01").count("reboot") == 1
+
+
+# ---- host actions through Salt: the exact calls on the host's minion ------------------
+
+
+class Minion:
+    """Stands in for LocalClient on one host: records (host, fun, args) and answers from a table."""
+
+    def __init__(self, answers):
+        self.answers, self.calls = answers, []
+
+    def __call__(self, host, fun, args, timeout):
+        self.calls.append((host, fun, list(args)))
+        answer = self.answers.get(fun)
+        return answer(args) if callable(answer) else answer
+
+
+def test_salt_hosts_stop_and_start_in_order():
+    minion = Minion({"cmd.run_all": {"retcode": 0, "stdout": "", "stderr": ""}})
+    hosts = maintenance_hosts.SaltHosts(minion)
+    hosts.stop("cmp-01")
+    hosts.start("cmp-01")
+    assert [c[2][0] for c in minion.calls] == [
+        "systemctl stop libvirt-guests.service",
+        "systemctl stop libvirtd.service",
+        "systemctl stop openvswitch-switch.service",
+        "systemctl start openvswitch-switch.service",
+        "systemctl start libvirtd.service",
+    ]
+    assert {c[0] for c in minion.calls} == {"cmp-01"}
+
+
+def test_salt_hosts_stop_failure_names_the_command():
+    hosts = maintenance_hosts.SaltHosts(Minion({"cmd.run_all": {"retcode": 1, "stderr": "unit not found"}}))
+    with pytest.raises(RuntimeError, match="libvirt-guests.*unit not found"):
+        hosts.stop("cmp-01")
+
+
+def test_salt_hosts_boot_id_and_ping():
+    hosts = maintenance_hosts.SaltHosts(Minion({"test.ping": True, "file.read": "b0a7\n"}))
+    assert hosts.ping("cmp-01") and hosts.boot_id("cmp-01") == "b0a7"
+    silent = maintenance_hosts.SaltHosts(Minion({}))
+    assert not silent.ping("cmp-01") and silent.boot_id("cmp-01") is None
+
+
+@pytest.mark.parametrize(
+    "ovs, dnsmasq, memory, bad",
+    [
+        ({"a": {"result": True}}, {"ok": True}, {"verdict": "warning"}, []),
+        ({"a": {"result": True}, "b": {"result": False}}, {"ok": True}, {"verdict": "ok"}, ["ovs_ports"]),
+        ({"a": {"result": True}}, {"ok": False}, {"verdict": "ok"}, ["dnsmasq"]),
+        ({"a": {"result": True}}, {"ok": True}, {"verdict": "critical"}, ["memory"]),
+        (["ERROR: no such sls"], None, "'host_memory.commit_ratio' is not available.", ["ovs_ports", "dnsmasq", "memory"]),
+    ],
+)
+def test_salt_hosts_verify(ovs, dnsmasq, memory, bad):
+    minion = Minion({"state.apply": ovs, "dnsmasq_audit.audit": dnsmasq, "host_memory.commit_ratio": memory})
+    result = maintenance_hosts.SaltHosts(minion).verify("cmp-01")
+    assert [n for n, c in result["checks"].items() if not c["ok"]] == bad and result["ok"] is (not bad)
+    assert ("cmp-01", "state.apply", ["host.ovs_ports"]) in minion.calls
