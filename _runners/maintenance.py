@@ -118,7 +118,20 @@ def _fire(tag, data):
 
 
 def _notify(server, text):
-    _fire("deskfleet/maintenance/notice", {"server": server["id"], "name": server.get("name"), "text": text})
+    """The bus event always; with real hosts also ``desktop_notice.send`` on the desktop (minion id = server name)."""
+    data = {"server": server["id"], "name": server.get("name"), "text": text, "published": False}
+    if _conf().get("host_actions", "salt") == "salt" and server.get("name"):
+        import salt.client  # pylint: disable=import-outside-toplevel
+
+        try:
+            client = salt.client.get_local_client(mopts=__opts__)
+            try:
+                data["published"] = bool(client.cmd_async(server["name"], "desktop_notice.send", [text]))
+            finally:
+                client.destroy()
+        except Exception as exc:  # pylint: disable=broad-except
+            log.warning("maintenance: notice to %s not published: %s", server.get("name"), exc)
+    _fire("deskfleet/maintenance/notice", data)
 
 
 def _salt_call(host, fun, args, timeout):
