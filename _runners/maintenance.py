@@ -29,6 +29,7 @@ __virtualname__ = "maintenance"
 
 try:
     import deskfleet_store
+    import desktop_sessions
     import maintenance as mt
     import maintenance_hosts
     import maintenance_journal as journal
@@ -168,9 +169,18 @@ def _plan(cloud, request):
 
 
 def _drive(db, roll_id, cloud):
-    with _lock():
-        engine = maintenance_roll.Roll(db, roll_id, cloud, _hosts(), _notify, _fire, maintenance_roll.SystemClock())
-        result = engine.run()
+    clock = maintenance_roll.SystemClock()
+    sessions_db = desktop_sessions.open_store(deskfleet_store.default_path(__opts__, "vm"))
+    try:
+        with _lock():
+
+            def sessions(server):  # what the desktop's own session beacon last said
+                return desktop_sessions.session(sessions_db, server.get("name") or "", clock.now().timestamp())
+
+            engine = maintenance_roll.Roll(db, roll_id, cloud, _hosts(), _notify, _fire, clock, sessions)
+            result = engine.run()
+    finally:
+        sessions_db.close()
     if result["state"] != "done":
         return _error(f"roll {roll_id} {result['state']}: {result.get('error') or 'see hosts'}", **result)
     return result

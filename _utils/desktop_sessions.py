@@ -139,17 +139,17 @@ def open_store(path):
     return store.connect(path, MIGRATIONS)
 
 
-def record(conn, row):
-    """Store ``row`` unless an equal or newer ``seq`` of that desktop is there (replays change nothing)."""
+def record(conn, *rows):
+    """Store each row (one transaction) unless an equal or newer ``seq`` of that desktop is there (replays change nothing)."""
     with store.transaction(conn):
-        conn.execute(
+        conn.executemany(
             "INSERT INTO desktop_sessions (desktop, logged_on, sessions, idle_seconds, seq, reported_at, heartbeat, received_at)"
             " VALUES (:desktop, :logged_on, :sessions, :idle_seconds, :seq, :reported_at, :heartbeat, :received_at)"
             " ON CONFLICT(desktop) DO UPDATE SET logged_on = excluded.logged_on, sessions = excluded.sessions,"
             " idle_seconds = excluded.idle_seconds, seq = excluded.seq, reported_at = excluded.reported_at,"
             " heartbeat = excluded.heartbeat, received_at = excluded.received_at"
             " WHERE excluded.seq > desktop_sessions.seq OR excluded.reported_at > desktop_sessions.reported_at + 1",
-            row,
+            rows,
         )
 
 

@@ -35,9 +35,10 @@ class Aborted(Exception):
 
 
 class Roll:
-    def __init__(self, db, roll_id, cloud, hosts, notify, fire, clock):
+    def __init__(self, db, roll_id, cloud, hosts, notify, fire, clock, sessions=None):
         self.db, self.roll_id = db, roll_id
         self.cloud, self.hosts, self.notify, self.fire, self.clock = cloud, hosts, notify, fire, clock
+        self.sessions = sessions  # sessions(server) -> {"logged_on", "fresh"} | None, from the session beacon
         self.request = journal.get_roll(db, roll_id)["request"]
         self.deadline = datetime.datetime.fromisoformat(self.request["deadline"])
         self.batch = []
@@ -161,30 +162,40 @@ class Roll:
         return {"deleted": deleted}
 
     def _step_migrate(self, host, detail):
-        moved = list(detail.get("migrations") or [])
+        moved, recycled = list(detail.get("migrations") or []), set(detail.get("recycled") or [])
         notices = {k: [datetime.datetime.fromisoformat(t) for t in v] for k, v in (detail.get("notices") or {}).items()}
         while True:
-            servers = self.cloud.servers_on(host)
-            for spare in (s for s in servers if plan_mod.is_spare(s)):
-                self.cloud.delete(spare["id"])  # logged off meanwhile and recycled: a spare now
-            taken = [s for s in servers if not plan_mod.is_spare(s)]
-            journal.set_host(self.db, self.roll_id, host, self._ts(), desktops_left=len(taken), migrations=moved)
+            servers = [s for s in self.cloud.servers_on(host) if s.get("task_state") != "deleting"]
+            for spare in (s for s in servers if plan_mod.is_spare(s) or self._logged_off(s)):
+                self.cloud.delete(spare["id"])  # a spare now, or its user logged off: recycled, not moved
+                recycled.add(spare["id"])
+            taken = [s for s in servers if s["id"] not in recycled]
+            journal.set_host(self.db, self.roll_id, host, self._ts(), desktops_left=len(taken), migrations=moved,
+                             recycled=sorted(recycled))
             if not taken:
-                return {"migrations": moved}
+                return {"migrations": moved, "recycled": sorted(recycled)}
             now = self.clock.now()
             if now > self.deadline:
                 names = ", ".join(s.get("name") or s["id"] for s in taken)
                 if not self.request["force"]:
                     raise StepFailed(f"deadline passed with {len(taken)} desktop(s) still on the host: {names}")
-                return {"migrations": moved, "forced": [s["id"] for s in taken]}
+                return {"migrations": moved, "recycled": sorted(recycled), "forced": [s["id"] for s in taken]}
             server = taken[0]
             sent = notices.setdefault(server["id"], [])
             if plan_mod.notice_due(sent, now, self.deadline):
                 self.notify(server, plan_mod.notice_text(self.request["reason"], self.deadline, now))
                 sent.append(now)
-            journal.note(self.db, self.roll_id, host, "migrate", {"notices": {k: [t.isoformat() for t in v] for k, v in notices.items()}})
+            journal.note(self.db, self.roll_id, host, "migrate", {"recycled": sorted(recycled),
+                         "notices": {k: [t.isoformat() for t in v] for k, v in notices.items()}})
             moved.append(self._migrate_one(host, server, detail))
             journal.note(self.db, self.roll_id, host, "migrate", {"migrations": moved, "moving": None})
+
+    def _logged_off(self, server):
+        """A pool desktop whose own fresh, signed session report says nobody is logged on."""
+        if self.sessions is None or "deskfleet_pool" not in (server.get("metadata") or {}):
+            return False
+        info = self.sessions(server) or {}
+        return bool(info.get("fresh")) and info.get("logged_on") is False
 
     def _migrate_one(self, host, server, detail):
         sid = server["id"]

@@ -11,20 +11,15 @@ service disable/enable, the pool keeper and the journal are real.
 
 import json
 import os
-import pathlib
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
-import yaml
 
 from harness import novalab as novalab_mod
-from harness.vmrunner import VmRunner
+from harness.maintenance_runner import MaintenanceRunner
 from tests.cloud.conftest import clear_servers
 
-CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 POOL, STATE = "deskfleet_pool", "deskfleet_state"
 REASON = "kernel 6.1.0-28"
 
@@ -53,42 +48,10 @@ def conn(lab3):
             c.close()
 
 
-class Roller:
-    """The maintenance runner with a store and simulated hosts of its own; in-process or as a new process."""
-
-    def __init__(self, root, lab, **maintenance):
-        pools = {"sales": {"flavor": "desk.small", "image": lab.image_id, "network": lab.network_id,
-                           "spares": 2, "max_size": 10, "max_in_flight": 4}}
-        self.keeper = VmRunner(root, lab, pools)
-        self.conf_path = pathlib.Path(root) / "master.conf"
-        conf = yaml.safe_load(self.conf_path.read_text())
-        self.hosts_file = pathlib.Path(root) / "hosts.json"
-        conf["deskfleet"]["vm"]["maintenance"] = dict(host_actions="simulated", simulated_state=str(self.hosts_file), **maintenance)
-        self.conf_path.write_text(yaml.safe_dump(conf))
-        import salt.config  # pylint: disable=import-outside-toplevel
-
-        self.opts = salt.config.master_config(str(self.conf_path))
-
-    def __call__(self, fun, *args, **kwargs):
-        import salt.runner  # pylint: disable=import-outside-toplevel
-
-        with salt.runner.RunnerClient(self.opts) as client:
-            return client.cmd(f"maintenance.{fun}", list(args), kwarg=kwargs, print_event=False)
-
-    def spawn(self, fun, **kwargs):
-        """``maintenance.<fun>`` in a new process (its own process group), printing the result as JSON."""
-        script = (
-            "import json, sys, salt.config, salt.runner\n"
-            f"opts = salt.config.master_config({str(self.conf_path)!r})\n"
-            "with salt.runner.RunnerClient(opts) as c:\n"
-            f"    out = c.cmd('maintenance.{fun}', [], kwarg=json.loads(sys.argv[1]), print_event=False)\n"
-            "print('RESULT ' + json.dumps(out, default=str))\n"
-        )
-        return subprocess.Popen([sys.executable, "-c", script, json.dumps(kwargs)], cwd=str(CHECKOUT),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def hosts_state(self):
-        return json.loads(self.hosts_file.read_text()) if self.hosts_file.exists() else {}
+def make_roller(root, lab, **maintenance):
+    pools = {"sales": {"flavor": "desk.small", "image": lab.image_id, "network": lab.network_id,
+                       "spares": 2, "max_size": 10, "max_in_flight": 4}}
+    return MaintenanceRunner(root, lab, pools, **maintenance)
 
 
 def boot(conn, lab, name, host, state=None, pool="sales", group=None):
@@ -129,7 +92,7 @@ def test_roll_a_host_with_a_restart_mid_roll(tmp_path, lab3, conn):
     spares = [boot(conn, lab3, f"spare-{i}", "compute1", "ready") for i in range(2)]
     taken = [boot(conn, lab3, f"desk-{i}", "compute1", "taken") for i in range(2)]
     wait_all_active(conn, spares + taken)
-    roller = Roller(tmp_path, lab3, simulated_reboot_seconds=3600)  # the host stays "down" until the test says so
+    roller = make_roller(tmp_path, lab3, simulated_reboot_seconds=3600)  # the host stays "down" until the test says so
 
     dry = roller("plan", **roll_request())
     host = dry["hosts"]["compute1"]
@@ -164,7 +127,7 @@ def test_roll_a_host_with_a_restart_mid_roll(tmp_path, lab3, conn):
     roller.hosts_file.write_text(json.dumps(state))
     second = roller.spawn("resume")
     out, _ = second.communicate(timeout=300)
-    result = json.loads(out.decode().split("RESULT ", 1)[1])
+    result = roller.result(out)
     assert result["state"] == "done", out.decode()[-3000:]
     steps = result["hosts"]["compute1"]["steps"]
     assert steps["wait_minion"]["attempts"] == 2
@@ -183,7 +146,7 @@ def test_precheck_refuses_when_the_others_cannot_take_the_load(tmp_path, lab3, c
     fillers = [boot(conn, lab3, f"fill-{h}-{i}", h) for h in ("compute2", "compute3") for i in range(5)]
     taken = [boot(conn, lab3, f"desk-{i}", "compute1", "taken") for i in range(2)]
     wait_all_active(conn, fillers + taken)
-    roller = Roller(tmp_path, lab3)
+    roller = make_roller(tmp_path, lab3)
     refused = roller("plan", **roll_request())
     assert refused["retcode"] == 1 and "compute1" in refused["error"]
     problem = refused["plan"]["hosts"]["compute1"]["problems"][0]
@@ -202,7 +165,7 @@ def test_a_failed_migration_stops_the_roll_with_the_host_disabled(tmp_path, lab3
     try:
         members = wait_all_active(conn, [boot(conn, lab3, f"apart-{i}", None, "taken", group=group.id) for i in range(3)])
         stuck = next(s for s in members if s.compute_host == "compute1")
-        roller = Roller(tmp_path, lab3)
+        roller = make_roller(tmp_path, lab3)
         result = roller("start", **roll_request(hosts=["compute1", "compute2"]))
         assert result["retcode"] == 1 and result["state"] == "failed"
         host = result["hosts"]["compute1"]

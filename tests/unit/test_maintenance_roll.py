@@ -357,3 +357,15 @@ def test_salt_hosts_verify(ovs, dnsmasq, memory, bad):
     result = maintenance_hosts.SaltHosts(minion).verify("cmp-01")
     assert [n for n, c in result["checks"].items() if not c["ok"]] == bad and result["ok"] is (not bad)
     assert ("cmp-01", "state.apply", ["host.ovs_ports"]) in minion.calls
+
+
+def test_a_desktop_whose_user_logged_off_is_recycled_not_moved(world):
+    reports = {"t1": {"logged_on": False, "fresh": True}, "t2": {"logged_on": False, "fresh": False}}
+    world.cloud.servers["pet"] = dict(desk("pet", "cmp-01"), metadata={})  # not a pool desktop: never deleted
+    roll = world.start()
+    roll.sessions = lambda server: reports.get(server["id"], {"logged_on": False, "fresh": True})
+    result = roll.run()
+    assert result["state"] == "done" and result["hosts"]["cmp-01"]["recycled"] == ["t1"]
+    assert ("delete", "t1") in world.cloud.calls and "t1" not in world.cloud.servers
+    moved = [c[1] for c in world.cloud.calls if c[0] == "live_migrate"]
+    assert moved == ["t2", "pet"]  # a stale report is not trusted; a pet VM always moves
