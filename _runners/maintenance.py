@@ -90,6 +90,10 @@ def _store():
     return journal.connect(deskfleet_store.default_path(__opts__, "vm"))
 
 
+class _Busy(journal.JournalError if HAS_DEPS else Exception):
+    """Another process on this master holds the roll lock."""
+
+
 @contextlib.contextmanager
 def _lock():
     """One roll driver per master; a second one is refused, not queued (a roll runs for hours)."""
@@ -100,7 +104,7 @@ def _lock():
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise journal.JournalError("a maintenance roll is being driven by another process on this master") from exc
+                raise _Busy("a maintenance roll is being driven by another process on this master") from exc
             raise
         try:
             yield
@@ -168,7 +172,8 @@ def _plan(cloud, request):
     return mt.plan(request, cloud.providers(), cloud.servers(), mt.utcnow(), services=services)
 
 
-def _drive(db, roll_id, cloud):
+def _drive(db, roll_id, connect):
+    """Drive the roll under the master's roll lock; the cloud is reached only once the lock is ours."""
     clock = maintenance_roll.SystemClock()
     sessions_db = desktop_sessions.open_store(deskfleet_store.default_path(__opts__, "vm"))
     try:
@@ -177,7 +182,7 @@ def _drive(db, roll_id, cloud):
             def sessions(server):  # what the desktop's own session beacon last said
                 return desktop_sessions.session(sessions_db, server.get("name") or "", clock.now().timestamp())
 
-            engine = maintenance_roll.Roll(db, roll_id, cloud, _hosts(), _notify, _fire, clock, sessions)
+            engine = maintenance_roll.Roll(db, roll_id, connect(), _hosts(), _notify, _fire, clock, sessions)
             result = engine.run()
     finally:
         sessions_db.close()
@@ -268,7 +273,7 @@ def start(**kwargs):
         if not checked["ok"]:
             return _error(f"refused before starting: {', '.join(checked['refused'])}", plan=checked)
         roll_id = journal.create_roll(s["db"], request, mt.utcnow().timestamp())
-        return _drive(s["db"], roll_id, cloud)
+        return _drive(s["db"], roll_id, lambda: cloud)
 
 
 @_guard
@@ -290,7 +295,7 @@ def resume(roll=None):
             return _error("no maintenance roll to resume")
         if found["state"] not in journal.ACTIVE:
             return _error(f"roll {found['id']} is {found['state']}; nothing to resume")
-        return _drive(s["db"], found["id"], s["connect"]())
+        return _drive(s["db"], found["id"], s["connect"])
 
 
 @_guard
@@ -333,3 +338,26 @@ def abort(roll=None):
         result = journal.summary(s["db"], found["id"])
         result["left_disabled"] = [h for h, e in result["hosts"].items() if e.get("disabled")]
         return result
+
+
+@_guard
+def tick():
+    """
+    Resume a roll left ``running`` with nobody driving it (its master went down
+    mid-roll); the vm master schedule calls this every minute. A roll driven by
+    another process is left alone; failed or aborted rolls wait for ops.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run maintenance.tick
+    """
+    with _session() as s:
+        found = journal.get_roll(s["db"])
+        if found is None or found["state"] != "running":
+            return {"roll": found["id"] if found else None, "action": "none"}
+        try:
+            return dict(_drive(s["db"], found["id"], s["connect"]), action="resumed")
+        except _Busy:
+            return {"roll": found["id"], "action": "none", "reason": "driven by another process"}

@@ -49,3 +49,28 @@ def test_resume_and_abort_without_a_roll_fail(tmp_path):
     loaded, _ = runners(tmp_path, "vm")
     assert "no maintenance roll to resume" in loaded["maintenance.resume"]()["error"]
     assert "no active maintenance roll" in loaded["maintenance.abort"]()["error"]
+
+
+def test_tick_leaves_finished_and_busy_rolls_alone(tmp_path):
+    import fcntl  # pylint: disable=import-outside-toplevel
+    import os  # pylint: disable=import-outside-toplevel
+
+    import deskfleet_store  # pylint: disable=import-outside-toplevel
+    import maintenance as mt  # pylint: disable=import-outside-toplevel
+    import maintenance_journal as journal  # pylint: disable=import-outside-toplevel
+
+    loaded, opts = runners(tmp_path, "vm")
+    assert loaded["maintenance.tick"]() == {"roll": None, "action": "none"}
+    db = journal.connect(deskfleet_store.default_path(opts, "vm"))
+    try:
+        rid = journal.create_roll(db, mt.validate_request({"hosts": ["cmp-01"], "reason": "k"}, mt.utcnow()), 0)
+        lock = os.path.join(opts["cachedir"], "deskfleet", "maintenance.lock")
+        with open(lock, "a+") as fh:  # a driver in another process holds the lock
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            loaded["maintenance.status"]()  # (status never needs the lock)
+            busy = loaded["maintenance.tick"]()
+        assert busy == {"roll": rid, "action": "none", "reason": "driven by another process"}
+        journal.set_roll_state(db, rid, "failed", 1, "verify failed")
+        assert loaded["maintenance.tick"]() == {"roll": rid, "action": "none"}  # failed rolls wait for ops
+    finally:
+        db.close()
