@@ -39,7 +39,8 @@ def desktop_root(tmp_path):
 
 def test_sessions_reach_the_store(vm_master, desktop_root):
     overrides = {
-        "grains": {"deskfleet_role": "desktop"},
+        # not "desktop": the shipped pillar's beacon config (root "/") would override this test's root
+        "grains": {"deskfleet_role": "desktop-lab"},
         "loop_interval": 1,  # beacon intervals count loops
         "beacons": {"desktop_session": [{"interval": 1}, {"heartbeat": 60}, {"root": str(desktop_root)}]},
     }
