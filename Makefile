@@ -27,6 +27,8 @@ bench-filedist: setup
 bench-vmpool: setup
 	$(PYTHON) -m bench.vmpool_plan
 	$(PYTHON) -m bench.pool_refill
+bench-maintenance: setup
+	$(PYTHON) -m bench.maintenance_plan && $(PYTHON) -m bench.maintenance_roll
 
 setup: system-packages $(STAMP)
 

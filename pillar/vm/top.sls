@@ -5,3 +5,6 @@ base:
     - pools
     - software
     - passwords
+  'deskfleet_role:desktop':
+    - match: grain
+    - desktop_session
