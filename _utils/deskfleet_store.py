@@ -24,6 +24,7 @@ import logging
 import os
 import secrets
 import sqlite3
+import threading
 import time
 
 log = logging.getLogger(__name__)
@@ -302,7 +303,8 @@ def write_atomic(path, data, mode=0o644):
         data = data.encode()
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    # unique per process AND thread: concurrent first opens of one store must not share a temp file
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)

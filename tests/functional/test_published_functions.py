@@ -16,6 +16,7 @@ CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 
 MODULES = {
     "amqp_keepalive": ["audit", "sockets", "validate"],
+    "desktop_notice": ["send"],
     "dnsmasq_audit": ["audit", "instances", "version"],
     "filedist": ["check", "push"],
     "host_memory": ["commit_ratio", "ksm_status", "nova_config", "validate"],
@@ -26,6 +27,9 @@ MODULES = {
 
 # runner -> (the master role it loads on, its functions)
 RUNNERS = {
+    "enroll": ("tc", ["accept", "audit", "issue", "list", "pending", "revoke"]),
+    "maintenance": ("vm", ["abort", "plan", "resume", "start", "status", "tick"]),
+    "seat": ("tc", ["retire"]),
     "filedist": ("vm", ["distribute"]),
     "password": ("vm", ["audit", "collect", "history", "rotate", "rotate_due", "show", "status"]),
     "software": ("vm", ["cancel", "schedule", "status", "tick"]),

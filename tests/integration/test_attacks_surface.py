@@ -46,14 +46,16 @@ HOST_STATES = [
     for name in names
 ] + ["host/ovs_ports.sls"]
 VM_FILES = sorted(
-    [f"_modules/{m}.py" for m in ("amqp_keepalive", "dnsmasq_audit", "filedist", "host_memory", "host_net",
-                                   "local_password", "software")]
+    [f"_modules/{m}.py" for m in ("amqp_keepalive", "desktop_notice", "dnsmasq_audit", "filedist", "host_memory",
+                                   "host_net", "local_password", "software")]
+    + ["_beacons/desktop_session.py"]
     + [f"_utils/{u}.py" for u in ("deskfleet_store", "escrow", "rollouts")]
-    + ["deskfleet-demo/deskfleet-demo-installer.sh", "orchestration/pool_vm_ready.sls", "top.sls", "win/init.sls"]
+    + ["deskfleet-demo/deskfleet-demo-installer.sh", "orchestration/host_maintenance.sls",
+       "orchestration/pool_vm_ready.sls", "top.sls", "win/init.sls"]
     + HOST_STATES
 )
 VM_DIRS = sorted(
-    ["_modules", "_utils", "deskfleet-demo", "host", "orchestration", "win"]
+    ["_beacons", "_modules", "_utils", "deskfleet-demo", "host", "orchestration", "win"]
     + [f"host/{f}" for f in ("boot_order", "dnsmasq", "overcommit", "rabbitmq")]
     + [f"host/{f}/files" for f in ("boot_order", "dnsmasq", "overcommit", "rabbitmq")]
 )

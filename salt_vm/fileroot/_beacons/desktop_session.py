@@ -1,0 +1,1 @@
+../../../_beacons/desktop_session.py

@@ -1,0 +1,1 @@
+../../../_modules/desktop_notice.py
