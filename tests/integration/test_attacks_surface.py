@@ -106,8 +106,9 @@ def test_tc_master_serves_only_the_tc_allow_list(tc_master, thin_clients, stray_
     for rel in stray_files + ["pillar/tc/tc_status.sls", "salt_vm/top.sls", "harness/demo.py", "_runners/vmpool.py"]:
         _refused(tc_master, "tc-0001", rel)
     # the beacon still syncs through the allow-list
-    synced = _call(tc_master, "tc-0001", "saltutil.sync_beacons", "refresh=True")
-    assert synced == [] or synced == ["beacons.tc_status"], synced
+    _call(tc_master, "tc-0001", "saltutil.sync_all", "refresh=True")
+    extmods = _call(tc_master, "tc-0001", "saltutil.list_extmods")
+    assert extmods.get("beacons") == ["tc_status"] and not extmods.get("modules"), extmods
 
 
 def test_vm_master_serves_only_the_vm_allow_list(vm_master, desktop_vm, stray_files):
