@@ -6,7 +6,7 @@ PYTHON  := $(VENV)/bin/python
 T       ?=
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test bench bench-ingest bench-filedist bench-vmpool setup system-packages clean
+.PHONY: demo test bench bench-ingest bench-flood bench-filedist bench-vmpool bench-maintenance setup system-packages clean
 
 demo: setup
 	$(PYTHON) -m harness.demo
@@ -14,19 +14,21 @@ demo: setup
 test: setup
 	$(PYTHON) -m pytest $(T)
 
-bench: bench-ingest bench-filedist bench-vmpool
+bench: bench-ingest bench-flood bench-filedist bench-vmpool bench-maintenance
 
 bench-ingest: setup
 	$(PYTHON) -m bench.ingest
 
 bench-flood: setup
 	$(PYTHON) -m bench.flood
+
 bench-filedist: setup
 	$(PYTHON) -m bench.filedist
 
 bench-vmpool: setup
 	$(PYTHON) -m bench.vmpool_plan
 	$(PYTHON) -m bench.pool_refill
+
 bench-maintenance: setup
 	$(PYTHON) -m bench.maintenance_plan && $(PYTHON) -m bench.maintenance_roll
 
