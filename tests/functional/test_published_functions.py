@@ -21,7 +21,7 @@ MODULES = {
     "filedist": ["check", "push"],
     "host_memory": ["commit_ratio", "ksm_status", "nova_config", "validate"],
     "host_net": ["audit", "check_order", "repair", "verify"],
-    "local_password": ["last", "policy", "rotate"],
+    "local_password": ["commit", "last", "policy", "prepare", "rotate"],
     "software": ["install", "list", "remove", "status"],
 }
 
