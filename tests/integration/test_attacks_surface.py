@@ -121,7 +121,8 @@ def test_vm_master_serves_only_the_vm_allow_list(vm_master, desktop_vm, stray_fi
     # modules and the utils they import still sync: the escrow-backed module loads on the desktop
     _call(vm_master, "desk-0001", "saltutil.sync_all", "refresh=True")
     assert _call(vm_master, "desk-0001", "sys.list_functions", "local_password") == [
-        "local_password.last", "local_password.policy", "local_password.rotate"
+        "local_password.commit", "local_password.last", "local_password.policy", "local_password.prepare",
+        "local_password.rotate",
     ]
 
 
