@@ -106,9 +106,10 @@ def test_tc_master_serves_only_the_tc_allow_list(tc_master, thin_clients, stray_
     for rel in stray_files + ["pillar/tc/tc_status.sls", "salt_vm/top.sls", "harness/demo.py", "_runners/vmpool.py"]:
         _refused(tc_master, "tc-0001", rel)
     # the beacon still syncs through the allow-list
-    _call(tc_master, "tc-0001", "saltutil.sync_all", "refresh=True")
-    extmods = _call(tc_master, "tc-0001", "saltutil.list_extmods")
-    assert extmods.get("beacons") == ["tc_status"] and not extmods.get("modules"), extmods
+    synced = _call(tc_master, "tc-0001", "saltutil.sync_all", "refresh=True")
+    assert not synced.get("modules") and not synced.get("utils"), synced
+    assert "tc_status" in _call(tc_master, "tc-0001", "beacons.list_available")
+    assert _call(tc_master, "tc-0001", "sys.list_functions", "host_net") == []
 
 
 def test_vm_master_serves_only_the_vm_allow_list(vm_master, desktop_vm, stray_files):
