@@ -58,13 +58,11 @@ def test_a_seeded_desktop_is_in_and_its_id_cannot_be_claimed(vm, tmp_path):
     user_data = seed(vm, name)
     seeded_fp = accepted_fp(vm, name)
     assert seeded_fp
-    real, attacker = tmp_path / "real", tmp_path / "attacker"
-    real.mkdir()
-    attacker.mkdir()
-    saltconf.install_seeded_key(user_data, raw_pki(real, name))
-    with raw_minion(vm, name, attacker):  # another key for the seeded id: denied by Salt, never replaces it
+    with raw_minion(vm, name, tmp_path):  # another key for the seeded id: denied by Salt, never replaces it
         wait_for(lambda: name in keys(vm)["minions_denied"], 60, what="the claim to be denied")
-        with raw_minion(vm, name, real):
+        desktop = vm.salt_minion_daemon(name)
+        saltconf.install_seeded_key(user_data, desktop.config["pki_dir"])  # what cloud-init does on the desktop
+        with desktop.started(start_timeout=180):
             assert wait_for(lambda: ping(vm, name), 180, interval=2, what="the seeded desktop to answer")
         assert accepted_fp(vm, name) == seeded_fp
 
