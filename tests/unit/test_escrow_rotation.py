@@ -44,6 +44,15 @@ def sealed(key, vm, password, at):
             "verified": None, "platform": "linux"}  # fmt: skip
 
 
+_LAST_AT = [0.0]
+
+
+def _rotation_time():
+    """Wall-clock ms like the minion's, but never the same twice: two test rotations can fall in one ms."""
+    _LAST_AT[0] = round(max(time.time(), _LAST_AT[0] + 0.001), 3)
+    return _LAST_AT[0]
+
+
 class Machines:
     """Scripted minions: what each answers to prepare and to commit; what was set."""
 
@@ -56,7 +65,7 @@ class Machines:
     def gather(self, target, fun, arg, kwarg, tgt_type):
         self.calls.append(fun)
         if fun == escrow_rotation.PREPARE:
-            at = round(time.time(), 3)
+            at = _rotation_time()
             self.prepared = {vm: (f"Pw-{vm}-{at}!aA1", at) for vm in self.vms}
             return {"jid": "1", "minions": list(self.vms)}, {
                 vm: (sealed(self.key, vm, pw, at), 0) for vm, (pw, at) in self.prepared.items()}
