@@ -1,6 +1,6 @@
 # deskfleet entry points. `make demo` and `make test` each set up what they need.
 PY      ?= $(shell command -v python3.11 || command -v python3)
-# Outside the checkout: the masters serve the checkout as a file root. One venv per lock.
+# Outside the checkout: a venv of ~30k files does not belong next to the code the masters serve. One venv per lock.
 VENV    ?= $(HOME)/.cache/deskfleet/venv-$(shell sha256sum requirements.lock | cut -c1-12)
 PYTHON  := $(VENV)/bin/python
 T       ?=
