@@ -24,7 +24,7 @@ import time
 
 import yaml
 
-from harness import novalab, saltconf, tcroot
+from harness import demo_maintenance, novalab, saltconf, tcroot
 from harness.lab import Lab, wait_for
 
 HEARTBEAT = 15
@@ -63,6 +63,8 @@ def main(argv=None):
     try:
         with Lab(base) as lab, contextlib.ExitStack() as stack:
             run_demo(lab, base, out, stack)
+        say("\n== Host maintenance: roll one compute host on the embedded Nova (3 computes, live migration)")
+        demo_maintenance.main()
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
