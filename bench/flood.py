@@ -23,7 +23,6 @@ import json
 import os
 import pathlib
 import re
-import secrets
 import sqlite3
 import statistics
 import subprocess
@@ -124,7 +123,7 @@ def _wait_minions(master, ids, timeout=300):
     wait_for(answered, timeout, interval=2, what=f"{ids} to answer")
 
 
-def run_once(base, label, max_event_size, secret):
+def run_once(base, label, max_event_size):
     from harness import saltconf, tcroot  # pylint: disable=import-outside-toplevel
     from harness.lab import Lab, Master  # pylint: disable=import-outside-toplevel
 
@@ -134,13 +133,15 @@ def run_once(base, label, max_event_size, secret):
         conf["max_event_size"] = max_event_size
         master = Master(lab, "master", conf)
         lab.daemons.append(master)
-        saltconf.write_enroll_secret(master.opts, secret)
         master.start()
         minions = []
         for i, seat in enumerate(("fl-bad", "fl-good")):
-            mconf = saltconf.tc_minion_config(secret, tcroot.make(lab.base / "roots" / seat, i + 1))
+            mconf = saltconf.tc_minion_config(tcroot.make(lab.base / "roots" / seat, i + 1))
             mconf["module_dirs"] = [str(CHECKOUT / "bench" / "_modules")]
-            minions.append(lab.minion(seat, master, **mconf))
+            minion = lab.minion(seat, master, **mconf)
+            # the bench measures floods, not enrollment: keys accepted up front, as salt-cloud seeds them
+            saltconf.preseed_key(master.opts, seat, minion.root / "etc/salt/pki/minion")
+            minions.append(minion)
         master.wait_ready()
         for minion in minions:
             minion.start()
@@ -234,10 +235,9 @@ def main(argv=None):
     if args.cmd == "_listen":
         return _listen(args)
     base = pathlib.Path(tempfile.mkdtemp(prefix="dffl-"))
-    secret = secrets.token_hex(16)
     results = {}
     for label, size in (("salt_default", 1048576), ("shipped", _shipped_limit())):
-        results[label] = run_once(base, label, size, secret)
+        results[label] = run_once(base, label, size)
         say(json.dumps(results[label]))
     subprocess.run(["rm", "-rf", str(base)], check=False)  # kept for a look when a run failed
     d, s = results["salt_default"], results["shipped"]

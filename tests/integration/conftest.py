@@ -63,9 +63,14 @@ def tc_roots(tmp_path_factory):
 
 
 @pytest.fixture(scope="package")
-def thin_clients(tc_master, tc_roots, tmp_path_factory):
-    tokens = tmp_path_factory.mktemp("tokens")
-    minions = [enrolled_minion(tc_master, seat, root, tokens) for seat, root in tc_roots.items()]
+def enroll_tokens(tmp_path_factory):
+    """Where ops' ``enroll.issue`` writes the thin clients' tokens (``<seat>.token``)."""
+    return tmp_path_factory.mktemp("tokens")
+
+
+@pytest.fixture(scope="package")
+def thin_clients(tc_master, tc_roots, enroll_tokens):
+    minions = [enrolled_minion(tc_master, seat, root, enroll_tokens) for seat, root in tc_roots.items()]
     with minions_running(tc_master, minions, "tc-*") as running:
         yield running
 

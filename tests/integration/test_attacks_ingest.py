@@ -19,6 +19,7 @@ import salt.utils.event
 
 from harness import saltconf, tcroot
 from harness.lab import wait_for
+from tests.integration.conftest import enrolled_minion
 from tests.support.minions import running as minions_running
 
 HEARTBEAT = 4
@@ -27,12 +28,11 @@ TAG = "salt/beacon/{}/tc_status/status"
 
 
 @pytest.fixture(scope="module")
-def master(salt_factories, lab_etc, enroll_secret):
+def master(salt_factories, lab_etc):
     overrides = saltconf.lab_master_config("tc", lab_etc, heartbeat=HEARTBEAT, beacon_interval=1)
     factory = salt_factories.salt_master_daemon(
         "tc-attack", overrides=overrides, on_auth_event_callback=lambda *a: None
     )
-    saltconf.write_enroll_secret(factory.config, enroll_secret)
     with factory.started():
         yield factory
 
@@ -54,17 +54,15 @@ def _vpn_root(path):
 
 
 @pytest.fixture(scope="module")
-def seats(master, enroll_secret, tmp_path_factory):
+def seats(master, tmp_path_factory):
     base = tmp_path_factory.mktemp("attack-roots")
     roots = {
         ATTACKER: tcroot.make(base / ATTACKER, 101),
         VICTIM: tcroot.make(base / VICTIM, 102, firmware="12.9.4", site="MAN"),
         VPN: _vpn_root(base / VPN),
     }
-    minions = [
-        master.salt_minion_daemon(seat, overrides=saltconf.tc_minion_config(enroll_secret, root))
-        for seat, root in roots.items()
-    ]
+    tokens = tmp_path_factory.mktemp("attack-tokens")
+    minions = [enrolled_minion(master, seat, root, tokens) for seat, root in roots.items()]
     with minions_running(master, minions, "tc-01*") as running:
         wait_for(lambda: len(_inventory(master)) == 3, timeout=90, what="3 seats in the inventory")
         yield running

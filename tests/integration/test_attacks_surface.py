@@ -22,6 +22,7 @@ import uuid
 import pytest
 import salt.cache
 import salt.utils.event
+import yaml
 
 from harness.lab import wait_for
 
@@ -206,7 +207,19 @@ def _secret_values(tree, path=""):
         yield tree
 
 
-def test_no_secret_is_ever_a_job_argument_to_thin_clients(tc_master, thin_clients, enroll_secret, tmp_path):
+def _enrollment_secrets(tokens_dir, thin_clients):
+    """Each seat's token as ops got it, and the enrollment grain its device derived from it."""
+    found = set()
+    found.update(path.read_text().strip() for path in tokens_dir.glob("*.token"))
+    for factory in thin_clients.values():
+        grains = pathlib.Path(factory.config_dir) / "grains"
+        if grains.exists():
+            found.update(str(v) for v in (yaml.safe_load(grains.read_text()) or {}).values())
+    assert found, "no token or enrollment grain found to look for"
+    return found
+
+
+def test_no_secret_is_ever_a_job_argument_to_thin_clients(tc_master, thin_clients, enroll_tokens, tmp_path):
     """deskfleet's tc flows, watched on the tc master's bus: no publication carries a secret."""
     listener = Publications(tc_master.config)
     listener.start_listening()
@@ -224,7 +237,7 @@ def test_no_secret_is_ever_a_job_argument_to_thin_clients(tc_master, thin_client
     finally:
         listener.done.set()
         listener.join(timeout=10)
-    secrets = {enroll_secret, *_secret_values(pillar)}
+    secrets = {*_enrollment_secrets(enroll_tokens, thin_clients), *_secret_values(pillar)}
     funs = {pub.get("fun") for pub in listener.seen}
     assert {"saltutil.sync_all", "saltutil.refresh_pillar", "state.apply"} <= funs, funs
     for pub in listener.seen:
