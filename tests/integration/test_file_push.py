@@ -81,7 +81,7 @@ def test_salt_source_and_batched_runner(vm_master, desktop_vm, tmp_path):
     data = (CHECKOUT / "salt_vm" / "fileroot" / "deskfleet-demo" / "deskfleet-demo-installer.sh").read_bytes()
     dest = tmp_path / "hello.txt"
     ret = vm_master.salt_run_cli(timeout=180).run(
-        "filedist.distribute", "desk-*", src, str(dest), f"sha256={sha(data)}", "batch=1"
+        "filedist.distribute", "desk-0001", src, str(dest), f"sha256={sha(data)}", "batch=1"
     )
     assert ret.returncode == 0, ret
     assert ret.data["succeeded"] == 1 and ret.data["copied"] == ["desk-0001"], ret.data
@@ -91,17 +91,17 @@ def test_salt_source_and_batched_runner(vm_master, desktop_vm, tmp_path):
 
 
 def test_distribute_exits_1_when_minions_fail_and_refuses_dotdot_dest(vm_master, desktop_vm, tmp_path):
-    src = "salt://tests/integration/files/filedist/hello.txt"
+    src = "salt://deskfleet-demo/deskfleet-demo-installer.sh"
     dest = tmp_path / "hello.txt"
     run = vm_master.salt_run_cli(timeout=180).run
     # every minion fails (the hash matches no file): not a silent success
-    failed = run("filedist.distribute", "desk-*", src, str(dest), f"sha256={'ab' * 32}", "batch=1")
+    failed = run("filedist.distribute", "desk-0001", src, str(dest), f"sha256={'ab' * 32}", "batch=1")
     assert failed.returncode == 1, failed
     assert failed.data["failed"] == ["desk-0001"] and failed.data["succeeded"] == 0
     assert "1 of 1 minions failed: desk-0001" in failed.data["error"] and not dest.exists()
     # '..' in dest: refused before anything is published, the error names the field
     sneaky = f"{tmp_path}/deploy/../../escape.txt"
-    refused = run("filedist.distribute", "desk-*", src, sneaky, f"sha256={'ab' * 32}")
+    refused = run("filedist.distribute", "desk-0001", src, sneaky, f"sha256={'ab' * 32}")
     assert refused.returncode == 1 and "dest must not contain '..'" in refused.data["error"], refused
     # the minion refuses it as well (called directly, bypassing the runner)
     ret = push(vm_master, src, sneaky, "ab" * 32)
