@@ -127,6 +127,22 @@ def tc_minion_config(lab_root, enroll=None):
     }
 
 
+def seed_desktop(master_opts, minion_id, pki_dir):
+    """What the pool keeper and cloud-init do together for a pool desktop: seed and accept its key, install it."""
+    sys.path.insert(0, str(CHECKOUT / "_utils"))
+    import desktop_seed  # pylint: disable=import-outside-toplevel
+    import enroll_keys  # pylint: disable=import-outside-toplevel
+    import enroll_store  # pylint: disable=import-outside-toplevel
+
+    conn, keys = enroll_store.open_store(master_opts, "vm"), enroll_keys.Keys(master_opts)
+    try:
+        user_data = desktop_seed.seed(conn, keys, minion_id)
+    finally:
+        conn.close()
+        keys.close()
+    return install_seeded_key(user_data, pki_dir)
+
+
 def install_seeded_key(user_data, pki_dir):
     """What cloud-init does on a pool desktop: write the minion key the keeper seeded (from Nova user_data)."""
     sys.path.insert(0, str(CHECKOUT / "_utils"))

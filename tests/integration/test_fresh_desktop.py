@@ -46,6 +46,8 @@ def desk(master, root):
         "grains": {"deskfleet_role": "desktop", "deskfleet_lab_root": str(root)},
         "deskfleet": {"passwords": {"linux_root": str(root)}},
     })  # fmt: skip
+    # a pool desktop boots with the key the keeper seeded (pending dfp-* keys are deleted by the enroll engine)
+    saltconf.seed_desktop(master.config, DESK, minion.config["pki_dir"])
     with minion.started(start_timeout=120):  # started only: no sync_all, as a new pool desktop
         yield minion
 
