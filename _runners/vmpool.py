@@ -23,6 +23,7 @@ __virtualname__ = "vmpool"
 
 try:
     import deskfleet_store
+    import desktop_probe
     import desktop_seed
     import pool_cloud
     import pool_health
@@ -39,7 +40,7 @@ except ImportError as _exc:  # pragma: no cover
 ALERT_TAG = "deskfleet/alert/pool"
 # bounded cloud calls: a hung API costs at most (retries + 1) x timeout per call, and a pass sends
 # no more deletes or boots after pass_timeout, so the keeper lock is always released in bounded time
-CLOUD_DEFAULTS = {"cloud_timeout": 10, "cloud_retries": 1, "pass_timeout": 120, "lock_timeout": 180}
+CLOUD_DEFAULTS = {"cloud_timeout": 10, "cloud_retries": 1, "pass_timeout": 120, "lock_timeout": 180, "start_ping_timeout": 30}
 
 
 class KeeperBusy(Exception):
@@ -465,9 +466,18 @@ def _on_start(tag, data, pools):
         finally:
             conn.close()
     reason = keeper.check_start(tag, data, server, _key_accepted(vm), pools)
+    if not reason and not _answers(vm):
+        reason = f"{vm} did not answer a ping over the authenticated return path (a forged start event?)"
     if reason:
         return _refuse(tag, reason)
     return {"server": vm, "pool": server["metadata"][keeper.POOL_KEY], "pool_member": True}
+
+
+def _answers(minion_id):
+    """The desktop itself answers ``test.ping`` (read from the job cache, not the bus)."""
+    lookup = lambda jid: __salt__["jobs.lookup_jid"](jid, display_progress=False)  # noqa: E731
+    publish = desktop_probe.salt_publisher(__opts__)
+    return desktop_probe.answers(publish, lookup, minion_id, timeout=_settings()["start_ping_timeout"])
 
 
 def _key_accepted(minion_id):

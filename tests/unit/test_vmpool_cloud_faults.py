@@ -33,6 +33,8 @@ def runner(tmp_path, monkeypatch):
         {"sales": {"flavor": "f1", "image": "img-1", "network": "net-1", "spares": 2, "max_size": 5, "max_in_flight": 2}}
     )
     monkeypatch.setattr(mod, "_pools", lambda: (pools, {}))
+    mod.answered = {}  # desktop -> answers the ping (the integration test uses the real job cache)
+    monkeypatch.setattr(mod, "_answers", lambda vm: mod.answered.get(vm, True))
     mod.alerts = []  # what would go on the master bus (the integration test checks the real bus)
     monkeypatch.setattr(mod, "_alert", mod.alerts.append)
     return mod

@@ -225,6 +225,15 @@ def test_forged_start_for_a_desktop_without_an_accepted_key_is_refused(runner, c
     assert runner.__context__["retcode"] == 1
 
 
+def test_forged_start_for_a_seeded_desktop_that_does_not_answer_is_refused(runner, cloud, keys):
+    """Seeded keys are accepted before boot: only the desktop's own answer proves the start event."""
+    keys("dfp-sales-bbbb")
+    pool_server(cloud, "dfp-sales-bbbb")
+    runner.answered["dfp-sales-bbbb"] = False
+    result = start(runner, "dfp-sales-bbbb")
+    assert result["refused"] and "did not answer a ping" in result["reason"]
+
+
 def test_forged_start_for_a_taken_desktop_is_refused(runner, cloud, keys):
     keys("dfp-sales-bbbb")
     pool_server(cloud, "dfp-sales-bbbb", state="taken")
