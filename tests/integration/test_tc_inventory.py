@@ -36,11 +36,13 @@ def test_beacon_reports_reach_inventory(tc_master, thin_clients):
     assert one["uptime"] > 0
 
 
-def test_filters_and_show(tc_master, thin_clients):
+def test_filters_and_show(tc_master, thin_clients, tc_roots):
     wait_for(lambda: len(seats(tc_master)) == 2, what="2 seats")
     assert list(seats(tc_master, "site=MAN")) == ["tc-0002"]
     assert list(seats(tc_master, "firmware=13.1.0")) == ["tc-0001"]
-    assert list(seats(tc_master, "idle_over=1800")) == ["tc-0002"]
+    # tc-0001's user is at the keyboard now (the package's seats may have been up for half an hour)
+    tcroot.touch_input(tc_roots["tc-0001"], 5)
+    wait_for(lambda: list(seats(tc_master, "idle_over=1800")) == ["tc-0002"], timeout=120, what="only tc-0002 idle")
     assert list(seats(tc_master, "status=offline")) == []
     shown = run(tc_master, "tc_inventory.show", "tc-0002")
     assert shown["seat"] == "tc-0002" and shown["serial"] == "TC000002"

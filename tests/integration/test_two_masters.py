@@ -29,7 +29,8 @@ def test_each_master_sees_only_its_own_minions(tc_master, vm_master, thin_client
     pinged = tc_master.salt_cli(timeout=30).run("test.ping", minion_tgt="*")
     assert set(pinged.data) == set(thin_clients)
     pinged = vm_master.salt_cli(timeout=30).run("test.ping", minion_tgt="*")
-    assert pinged.data == {"desk-0001": True} or set(pinged.data) == {"desk-0001"}
+    # other tests of this package leave (stopped) desktops on the vm master: no thin client among them
+    assert pinged.data["desk-0001"] is True and not set(pinged.data) & set(thin_clients), pinged.data
 
 
 def test_tc_master_never_auto_accepts(tc_master):
