@@ -20,41 +20,33 @@ import re
 import sys
 import time
 
-import salt.utils.event
-
 log = logging.getLogger(__name__)
 
 __virtualname__ = "enroll"
 __func_alias__ = {"list_": "list"}
 
 try:
+    import deskfleet_salt as glue
     import deskfleet_store
     import enroll_guard
     import enroll_keys
     import enroll_store
     import enrollment
 
-    HAS_UTILS = True
+    _MISSING = None
 except ImportError as _exc:  # pragma: no cover - utils_dirs missing from the master config
-    HAS_UTILS = False
-    _IMPORT_ERROR = str(_exc)
+    glue, _MISSING = None, f"enroll: deskfleet utils not importable (utils_dirs?): {_exc}"
 
 SALT_RUN_CLI = re.compile(r"(cli_)?salt[-_]run(\.py)?")
 TOKEN_STATES = ("issued", "consumed", "revoked", "expired")
 
 
 def __virtual__():
-    if not HAS_UTILS:
-        return (False, f"enroll: deskfleet utils not importable (utils_dirs?): {_IMPORT_ERROR}")
-    role = (__opts__.get("deskfleet") or {}).get("role")
-    if role != "tc":
-        return (False, f"enroll: runs on the tc master only (deskfleet:role is {role!r})")
-    return __virtualname__
+    return glue.virtual(__virtualname__, __opts__, role="tc") if glue else (False, _MISSING)
 
 
 def _error(message, **extra):
-    __context__["retcode"] = 1
-    return dict(extra, error=message, retcode=1)
+    return glue.error(__context__, message, **extra)
 
 
 def _who():
@@ -67,8 +59,7 @@ def _settings():
 
 
 def _fire(tag, data):
-    with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as bus:
-        bus.fire_event(data, tag)
+    glue.alert(__opts__, tag, data)
 
 
 class _Session:
