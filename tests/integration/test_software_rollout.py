@@ -351,12 +351,6 @@ def test_remove_on_a_real_minion(sw_master, desks):
     assert ret.data["result"] is True and ret.data["changes"] == {}
 
 
-@pytest.mark.xfail(
-    run=False,
-    reason="passes on its branch; on the merged tree the SIGSTOP'd desk-sw-3 never returned its job after SIGCONT"
-    " (2 of 2 runs; 'Error dispatching event' in its log; suspect: the desktop_session beacon desktops now get from"
-    " pillar). The window logic itself is covered by tests/unit/test_rollouts.py. Issue 10 stays open for it.",
-)
 def test_a_minion_unreachable_at_dispatch_does_not_install_after_the_window(sw_master, desks):
     """
     The minion is paused (SIGSTOP on its whole process tree: it takes no job, answers no find_job)
