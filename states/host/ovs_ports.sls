@@ -5,7 +5,7 @@
 #   salt 'cmp-01' host_net.repair test=True            # dry run with the exact actions
 # Where the daemons are and how careful repair is come from config.get (minion config or pillar):
 # host_net:ovs_db, host_net:libvirt_uri, host_net:confirm_delay, host_net:settle, host_net:restart_domains
-# (see pillar/host_boot_order.pillar.example). Needs _modules/host_net.py synced (saltutil.sync_modules).
+# (see pillar/host_boot_order.pillar.example). Needs _modules/host_net.py and its _utils synced (saltutil.sync_all).
 
 host-ovs-ports-audit:
   module.run:

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from harness.masterless import SALT_CALL, Masterless
+from harness.masterless import CHECKOUT, SALT_CALL, Masterless
 
 DROPIN = "50-deskfleet-ovs-order.conf"
 DEBIAN_OVS = ["openvswitch-switch.service", "ovsdb-server.service", "ovs-vswitchd.service"]
@@ -69,7 +69,8 @@ class Minion:
     def __init__(self, base, pillar):
         self.root = base / "root"
         (self.root / "etc/default").mkdir(parents=True)
-        self.salt = Masterless(base, minion_id="cmp-functional")
+        # the modules import their logic from _utils, as a host gets it from saltutil.sync_utils
+        self.salt = Masterless(base, minion_id="cmp-functional", extra_config={"utils_dirs": [str(CHECKOUT / "_utils")]})
         self.call = self.salt.call
         self.set_pillar(pillar)
 

@@ -18,7 +18,7 @@ import textwrap
 
 import pytest
 
-from harness.masterless import SALT_CALL, Masterless
+from harness.masterless import CHECKOUT, SALT_CALL, Masterless
 
 DROPIN = "etc/nova/nova.conf.d/60-deskfleet-overcommit.conf"
 TMPFILES = "etc/tmpfiles.d/deskfleet-ksm.conf"
@@ -103,7 +103,8 @@ class Minion:
         for key, value in KSM_BEFORE.items():
             (self.root / KSM / key).write_text(value + "\n")
         (self.root / "proc/meminfo").write_text(MEMINFO)
-        self.salt = Masterless(base, minion_id="cmp-functional")
+        # the modules import their logic from _utils, as a host gets it from saltutil.sync_utils
+        self.salt = Masterless(base, minion_id="cmp-functional", extra_config={"utils_dirs": [str(CHECKOUT / "_utils")]})
         self.call = self.salt.call
         self.set_pillar(pillar or {})
 

@@ -51,6 +51,9 @@ VM_FILES = sorted(
                                    "host_net", "local_password", "software")]
     + ["_beacons/desktop_session.py"]
     + [f"_utils/{u}.py" for u in ("deskfleet_store", "escrow", "rollouts")]
+    + [f"_utils/host_{u}.py" for u in ("dnsmasq_instances", "dnsmasq_options", "errors", "keepalive", "ksm", "libvirt",
+                                        "memory_commit", "nova_conf", "ovsdb", "port_classes", "port_repair", "ss",
+                                        "systemd_order")]
     + ["deskfleet-demo/deskfleet-demo-installer.sh", "orchestration/host_maintenance.sls",
        "orchestration/pool_vm_ready.sls", "top.sls", "win/init.sls"]
     + HOST_STATES

@@ -148,6 +148,8 @@ def test_one_dnsmasq_per_interface_answers_every_unicast_renewal(lab, tmp_path):
     pillar_root = tmp_path / "pillar"
     _write_pillar(pillar_root, root)
     conf_dir = support.minion_config(tmp_path, pillar_root)
+    synced, proc = support.salt_call(conf_dir, "saltutil.sync_utils")
+    assert "utils.host_dnsmasq_instances" in synced, (synced, proc.stderr)
     synced, proc = support.salt_call(conf_dir, "saltutil.sync_modules")
     assert "modules.dnsmasq_audit" in synced, (synced, proc.stderr)
 

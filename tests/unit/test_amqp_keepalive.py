@@ -11,6 +11,9 @@ import jinja2
 import pytest
 import yaml
 
+import host_keepalive
+import host_ss
+
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 FORMULA = CHECKOUT / "states/host/rabbitmq"
 
@@ -62,39 +65,39 @@ SS_NO_STATE = """\
 
 
 def test_kernel_defaults_are_refused_against_a_one_hour_firewall():
-    problems = ak._check_keepalive(7200, 75, 9, 3600)
+    problems = host_keepalive.check_keepalive(7200, 75, 9, 3600)
     assert len(problems) == 1
     msg = problems[0]
     assert "7200 + 75 x 9 = 7875 s is not below the firewall idle timeout of 3600 s" in msg
     # says what to change, with values that pass
     assert "Change pillar host_rabbitmq:sysctl" in msg
     assert "tcp_keepalive_time: 60, tcp_keepalive_intvl: 15, tcp_keepalive_probes: 4 (120 s)" in msg
-    assert ak._check_keepalive(60, 15, 4, 3600) == []
+    assert host_keepalive.check_keepalive(60, 15, 4, 3600) == []
 
 
 def test_boundary_is_strictly_below():
-    assert ak._check_keepalive(4, 2, 3, 10) != []  # 4 + 6 = 10: not below
-    assert ak._check_keepalive(3, 2, 3, 10) == []  # 9
-    assert ak._keepalive_worst_case(4, 1, 3) == 7
+    assert host_keepalive.check_keepalive(4, 2, 3, 10) != []  # 4 + 6 = 10: not below
+    assert host_keepalive.check_keepalive(3, 2, 3, 10) == []  # 9
+    assert host_keepalive.worst_case(4, 1, 3) == 7
 
 
 def test_lab_values_pass_and_suggestions_fit():
-    assert ak._check_keepalive(4, 1, 3, 10) == []
-    assert "tcp_keepalive_time: 4, tcp_keepalive_intvl: 1" in ak._check_keepalive(7200, 75, 9, 10)[0]
+    assert host_keepalive.check_keepalive(4, 1, 3, 10) == []
+    assert "tcp_keepalive_time: 4, tcp_keepalive_intvl: 1" in host_keepalive.check_keepalive(7200, 75, 9, 10)[0]
 
 
 def test_suggestion_is_always_below_the_timeout():
     for timeout in list(range(3, 400)) + [599, 600, 3600, 86400]:
         for probes in (1, 3, 9, 20):
-            hint = ak._suggest_keepalive(timeout, probes)
+            hint = host_keepalive.suggest(timeout, probes)
             assert hint and min(hint.values()) >= 1, (timeout, probes)
-            assert ak._check_keepalive(hint["tcp_keepalive_time"], hint["tcp_keepalive_intvl"],
+            assert host_keepalive.check_keepalive(hint["tcp_keepalive_time"], hint["tcp_keepalive_intvl"],
                                       hint["tcp_keepalive_probes"], timeout) == [], (timeout, probes, hint)
 
 
 def test_firewall_timeout_too_short_for_keepalive():
-    assert ak._suggest_keepalive(2) is None
-    (msg,) = ak._check_keepalive(1, 1, 1, 2)
+    assert host_keepalive.suggest(2) is None
+    (msg,) = host_keepalive.check_keepalive(1, 1, 1, 2)
     assert "too short for TCP keepalive" in msg and "host_rabbitmq:firewall_idle_timeout" in msg
 
 
@@ -109,19 +112,19 @@ def test_firewall_timeout_too_short_for_keepalive():
     ],
 )
 def test_bad_values_are_named(args, fragment):
-    problems = ak._check_keepalive(*args)
+    problems = host_keepalive.check_keepalive(*args)
     assert any(fragment in p for p in problems), problems
 
 
 def test_numeric_strings_from_pillar_are_accepted():
-    assert ak._check_keepalive("60", " 15", "4", "3600") == []
+    assert host_keepalive.check_keepalive("60", " 15", "4", "3600") == []
 
 
 def test_heartbeat_ranges():
-    assert ak._check_heartbeats(60, 60, 3) == []
-    assert ak._check_heartbeats(0, 0, 1) == []  # 0 disables a heartbeat
-    assert any("heartbeat_rate must be at least 1" in p for p in ak._check_heartbeats(60, 60, 0))
-    assert any("broker:heartbeat must be at least 0" in p for p in ak._check_heartbeats(-1))
+    assert host_keepalive.check_heartbeats(60, 60, 3) == []
+    assert host_keepalive.check_heartbeats(0, 0, 1) == []  # 0 disables a heartbeat
+    assert any("heartbeat_rate must be at least 1" in p for p in host_keepalive.check_heartbeats(60, 60, 0))
+    assert any("broker:heartbeat must be at least 0" in p for p in host_keepalive.check_heartbeats(-1))
 
 
 # ---------------------------------------------------------------- ss parsing
@@ -133,7 +136,7 @@ def test_heartbeat_ranges():
      ("15sec", 15.0), ("-1sec", -1.0), ("", None), ("soon", None)],
 )
 def test_parse_duration(text, seconds):
-    assert ak._parse_duration(text) == seconds
+    assert host_ss.parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize(
@@ -143,13 +146,13 @@ def test_parse_duration(text, seconds):
      ("*:*", ("*", None))],
 )
 def test_split_endpoint(text, expected):
-    assert ak._split_endpoint(text) == expected
+    assert host_ss.split_endpoint(text) == expected
 
 
 def test_parse_captured_lab_output_before_fix():
-    socks = ak._parse_ss(SS_BEFORE)
+    socks = host_ss.parse_ss(SS_BEFORE)
     assert len(socks) == 3
-    amqp = ak._amqp_sockets(socks, [5672])
+    amqp = host_ss.amqp_sockets(socks, [5672])
     assert len(amqp) == 1
     (sock,) = amqp
     assert sock["side"] == "server" and sock["keepalive"] is False and sock["timer"] is None
@@ -158,15 +161,15 @@ def test_parse_captured_lab_output_before_fix():
 
 
 def test_parse_captured_lab_output_after_fix():
-    (sock,) = ak._amqp_sockets(ak._parse_ss(SS_AFTER), 5672)
+    (sock,) = host_ss.amqp_sockets(host_ss.parse_ss(SS_AFTER), 5672)
     assert sock["keepalive"] is True and sock["timer"] == "keepalive"
     assert sock["timer_expires_s"] == 0.288 and sock["timer_retrans"] == 0
 
 
 def test_both_sides_only_live_sockets_and_header_skipped():
-    socks = ak._parse_ss(SS_HEADER_MIXED)
+    socks = host_ss.parse_ss(SS_HEADER_MIXED)
     assert len(socks) == 8
-    amqp = ak._amqp_sockets(socks)  # default port 5672, ESTAB only
+    amqp = host_ss.amqp_sockets(socks)  # default port 5672, ESTAB only
     flows = {(s["side"], s["local_port"], s["peer_port"], s["keepalive"]) for s in amqp}
     assert flows == {
         ("client", 50148, 5672, False),
@@ -177,26 +180,26 @@ def test_both_sides_only_live_sockets_and_header_skipped():
 
 
 def test_single_state_filter_output_without_state_column():
-    amqp = ak._amqp_sockets(ak._parse_ss(SS_NO_STATE), [5672])
+    amqp = host_ss.amqp_sockets(host_ss.parse_ss(SS_NO_STATE), [5672])
     assert [(s["side"], s["keepalive"], s["timer_expires_s"]) for s in amqp] == [
         ("client", False, None), ("server", True, 112.0)]
 
 
 def test_ports_are_configurable():
-    assert ak._amqp_sockets(ak._parse_ss(SS_BEFORE), "5671") == []
-    assert len(ak._amqp_sockets(ak._parse_ss(SS_BEFORE), "5671,5672")) == 1
-    assert len(ak._amqp_sockets(ak._parse_ss(SS_BEFORE), [4369])) == 2
+    assert host_ss.amqp_sockets(host_ss.parse_ss(SS_BEFORE), "5671") == []
+    assert len(host_ss.amqp_sockets(host_ss.parse_ss(SS_BEFORE), "5671,5672")) == 1
+    assert len(host_ss.amqp_sockets(host_ss.parse_ss(SS_BEFORE), [4369])) == 2
 
 
 def test_garbage_lines_are_ignored():
-    assert ak._parse_ss("Failed to find cgroup2 mount\n\nnonsense here\n") == []
+    assert host_ss.parse_ss("Failed to find cgroup2 mount\n\nnonsense here\n") == []
 
 
 # ---------------------------------------------------------------- audit verdict
 
 
 def test_sysctl_drift():
-    drift = ak._sysctl_drift(
+    drift = host_keepalive.sysctl_drift(
         {"net.ipv4.tcp_keepalive_time": 7200, "net.ipv4.tcp_keepalive_intvl": "15", "tcp_keepalive_probes": 4},
         {"tcp_keepalive_time": 60, "tcp_keepalive_intvl": 15, "tcp_keepalive_probes": 4},
     )
@@ -208,21 +211,21 @@ def test_summary_before_and_after():
     kernel = {"tcp_keepalive_time": 7200, "tcp_keepalive_intvl": 75, "tcp_keepalive_probes": 9}
     target = {"tcp_keepalive_time": 4, "tcp_keepalive_intvl": 1, "tcp_keepalive_probes": 3}
 
-    before = ak._summarize(ak._amqp_sockets(ak._parse_ss(SS_BEFORE)), ak._sysctl_drift(kernel, target), 10)
+    before = host_keepalive.summarize(host_ss.amqp_sockets(host_ss.parse_ss(SS_BEFORE)), host_keepalive.sysctl_drift(kernel, target), 10)
     assert before["result"] is False
     assert before["without_keepalive"] == ["10.197.1.1:5672->10.197.2.1:52672"]
     assert before["sysctl_off_target"] == sorted("net.ipv4." + k for k in kernel)
     assert "no keepalive timer" in before["comment"] and "7875 s" in before["comment"]
 
-    after = ak._summarize(ak._amqp_sockets(ak._parse_ss(SS_AFTER)), ak._sysctl_drift(target, target), 10)
+    after = host_keepalive.summarize(host_ss.amqp_sockets(host_ss.parse_ss(SS_AFTER)), host_keepalive.sysctl_drift(target, target), 10)
     assert after["result"] is True and after["without_keepalive"] == [] and after["sysctl_off_target"] == []
     assert "all with a keepalive timer" in after["comment"]
 
 
 def test_undetermined_timer_is_reported_not_failed():
-    amqp = [s for s in ak._amqp_sockets(ak._parse_ss(SS_HEADER_MIXED)) if s["keepalive"] is None]
+    amqp = [s for s in host_ss.amqp_sockets(host_ss.parse_ss(SS_HEADER_MIXED)) if s["keepalive"] is None]
     target = {"tcp_keepalive_time": 60, "tcp_keepalive_intvl": 15, "tcp_keepalive_probes": 4}
-    report = ak._summarize(amqp, ak._sysctl_drift(target, target), 3600)
+    report = host_keepalive.summarize(amqp, host_keepalive.sysctl_drift(target, target), 3600)
     assert report["result"] is True and report["undetermined"] == ["[::1]:5672->[::1]:49378"]
     assert "'on' timer" in report["comment"]
 
@@ -253,7 +256,7 @@ def salt_shell(monkeypatch):
     monkeypatch.setattr(ak, "__salt__", {"pillar.get": pillar_get, "cmd.run_all": run_all}, raising=False)
     monkeypatch.setattr(ak, "__grains__", {"kernel": "Linux"}, raising=False)
     monkeypatch.setattr(ak.salt.utils.path, "which", lambda name: f"/usr/bin/{name}")
-    monkeypatch.setattr(ak, "_read_sysctls", lambda: {"net.ipv4.tcp_keepalive_time": 4,
+    monkeypatch.setattr(host_keepalive, "read_sysctls", lambda: {"net.ipv4.tcp_keepalive_time": 4,
                                                       "net.ipv4.tcp_keepalive_intvl": 1,
                                                       "net.ipv4.tcp_keepalive_probes": 3})
     return calls
@@ -290,12 +293,12 @@ def test_public_functions_have_cli_examples():
 
 def test_module_defaults_match_formula_defaults():
     defaults = yaml.safe_load((FORMULA / "defaults.yaml").read_text())["host_rabbitmq"]
-    assert defaults["firewall_idle_timeout"] == ak.DEFAULTS["firewall_idle_timeout"]
-    assert defaults["amqp_ports"] == ak.DEFAULTS["amqp_ports"]
-    assert {k: defaults["sysctl"][k] for k in ak.SYSCTLS} == ak.DEFAULTS["sysctl"]
-    assert defaults["clean"]["sysctl"] == ak.KERNEL_DEFAULTS
+    assert defaults["firewall_idle_timeout"] == host_keepalive.DEFAULTS["firewall_idle_timeout"]
+    assert defaults["amqp_ports"] == host_keepalive.DEFAULTS["amqp_ports"]
+    assert {k: defaults["sysctl"][k] for k in host_keepalive.SYSCTLS} == host_keepalive.DEFAULTS["sysctl"]
+    assert defaults["clean"]["sysctl"] == host_keepalive.KERNEL_DEFAULTS
     # the shipped defaults pass the shipped rule
-    assert ak._check_keepalive(*(defaults["sysctl"][k] for k in ak.SYSCTLS), defaults["firewall_idle_timeout"]) == []
+    assert host_keepalive.check_keepalive(*(defaults["sysctl"][k] for k in host_keepalive.SYSCTLS), defaults["firewall_idle_timeout"]) == []
 
 
 # RabbitMQ 3.10 rabbit.app: {tcp_listen_options, [{backlog,128},{nodelay,true},{linger,{true,0}},{exit_on_close,false}]}

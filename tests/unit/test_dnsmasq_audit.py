@@ -11,6 +11,9 @@ import pathlib
 
 import pytest
 
+import host_dnsmasq_instances
+import host_dnsmasq_options
+
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -66,7 +69,7 @@ def checks(report):
 def test_cmdline_long_short_and_bundled_options():
     argv = ["/usr/sbin/dnsmasq", "--keep-in-foreground", "--conf-file=/a.conf", "-i", "eth0", "-ieth1",
             "-kzC/b.conf", "--interface", "eth2", "--bind-interf", "-7", "/d,.bak", "--pid-file=/p"]
-    assert da._parse_cmdline(argv) == [
+    assert host_dnsmasq_options.parse_cmdline(argv) == [
         ("keep-in-foreground", None), ("conf-file", "/a.conf"), ("interface", "eth0"), ("interface", "eth1"),
         ("keep-in-foreground", None), ("bind-interfaces", None), ("conf-file", "/b.conf"),
         ("interface", "eth2"), ("bind-interfaces", None), ("conf-dir", "/d,.bak"), ("pid-file", "/p"),
@@ -75,7 +78,7 @@ def test_cmdline_long_short_and_bundled_options():
 
 def test_cmdline_optional_argument_needs_equals_sign():
     # dnsmasq itself says "junk found in command line" for --conf-file /x: the option takes no word
-    assert da._parse_cmdline(["dnsmasq", "--conf-file", "/x", "--pid-file"]) == [
+    assert host_dnsmasq_options.parse_cmdline(["dnsmasq", "--conf-file", "/x", "--pid-file"]) == [
         ("conf-file", None), ("", "/x"), ("pid-file", None),
     ]
 
@@ -89,7 +92,7 @@ def test_conf_text_comments_quotes_and_spaces():
         "dhcp-range=10.0.0.5,10.0.0.9#not-a-comment",
         "",
     ])
-    assert da._parse_conf_text(text) == [
+    assert host_dnsmasq_options.parse_conf_text(text) == [
         ("bind-interfaces", None), ("interface", "eth0"),
         ("dhcp-option", "option:domain-search,a b#c"), ("dhcp-range", "10.0.0.5,10.0.0.9#not-a-comment"),
     ]
@@ -97,9 +100,9 @@ def test_conf_text_comments_quotes_and_spaces():
 
 def test_conf_dir_selection_like_dnsmasq():
     names = ["b.conf", "a.conf", "x.bak", ".hidden", "old~", "#tmp#", "notes.txt"]
-    assert da._conf_dir_files(names, "/etc/d") == ["a.conf", "b.conf", "notes.txt", "x.bak"]
-    assert da._conf_dir_files(names, "/etc/d,.bak,.txt") == ["a.conf", "b.conf"]
-    assert da._conf_dir_files(names, "/etc/d,*.conf") == ["a.conf", "b.conf"]
+    assert host_dnsmasq_options.conf_dir_files(names, "/etc/d") == ["a.conf", "b.conf", "notes.txt", "x.bak"]
+    assert host_dnsmasq_options.conf_dir_files(names, "/etc/d,.bak,.txt") == ["a.conf", "b.conf"]
+    assert host_dnsmasq_options.conf_dir_files(names, "/etc/d,*.conf") == ["a.conf", "b.conf"]
 
 
 # ------------------------------------------------------------------ ranges and versions
@@ -116,17 +119,17 @@ def test_conf_dir_selection_like_dnsmasq():
     ("fd00::,ra-only", "fd00::", None, False),
 ])
 def test_parse_range(value, start, end, dynamic):
-    parsed = da._parse_range(value)
+    parsed = host_dnsmasq_options.parse_range(value)
     assert (parsed["start"], parsed["end"], parsed["dynamic"]) == (start, end, dynamic)
 
 
 def test_ranges_overlap_only_same_family_and_dynamic():
-    r = da._parse_range
-    assert da._ranges_overlap(r("10.0.0.50,10.0.0.150"), r("10.0.0.150,10.0.0.200"))
-    assert da._ranges_overlap(r("10.0.0.150,10.0.0.50"), r("10.0.0.60,10.0.0.70"))  # reversed bounds
-    assert not da._ranges_overlap(r("10.0.0.50,10.0.0.150"), r("10.0.0.151,10.0.0.200"))
-    assert not da._ranges_overlap(r("10.0.0.0,static"), r("10.0.0.1,10.0.0.9"))
-    assert not da._ranges_overlap(r("fd00::1,fd00::9"), r("10.0.0.1,10.0.0.9"))
+    r = host_dnsmasq_options.parse_range
+    assert host_dnsmasq_options.ranges_overlap(r("10.0.0.50,10.0.0.150"), r("10.0.0.150,10.0.0.200"))
+    assert host_dnsmasq_options.ranges_overlap(r("10.0.0.150,10.0.0.50"), r("10.0.0.60,10.0.0.70"))  # reversed bounds
+    assert not host_dnsmasq_options.ranges_overlap(r("10.0.0.50,10.0.0.150"), r("10.0.0.151,10.0.0.200"))
+    assert not host_dnsmasq_options.ranges_overlap(r("10.0.0.0,static"), r("10.0.0.1,10.0.0.9"))
+    assert not host_dnsmasq_options.ranges_overlap(r("fd00::1,fd00::9"), r("10.0.0.1,10.0.0.9"))
 
 
 @pytest.mark.parametrize("given, parsed", [
@@ -139,7 +142,7 @@ def test_ranges_overlap_only_same_family_and_dynamic():
     (None, None),
 ])
 def test_parse_version(given, parsed):
-    assert da._parse_version(given) == parsed
+    assert host_dnsmasq_options.parse_version(given) == parsed
 
 
 # ------------------------------------------------------------------ fake /proc
@@ -289,7 +292,7 @@ def test_select_by_pids_pidfiles_and_netns(fake, tmp_path):
     assert [i["pid"] for i in da.instances(proc=proc, pidfiles=str(tmp_path / "missing.pid"))] == []
     assert [i["pid"] for i in da.instances(proc=proc, netns=f"net:[{ino + 1}]")] == [101]
     assert [i["pid"] for i in da.instances(proc=proc, netns=str(ino))] == [100]
-    assert da._resolve_netns("lab-srv", netns_dir=str(netns_dir)) == f"net:[{ino}]"
+    assert host_dnsmasq_instances.resolve_netns("lab-srv", netns_dir=str(netns_dir)) == f"net:[{ino}]"
     with pytest.raises(ValueError if da.SaltInvocationError is ValueError else da.SaltInvocationError):
         da.instances(proc=proc, netns="/nonexistent/netns")
 

@@ -14,6 +14,11 @@ import sys
 import pytest
 import yaml
 
+import host_ksm
+import host_libvirt
+import host_memory_commit
+import host_nova_conf
+
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 FORMULA = CHECKOUT / "states/host/overcommit"
 
@@ -60,15 +65,15 @@ virt_type = kvm
 
 
 def test_parse_meminfo():
-    info = hm._parse_meminfo(MEMINFO)
+    info = host_memory_commit.parse_meminfo(MEMINFO)
     assert info["MemTotal"] == 16 * GIB_KB
     assert info["MemAvailable"] == 6 * GIB_KB
     assert info["HugePages_Total"] == 0
-    assert hm._parse_meminfo("garbage\nMemTotal: x kB\n") == {}
+    assert host_memory_commit.parse_meminfo("garbage\nMemTotal: x kB\n") == {}
 
 
 def test_parse_ini_oslo_style():
-    entries = hm._parse_ini(NOVA_CONF)
+    entries = host_nova_conf.parse_ini(NOVA_CONF)
     assert ("DEFAULT", "transport_url", "rabbit://nova:secret@ctl:5672/", 4) in entries
     assert ("DEFAULT", "my_ip", "10.0.0.5", 5) in entries
     assert ("DEFAULT", "ram_allocation_ratio", "3.0", 6) in entries
@@ -81,7 +86,7 @@ def test_parse_ini_oslo_style():
 
 def test_parse_ini_quotes_case_and_marker():
     text = '[DEFAULT]\nRAM_Allocation_Ratio = "1.1"\n#deskfleet-overcommit# ram_allocation_ratio = 3.0\n'
-    assert hm._parse_ini(text) == [("DEFAULT", "ram_allocation_ratio", "1.1", 2)]
+    assert host_nova_conf.parse_ini(text) == [("DEFAULT", "ram_allocation_ratio", "1.1", 2)]
 
 
 def test_nova_config_files_order(tmp_path):
@@ -91,14 +96,14 @@ def test_nova_config_files_order(tmp_path):
     for name in ("nova.conf", "nova-compute.conf", "nova.conf.d/70-b.conf", "nova.conf.d/10-a.conf",
                  "nova.conf.d/README", "nova-compute.conf.d/05-c.conf"):
         (nova / name).write_text("[DEFAULT]\n")
-    files = [str(pathlib.Path(f).relative_to(nova)) for f in hm._nova_config_files(str(nova), "nova-compute")]
+    files = [str(pathlib.Path(f).relative_to(nova)) for f in host_nova_conf.config_files(str(nova), "nova-compute")]
     assert files == ["nova.conf", "nova-compute.conf", "nova.conf.d/10-a.conf", "nova.conf.d/70-b.conf",
                      "nova-compute.conf.d/05-c.conf"]
-    assert hm._nova_config_files(str(tmp_path / "missing")) == []
+    assert host_nova_conf.config_files(str(tmp_path / "missing")) == []
 
 
 def test_effective_nova_last_file_wins_and_default_section_only():
-    eff = hm._effective_nova([
+    eff = host_nova_conf.effective([
         ("/etc/nova/nova.conf", NOVA_CONF),
         ("/etc/nova/nova.conf.d/60-deskfleet-overcommit.conf", "[DEFAULT]\nram_allocation_ratio = 1.2\n"),
     ])
@@ -123,13 +128,13 @@ def test_effective_nova_last_file_wins_and_default_section_only():
     ],
 )
 def test_resolve_ram_target(text, expect_target, expect_source):
-    eff = hm._effective_nova([("f", text)])
-    assert hm._resolve_ram_target(eff) == (expect_target, expect_source)
+    eff = host_nova_conf.effective([("f", text)])
+    assert host_nova_conf.resolve_ram_target(eff) == (expect_target, expect_source)
 
 
 def test_resolve_reserved_default_512():
-    assert hm._resolve_reserved_mb(hm._effective_nova([("f", "[DEFAULT]\n")])) == (512, "nova default (512)")
-    assert hm._resolve_reserved_mb(hm._effective_nova([("f", "[DEFAULT]\nreserved_host_memory_mb = 4096\n")]))[0] == 4096
+    assert host_nova_conf.resolve_reserved_mb(host_nova_conf.effective([("f", "[DEFAULT]\n")])) == (512, "nova default (512)")
+    assert host_nova_conf.resolve_reserved_mb(host_nova_conf.effective([("f", "[DEFAULT]\nreserved_host_memory_mb = 4096\n")]))[0] == 4096
 
 
 def test_nova_34_defaults_match():
@@ -144,19 +149,19 @@ def test_nova_34_defaults_match():
         pytest.skip("nova is not installed in this venv (requirements.lock)")
     assert proc.returncode == 0, proc.stderr
     defaults = json.loads(proc.stdout)
-    for key, value in hm.NOVA_DEFAULTS.items():
+    for key, value in host_nova_conf.NOVA_DEFAULTS.items():
         assert defaults[key] == value, key
     assert defaults["ram_allocation_ratio"] is None and defaults["initial_ram_allocation_ratio"] == 1.0
 
 
 def test_conflicts_only_for_different_values():
-    eff = hm._effective_nova([
+    eff = host_nova_conf.effective([
         ("/n/nova.conf", "[DEFAULT]\nram_allocation_ratio = 3.0\n"),
         ("/n/nova-compute.conf", "[DEFAULT]\nram_allocation_ratio = 1.20\ncpu_allocation_ratio = 4\n"),
         ("/n/nova.conf.d/60-deskfleet-overcommit.conf", "[DEFAULT]\nram_allocation_ratio = 1.2\n"),
     ])
     wanted = {"ram_allocation_ratio": 1.2, "cpu_allocation_ratio": 2.0, "disk_allocation_ratio": None}
-    found = hm._conflicts(eff, wanted, ignore=("/n/nova.conf", "/n/nova.conf.d/60-deskfleet-overcommit.conf"))
+    found = host_nova_conf.conflicts(eff, wanted, ignore=("/n/nova.conf", "/n/nova.conf.d/60-deskfleet-overcommit.conf"))
     assert found == [{"key": "cpu_allocation_ratio", "source": "/n/nova-compute.conf", "line": 3, "value": "4",
                       "wanted": 2.0}]
 
@@ -167,7 +172,7 @@ def test_conflicts_only_for_different_values():
 def _check(**over):
     args = dict(ram_allocation_ratio=1.2, cpu_allocation_ratio=2.0, reserved_host_memory_mb=4096)
     args.update(over)
-    return hm._check_settings(**args)
+    return host_memory_commit.check_settings(**args)
 
 
 @pytest.mark.parametrize(
@@ -228,7 +233,7 @@ def test_accepted(over):
     ],
 )
 def test_verdict_thresholds(ratio, target, available, expect):
-    state, reasons = hm._verdict(ratio, target, available)
+    state, reasons = host_memory_commit.verdict(ratio, target, available)
     assert state == expect, reasons
     assert bool(reasons) == (expect != "ok")
 
@@ -239,9 +244,9 @@ def _domains(*sizes_mib, active=True):
 
 
 def test_commit_report_exact_figures():
-    info = hm._parse_meminfo(MEMINFO)
+    info = host_memory_commit.parse_meminfo(MEMINFO)
     ksm = {"run": 1, "pages_sharing": 262144, "ksm_zero_pages": 0}
-    report = hm._commit_report(info, _domains(4096, 4096, 3072, 2048), 4096, 1.2, "t", "r", ksm=ksm, page_size=4096)
+    report = host_memory_commit.commit_report(info, _domains(4096, 4096, 3072, 2048), 4096, 1.2, "t", "r", ksm=ksm, page_size=4096)
     # committed 13312 MiB / usable (16384 - 4096) 12288 MiB = 13/12
     assert report["committed_mb"] == 13312.0 and report["usable_mb"] == 12288.0
     assert report["ratio"] == round(13312 / 12288, 4) == 1.0833
@@ -254,20 +259,20 @@ def test_commit_report_exact_figures():
 
 
 def test_commit_report_ok_and_critical():
-    info = hm._parse_meminfo(MEMINFO)
-    ok = hm._commit_report(info, _domains(4096, 4096), 4096, 1.2)
+    info = host_memory_commit.parse_meminfo(MEMINFO)
+    ok = host_memory_commit.commit_report(info, _domains(4096, 4096), 4096, 1.2)
     assert (ok["verdict"], ok["ratio"]) == ("ok", round(8192 / 12288, 4))
-    over = hm._commit_report(info, _domains(4096, 4096, 4096, 4096), 4096, 1.2)
+    over = host_memory_commit.commit_report(info, _domains(4096, 4096, 4096, 4096), 4096, 1.2)
     assert (over["verdict"], over["ratio"]) == ("critical", round(16384 / 12288, 4))
     assert over["headroom_mb"] < 0
     # MemAvailable alone makes it critical
-    starving = hm._commit_report({"MemTotal": 16 * GIB_KB, "MemAvailable": 800 * 1024}, _domains(1024), 4096, 1.2)
+    starving = host_memory_commit.commit_report({"MemTotal": 16 * GIB_KB, "MemAvailable": 800 * 1024}, _domains(1024), 4096, 1.2)
     assert starving["verdict"] == "critical" and "MemAvailable is 4.9% of MemTotal" in starving["reasons"][0]
     # nothing usable
-    broke = hm._commit_report({"MemTotal": 4 * GIB_KB}, _domains(1024), 4096, 1.2)
+    broke = host_memory_commit.commit_report({"MemTotal": 4 * GIB_KB}, _domains(1024), 4096, 1.2)
     assert broke["verdict"] == "critical" and broke["ratio"] is None
     with pytest.raises(ValueError):
-        hm._commit_report({}, [], 512, 1.0)
+        host_memory_commit.commit_report({}, [], 512, 1.0)
 
 
 class FakeDomain:
@@ -301,20 +306,20 @@ class FakeConn:
 def test_domain_memory_running_and_defined():
     conn = FakeConn([FakeDomain("b", 4096, 2048), FakeDomain("a", 2048), FakeDomain("off", 8192, active=False),
                      FakeDomain("gone", 1024, vanish=True)])
-    running = hm._domain_memory(conn, errors=(LookupError,))
+    running = host_libvirt.domain_memory(conn, errors=(LookupError,))
     assert [(d["name"], d["max_kib"], d["current_kib"]) for d in running] == [("a", 2097152, 2097152),
                                                                              ("b", 4194304, 2097152)]
-    everything = hm._domain_memory(conn, include_defined=True, errors=(LookupError,))
+    everything = host_libvirt.domain_memory(conn, include_defined=True, errors=(LookupError,))
     assert sum(d["max_kib"] for d in everything) == (4096 + 2048 + 8192) * 1024
 
 
 def test_ksm_summary_and_savings():
-    values = {field: None for field in hm.KSM_FIELDS}
+    values = {field: None for field in host_ksm.KSM_FIELDS}
     values.update(run=1, pages_sharing=1000, ksm_zero_pages=24, pages_to_scan=1000, sleep_millisecs=20)
-    summary = hm._ksm_summary(values, 4096)
+    summary = host_ksm.summary(values, 4096)
     assert summary["run_state"] == "running" and summary["available"]
     assert summary["saved_bytes"] == 1024 * 4096 and summary["saved_mb"] == 4.0
-    missing = hm._ksm_summary({}, 4096)
+    missing = host_ksm.summary({}, 4096)
     assert missing["run_state"] == "unavailable" and not missing["available"] and missing["saved_bytes"] == 0
 
 
@@ -336,7 +341,7 @@ def test_formula_defaults_match_module():
     for key in ("libvirt_uri", "include_defined", "warn_fraction", "mem_available_warn", "mem_available_critical"):
         assert data["monitor"][key] == hm.DEFAULTS[key], key
     # the defaults themselves pass the refusal rules
-    assert hm._check_settings(data["nova"]["ram_allocation_ratio"], data["nova"]["cpu_allocation_ratio"],
+    assert host_memory_commit.check_settings(data["nova"]["ram_allocation_ratio"], data["nova"]["cpu_allocation_ratio"],
                              data["nova"]["reserved_host_memory_mb"], data["nova"]["disk_allocation_ratio"],
                              data["ksm"]["enabled"], data["allow_high_ram_ratio"], data["ram_ratio_ceiling"],
                              data["ksm"]["pages_to_scan"], data["ksm"]["sleep_millisecs"]) == []

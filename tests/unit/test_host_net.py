@@ -11,6 +11,11 @@ import textwrap
 
 import pytest
 
+import host_libvirt
+import host_ovsdb
+import host_port_classes
+import host_systemd_order
+
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("host_net", CHECKOUT / "_modules" / "host_net.py")
 host_net = importlib.util.module_from_spec(_spec)
@@ -142,15 +147,15 @@ NETDEVS = {"tapa0000010-00": 7, "vnet1": 8}
 
 
 def snapshot():
-    return host_net._build_ovs_snapshot(
-        host_net._parse_ovs_list(OVS_BRIDGES), host_net._parse_ovs_list(OVS_PORTS), host_net._parse_ovs_list(OVS_IFACES)
+    return host_ovsdb.build_snapshot(
+        host_ovsdb.parse_ovs_list(OVS_BRIDGES), host_ovsdb.parse_ovs_list(OVS_PORTS), host_ovsdb.parse_ovs_list(OVS_IFACES)
     )
 
 
 def domains(*, b=True):
-    doms = [host_net._parse_domain_xml(DESK_A_LIVE, True), host_net._parse_domain_xml(DESK_D_LIVE, True)]
+    doms = [host_libvirt.parse_domain_xml(DESK_A_LIVE, True), host_libvirt.parse_domain_xml(DESK_D_LIVE, True)]
     if b:
-        doms.append(host_net._parse_domain_xml(DESK_B_INACTIVE, False))
+        doms.append(host_libvirt.parse_domain_xml(DESK_B_INACTIVE, False))
     return doms
 
 
@@ -175,16 +180,16 @@ def test_ovs_json_decodes_sets_maps_and_optionals():
 
 
 def test_one_element_set_is_the_element_itself():
-    rows = host_net._parse_ovs_list(
+    rows = host_ovsdb.parse_ovs_list(
         {"headings": ["_uuid", "name", "ports"], "data": [[["uuid", "u1"], "br0", ["uuid", "p1"]]]}
     )
-    assert host_net._as_list(rows[0]["ports"]) == ["p1"]
-    assert host_net._as_list([]) == [] and host_net._as_list(None) == [] and host_net._as_list(3) == [3]
-    assert host_net._optional([]) is None and host_net._optional(-1) == -1
+    assert host_ovsdb.as_list(rows[0]["ports"]) == ["p1"]
+    assert host_ovsdb.as_list([]) == [] and host_ovsdb.as_list(None) == [] and host_ovsdb.as_list(3) == [3]
+    assert host_ovsdb.optional([]) is None and host_ovsdb.optional(-1) == -1
 
 
 def test_domain_xml():
-    d = host_net._parse_domain_xml(DESK_D_LIVE, True)
+    d = host_libvirt.parse_domain_xml(DESK_D_LIVE, True)
     assert d["name"] == "desk-d" and d["uuid"] == "6f1c2a9e-0d8b-4c1a-9a57-00000000000d" and d["active"]
     (nic,) = d["interfaces"]
     assert nic == {
@@ -196,7 +201,7 @@ def test_domain_xml():
         "virtualport": "openvswitch",
         "interfaceid": "a0000013-0000-4000-8000-000000000013",
     }
-    b = host_net._parse_domain_xml(DESK_B_INACTIVE, False)
+    b = host_libvirt.parse_domain_xml(DESK_B_INACTIVE, False)
     assert b["interfaces"][0]["target"] == "tapa0000011-00" and not b["active"]
 
 
@@ -204,7 +209,7 @@ def test_domain_xml():
 
 
 def test_incident_snapshot_is_classified():
-    rows = rows_by_name(host_net._classify(snapshot(), domains(), netdev=NETDEVS))
+    rows = rows_by_name(host_port_classes.classify(snapshot(), domains(), netdev=NETDEVS))
     assert (rows["tapa0000010-00"]["class"], rows["tapa0000010-00"]["action"]) == ("healthy", "none")
     assert rows["tapa0000010-00"]["domain"]["name"] == "desk-a"
     # the shut-off guest's stale row: libvirt's --may-exist would reuse it at start
@@ -217,11 +222,11 @@ def test_incident_snapshot_is_classified():
     assert "vnet1" in rows["vnet0"]["reason"] and rows["vnet0"]["matched_by"] == "iface-id"
     assert rows["vnet1"]["class"] == "healthy"
     assert (rows["br-int"]["class"], rows["br-int"]["reason"]) == ("healthy", "not a VM port")
-    assert host_net._summarize(rows.values()) == {"healthy": 3, "broken": 1, "orphan": 1, "foreign": 0}
+    assert host_port_classes.summarize(rows.values()) == {"healthy": 3, "broken": 1, "orphan": 1, "foreign": 0}
 
 
 def test_port_of_a_deleted_domain_is_an_orphan():
-    rows = rows_by_name(host_net._classify(snapshot(), domains(b=False), netdev=NETDEVS))
+    rows = rows_by_name(host_port_classes.classify(snapshot(), domains(b=False), netdev=NETDEVS))
     assert (rows["tapa0000011-00"]["class"], rows["tapa0000011-00"]["action"]) == ("orphan", "del-port")
     assert rows["tapa0000011-00"]["domain"] is None
 
@@ -247,52 +252,52 @@ def test_running_guest_with_stale_row_is_replugged():
     # the incident on pre-2.7 OVS: the guest is back, its tap exists, the row stays ofport -1
     iface = _iface("tap1", ofport=-1, error="could not open network device tap1 (No such device)", ifindex=None,
                    ids={"iface-id": "ii-1"})
-    (row,) = host_net._classify([iface], [_dom("vm1", "tap1")], netdev={"tap1": 9})
+    (row,) = host_port_classes.classify([iface], [_dom("vm1", "tap1")], netdev={"tap1": 9})
     assert (row["class"], row["action"]) == ("broken", "replug")
 
 
 def test_tap_gone_under_running_guest_needs_a_domain_restart():
-    (row,) = host_net._classify([_iface("tap1", ids={"iface-id": "ii-1"})], [_dom("vm1", "tap1")], netdev={})
+    (row,) = host_port_classes.classify([_iface("tap1", ids={"iface-id": "ii-1"})], [_dom("vm1", "tap1")], netdev={})
     assert (row["class"], row["action"]) == ("broken", "restart-domain") and row["problems"] == ["netdev missing"]
 
 
 def test_row_attached_to_an_older_netdev_is_broken():
-    (row,) = host_net._classify([_iface("tap1", ifindex=None)], [_dom("vm1", "tap1")], netdev={"tap1": 12})
+    (row,) = host_port_classes.classify([_iface("tap1", ifindex=None)], [_dom("vm1", "tap1")], netdev={"tap1": 12})
     assert (row["class"], row["action"]) == ("broken", "replug")
     assert row["problems"][0].startswith("not attached to the current netdev")
 
 
 def test_wrong_bridge_is_broken():
-    (row,) = host_net._classify([_iface("tap1", bridge="br-old")], [_dom("vm1", "tap1")], netdev={"tap1": 9})
+    (row,) = host_port_classes.classify([_iface("tap1", bridge="br-old")], [_dom("vm1", "tap1")], netdev={"tap1": 9})
     assert (row["class"], row["action"]) == ("broken", "replug")
     assert row["problems"] == ["on bridge br-old, domain expects br-int"]
 
 
 def test_unplugged_interface_of_running_guest():
-    rows = host_net._classify([], [_dom("vm1", "tap1")], netdev={"tap1": 9})
+    rows = host_port_classes.classify([], [_dom("vm1", "tap1")], netdev={"tap1": 9})
     assert [(r["name"], r["class"], r["action"]) for r in rows] == [("tap1", "broken", "add-port")]
-    rows = host_net._classify([], [_dom("vm1", "tap1")], netdev={})
+    rows = host_port_classes.classify([], [_dom("vm1", "tap1")], netdev={})
     assert rows[0]["action"] == "restart-domain"
     # a shut-off guest has no port, and that is fine
-    assert host_net._classify([], [_dom("vm1", "tap1", active=False)], netdev={}) == []
+    assert host_port_classes.classify([], [_dom("vm1", "tap1", active=False)], netdev={}) == []
 
 
 def test_non_vm_ports_are_never_touched():
     uplink = _iface("eth1", ofport=-1, error="could not open network device eth1 (No such device)", ifindex=None)
     tunnel = _iface("vxlan0", type_="vxlan", ofport=-1, error="bad remote_ip")
-    rows = rows_by_name(host_net._classify([uplink, tunnel], [], netdev={}))
+    rows = rows_by_name(host_port_classes.classify([uplink, tunnel], [], netdev={}))
     assert (rows["eth1"]["class"], rows["eth1"]["action"]) == ("foreign", "none")
     assert (rows["vxlan0"]["class"], rows["vxlan0"]["action"]) == ("foreign", "none")
 
 
 def test_healthy_vm_port_without_domain_is_left_alone():
     # e.g. os-vif plugged it before libvirt defines the domain
-    (row,) = host_net._classify([_iface("tap9", ids={"iface-id": "x"})], [], netdev={"tap9": 9})
+    (row,) = host_port_classes.classify([_iface("tap9", ids={"iface-id": "x"})], [], netdev={"tap9": 9})
     assert (row["class"], row["action"]) == ("healthy", "none")
 
 
 def test_bridge_filter():
-    rows = host_net._classify(snapshot(), domains(), netdev=NETDEVS, bridges=["br-ex"])
+    rows = host_port_classes.classify(snapshot(), domains(), netdev=NETDEVS, bridges=["br-ex"])
     assert rows == []
 
 
@@ -300,19 +305,19 @@ def test_bridge_filter():
 
 
 def test_confirm_needs_the_same_stale_row_on_both_passes():
-    stale = host_net._classify(snapshot(), domains(), netdev=NETDEVS)
-    confirmed, skipped = host_net._confirm(stale, stale)
+    stale = host_port_classes.classify(snapshot(), domains(), netdev=NETDEVS)
+    confirmed, skipped = host_port_classes.confirm(stale, stale)
     assert sorted(r["name"] for r in confirmed) == ["tapa0000011-00", "vnet0"] and skipped == {}
     # healed between the passes (tap created, libvirt plugged it): nothing to do
     healed = [dict(r, action="none", **{"class": "healthy"}) if r["name"] == "vnet0" else r for r in stale]
-    confirmed, skipped = host_net._confirm(stale, healed)
+    confirmed, skipped = host_port_classes.confirm(stale, healed)
     assert [r["name"] for r in confirmed] == ["tapa0000011-00"] and "vnet0" in skipped
     # stale only on the second pass (mid-creation?): left for the next run
-    confirmed, skipped = host_net._confirm(healed, stale)
+    confirmed, skipped = host_port_classes.confirm(healed, stale)
     assert [r["name"] for r in confirmed] == ["tapa0000011-00"] and "vnet0" in skipped
     # same name but a new OVS row (re-created in between): not touched
     recreated = [dict(r, uuid="new") if r["name"] == "vnet0" else r for r in stale]
-    confirmed, skipped = host_net._confirm(stale, recreated)
+    confirmed, skipped = host_port_classes.confirm(stale, recreated)
     assert "vnet0" not in [r["name"] for r in confirmed] and "vnet0" in skipped
 
 
@@ -324,7 +329,7 @@ def test_replug_keeps_settings_and_external_ids():
                    trunks=[10, 20], port_ids={"neutron": "x"})
     iface.update(type="tap", options={"n_rxq": "2"}, other_config={"transient": "true"}, mtu_request=1450)
     dom = _dom("vm1", "tap1", iface_id="ii-1", mac="fa:16:3e:00:00:01")
-    delete, add = host_net._replug_commands(iface, dom["interfaces"][0], dom)
+    delete, add = host_ovsdb.replug_commands(iface, dom["interfaces"][0], dom)
     assert delete == ["--", "--if-exists", "del-port", "tap1"]
     assert add[:4] == ["--", "add-port", "br-int", "tap1"]
     assert "tag=42" in add and "trunks=10,20" in add and 'external_ids:"neutron"="x"' in add
@@ -341,18 +346,18 @@ def test_replug_keeps_settings_and_external_ids():
 def test_replug_moves_the_port_to_the_domains_bridge():
     iface = _iface("tap1", bridge="br-old", ofport=-1)
     dom = _dom("vm1", "tap1")
-    _, add = host_net._replug_commands(iface, dom["interfaces"][0], dom)
+    _, add = host_ovsdb.replug_commands(iface, dom["interfaces"][0], dom)
     assert add[:4] == ["--", "add-port", "br-int", "tap1"]
     assert not any(a.startswith("ofport_request") for a in add)
 
 
 def test_add_port_and_delete_commands():
     dom = _dom("vm1", "tap1")
-    (cmd,) = host_net._add_port_command(dom["interfaces"][0], dom)
+    (cmd,) = host_ovsdb.add_port_command(dom["interfaces"][0], dom)
     assert cmd[:5] == ["--", "--may-exist", "add-port", "br-int", "tap1"]
     assert 'external_ids:"vm-id"="dd-1"' in cmd
     row = {"name": "vnet0", "bridge": "br-int", "port": "vnet0"}
-    assert host_net._delete_command(row) == [["--", "--if-exists", "del-port", "br-int", "vnet0"]]
+    assert host_ovsdb.delete_command(row) == [["--", "--if-exists", "del-port", "br-int", "vnet0"]]
 
 
 # ----------------------------------------------------------------------------- repair flow
@@ -387,7 +392,7 @@ def fake(monkeypatch):
 
 
 def test_repair_dry_run_runs_nothing(fake):
-    stale = host_net._classify(snapshot(), domains(), netdev=NETDEVS)
+    stale = host_port_classes.classify(snapshot(), domains(), netdev=NETDEVS)
     fh = fake(stale, stale)
     ret = host_net.repair(test=True, delay=0, settle=0, ovs_db="unix:/x")
     assert ret["result"] is True and ret["test"] is True and ret["would_change"] == 2
@@ -396,7 +401,7 @@ def test_repair_dry_run_runs_nothing(fake):
 
 
 def test_repair_acts_on_confirmed_rows_and_verifies(fake):
-    stale = host_net._classify(snapshot(), domains(), netdev=NETDEVS)
+    stale = host_port_classes.classify(snapshot(), domains(), netdev=NETDEVS)
     clean = [r for r in stale if r["class"] == "healthy"]
     fh = fake(stale, stale, clean)
     ret = host_net.repair(delay=0, settle=0)
@@ -407,14 +412,14 @@ def test_repair_acts_on_confirmed_rows_and_verifies(fake):
 
 
 def test_repair_fails_when_ports_stay_broken(fake):
-    stale = host_net._classify(snapshot(), domains(), netdev=NETDEVS)
+    stale = host_port_classes.classify(snapshot(), domains(), netdev=NETDEVS)
     fake(stale, stale, stale)
     ret = host_net.repair(delay=0, settle=0)
     assert ret["result"] is False and {r["name"] for r in ret["remaining"]} == {"tapa0000011-00", "vnet0"}
 
 
 def test_repair_does_not_restart_domains_unless_asked(fake):
-    gone = host_net._classify([_iface("tap1", ids={"iface-id": "ii-1"})], [_dom("vm1", "tap1")], netdev={})
+    gone = host_port_classes.classify([_iface("tap1", ids={"iface-id": "ii-1"})], [_dom("vm1", "tap1")], netdev={})
     fake(gone, gone, gone)
     ret = host_net.repair(delay=0, settle=0)
     assert ret["result"] is False and ret["changes"] == {}
@@ -425,9 +430,9 @@ def test_repair_does_not_restart_domains_unless_asked(fake):
 
 
 def test_parse_unit_deps_accumulates_and_resets():
-    deps = host_net._parse_unit_deps("[Unit]\nAfter=a.service b.service\nAfter=c.service\nWants=a.service\n[Service]\nAfter=x\n")
+    deps = host_systemd_order.parse_unit_deps("[Unit]\nAfter=a.service b.service\nAfter=c.service\nWants=a.service\n[Service]\nAfter=x\n")
     assert deps == {"After": ["a.service", "b.service", "c.service"], "Wants": ["a.service"]}
-    host_net._parse_unit_deps("[Unit]\nAfter=\nAfter=d.service\n", deps)
+    host_systemd_order.parse_unit_deps("[Unit]\nAfter=\nAfter=d.service\n", deps)
     assert deps["After"] == ["d.service"]
 
 
@@ -440,7 +445,7 @@ def test_parse_unit_deps_accumulates_and_resets():
     ],
 )
 def test_parse_ovs_opts(text, value):
-    assert host_net._parse_ovs_opts(text, "OVS_CTL_OPTS") == value
+    assert host_systemd_order.parse_ovs_opts(text, "OVS_CTL_OPTS") == value
 
 
 def _write(path, text):

@@ -18,8 +18,8 @@
     the values found before the first apply are recorded for .clean.
     Nothing is written unless host_memory.validate (in _modules/host_memory.py) passes: ratios > 0,
     reserved_host_memory_mb >= 512, RAM ratio <= ram_ratio_ceiling unless KSM is on and allow_high_ram_ratio.
-    Needs the deskfleet execution modules on the minion: saltutil.sync_modules (highstate syncs them), or
-    `state.apply host.overcommit sync_mods=modules`. -#}
+    Needs the deskfleet execution modules on the minion: saltutil.sync_all (highstate syncs them), or
+    `state.apply host.overcommit sync_mods=modules,utils`. -#}
 {%- from "host/overcommit/map.jinja" import overcommit as oc with context %}
 {%- set nova = oc.nova %}
 {%- set ksm = oc.ksm %}
@@ -31,8 +31,8 @@ host-overcommit-module-missing:
   test.fail_without_changes:
     - name: >-
         host.overcommit needs the host_memory execution module and it is not loaded: sync it first
-        (salt <minion> saltutil.sync_modules, or state.apply host.overcommit sync_mods=modules). Nothing was written.
-    - comment: host_memory execution module not loaded; run saltutil.sync_modules. Nothing was written.
+        (salt <minion> saltutil.sync_all, or state.apply host.overcommit sync_mods=modules,utils). Nothing was written.
+    - comment: host_memory execution module not loaded; run saltutil.sync_all. Nothing was written.
 
 {%- else %}
 {%-   set check = salt['host_memory.validate'](

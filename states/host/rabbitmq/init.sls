@@ -2,8 +2,8 @@
     OpenStack's AMQP connections (issue 5). Settings: pillar `host_rabbitmq` over defaults.yaml.
     Nothing is written unless tcp_keepalive_time + tcp_keepalive_intvl * tcp_keepalive_probes is below
     host_rabbitmq:firewall_idle_timeout (amqp_keepalive.validate, in _modules/amqp_keepalive.py).
-    Needs the deskfleet execution modules on the minion: saltutil.sync_modules (highstate syncs them), or
-    `state.apply host.rabbitmq sync_mods=modules`. -#}
+    Needs the deskfleet execution modules on the minion: saltutil.sync_all (highstate syncs them), or
+    `state.apply host.rabbitmq sync_mods=modules,utils`. -#}
 {%- from "host/rabbitmq/map.jinja" import host_rabbitmq as hr with context %}
 {%- set sysctl = hr.sysctl %}
 {%- set broker = hr.broker %}
@@ -14,8 +14,8 @@ host-rabbitmq-module-missing:
   test.fail_without_changes:
     - name: >-
         host.rabbitmq needs the amqp_keepalive execution module and it is not loaded: sync it first
-        (salt <minion> saltutil.sync_modules, or state.apply host.rabbitmq sync_mods=modules). Nothing was written.
-    - comment: amqp_keepalive execution module not loaded; run saltutil.sync_modules. Nothing was written.
+        (salt <minion> saltutil.sync_all, or state.apply host.rabbitmq sync_mods=modules,utils). Nothing was written.
+    - comment: amqp_keepalive execution module not loaded; run saltutil.sync_all. Nothing was written.
 
 {%- else %}
 {%-   set check = salt['amqp_keepalive.validate'](
