@@ -100,7 +100,7 @@ def check_settings(ram_allocation_ratio, cpu_allocation_ratio, reserved_host_mem
             problems.append(
                 f"{where}:nova:ram_allocation_ratio = {ram:g} is above the hard ceiling of {ceiling:g} "
                 f"({where}:ram_ratio_ceiling). Lower it, or, only where KSM is measured to save enough "
-                f"(salt <host> host_memory.commit_ratio), set {where}:allow_high_ram_ratio: true."
+                f"(salt <host> host_overcommit.commit_ratio), set {where}:allow_high_ram_ratio: true."
             )
     if ksm_enabled:
         for what, value in (("pages_to_scan", pages_to_scan), ("sleep_millisecs", sleep_millisecs)):
@@ -216,7 +216,7 @@ def _validate_files(problems, root, nova_dir, prog, dropin, wanted, require_nova
 
 def validate_host(settings, root, meminfo, nova_dir, prog, dropin, ksm_sysfs, require_nova_conf=True):
     """
-    ``host_memory.validate``'s report: :func:`check_settings` on ``settings`` (keyword arguments of it
+    ``host_overcommit.validate``'s report: :func:`check_settings` on ``settings`` (keyword arguments of it
     but ``mem_total_kb``) against this host's MemTotal, plus the host checks: nova.conf present,
     no other nova file setting a managed key differently, KSM in the kernel when enabled.
     """

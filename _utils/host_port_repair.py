@@ -105,7 +105,7 @@ def _dry_run(entries, skipped, before):
 
 def repair(collect, run, restart, base, uri, delay=5, settle=10, restart_domains=False, test=False,
            sleep=time.sleep, clock=time.monotonic):
-    """Confirm, act, settle and report (see ``host_net.repair`` for the actions)."""
+    """Confirm, act, settle and report (see ``host_ovs_ports.repair`` for the actions)."""
     first, _, _ = collect()
     before = classes.summarize(first)
     if any(r["action"] != "none" for r in first) and delay > 0:

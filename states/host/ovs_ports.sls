@@ -2,23 +2,23 @@
 # against libvirt's domains, and fail while any VM port stays broken or orphaned.
 #   salt 'cmp-*' state.apply host.ovs_ports            # after a reboot, before re-enabling the compute service
 #   salt 'cmp-*' state.apply host.ovs_ports test=True  # nothing runs (module.run reports what would)
-#   salt 'cmp-01' host_net.repair test=True            # dry run with the exact actions
+#   salt 'cmp-01' host_ovs_ports.repair test=True            # dry run with the exact actions
 # Where the daemons are and how careful repair is come from config.get (minion config or pillar):
 # host_net:ovs_db, host_net:libvirt_uri, host_net:confirm_delay, host_net:settle, host_net:restart_domains
-# (see pillar/host_boot_order.pillar.example). Needs _modules/host_net.py and its _utils synced (saltutil.sync_all).
+# (see pillar/host_boot_order.pillar.example). Needs _modules/host_ovs_ports.py and its _utils synced (saltutil.sync_all).
 
 host-ovs-ports-audit:
   module.run:
-    - host_net.audit: []
+    - host_ovs_ports.audit: []
 
 host-ovs-ports-repair:
   module.run:
-    - host_net.repair: []
+    - host_ovs_ports.repair: []
     - require:
       - module: host-ovs-ports-audit
 
 host-ovs-ports-verify:
   module.run:
-    - host_net.verify: []
+    - host_ovs_ports.verify: []
     - require:
       - module: host-ovs-ports-repair

@@ -129,7 +129,7 @@ def test_apply_verify_idempotent_then_clean(minion):
     print(f"\nsystemd-analyze verify {' '.join(units)} with the drop-ins: ok {out.strip()!r}")
     print("not installed here (drop-in written, not verifiable):", [u for u in LIBVIRT_SIDE if u not in units])
 
-    rc, order = minion.call("host_net.check_order", f"root={minion.root}", "os_family=Debian", "systemd=False")
+    rc, order = minion.call("host_boot_order.check_order", f"root={minion.root}", "os_family=Debian", "systemd=False")
     assert rc == 0 and order["ok"], order
 
     # idempotent
@@ -143,7 +143,7 @@ def test_apply_verify_idempotent_then_clean(minion):
         (minion.root / "etc/systemd/system").iterdir()
     )
     assert (minion.root / "etc/default/openvswitch-switch").read_text() == original
-    rc, order = minion.call("host_net.check_order", f"root={minion.root}", "os_family=Debian", "systemd=False")
+    rc, order = minion.call("host_boot_order.check_order", f"root={minion.root}", "os_family=Debian", "systemd=False")
     assert rc == 0 and not order["ok"], order
     rc, ret = minion.call("state.apply", "host.boot_order.clean")
     assert rc == 0 and not any(s["changes"] for s in ret.values()), ret
@@ -167,7 +167,7 @@ def test_redhat_names(minion):
     nova = minion.root / f"etc/systemd/system/openstack-nova-compute.service.d/{DROPIN}"
     assert "After=openvswitch.service ovsdb-server.service ovs-vswitchd.service" in nova.read_text()
     assert (minion.root / "etc/sysconfig/openvswitch").read_text().endswith('OPTIONS="--delete-transient-ports"\n')
-    rc, order = minion.call("host_net.check_order", f"root={minion.root}", "os_family=RedHat", "systemd=False")
+    rc, order = minion.call("host_boot_order.check_order", f"root={minion.root}", "os_family=RedHat", "systemd=False")
     assert rc == 0 and order["ok"], order
 
 

@@ -1,5 +1,5 @@
 """
-states/host/overcommit and _modules/host_memory.py through Salt (``salt-call --local`` with file_roots
+states/host/overcommit and _modules/host_overcommit.py through Salt (``salt-call --local`` with file_roots
 ``states`` + the checkout, a temp pillar root, ``root`` = a temp dir holding a fake nova.conf with other settings,
 a fake /sys/kernel/mm/ksm and a fake /proc/meminfo).
 
@@ -220,13 +220,13 @@ def test_apply_dry_run_idempotent_then_clean(minion):
         "w /sys/kernel/mm/ksm/run - - - - 1",
     ]
 
-    rc, status = minion.call("host_memory.ksm_status", "page_size=4096")
+    rc, status = minion.call("host_overcommit.ksm_status", "page_size=4096")
     assert rc == 0, status
     assert (status["run"], status["run_state"], status["pages_to_scan"], status["saved_mb"]) == (1, "running", 1000,
                                                                                                   1024.0)
     assert status["persisted"] == [{"file": str(minion.root / TMPFILES), "line": 6, "value": "1"}]
 
-    rc, nova = minion.call("host_memory.nova_config")
+    rc, nova = minion.call("host_overcommit.nova_config")
     assert rc == 0, nova
     assert nova["ram_allocation_ratio"] == 1.2 and nova["reserved_host_memory_mb"] == 4096
     assert nova["ram_target_source"] == f"ram_allocation_ratio in {minion.root / DROPIN}:9"
@@ -345,7 +345,7 @@ def test_commit_ratio_against_libvirt_test_driver(minion, tmp_path):
     uri = f"test://{node}"
 
     # before: nova.conf says 3.0 and nothing about the reserve (nova's 512): the host looks fine
-    rc, before = minion.call("host_memory.commit_ratio", f"uri={uri}", "page_size=4096")
+    rc, before = minion.call("host_overcommit.commit_ratio", f"uri={uri}", "page_size=4096")
     assert rc == 0, before
     assert (before["committed_mb"], before["usable_mb"], before["target"]) == (13312.0, 15872.0, 3.0)
     assert before["ratio"] == round(13312 / 15872, 4) == 0.8387 and before["verdict"] == "ok", before
@@ -354,7 +354,7 @@ def test_commit_ratio_against_libvirt_test_driver(minion, tmp_path):
     assert rc == 0, ret
 
     # after: target 1.2, reserve 4096: 13312 / (16384 - 4096) = 13/12 > 0.9 x 1.2 -> warning
-    rc, after = minion.call("host_memory.commit_ratio", f"uri={uri}", "page_size=4096")
+    rc, after = minion.call("host_overcommit.commit_ratio", f"uri={uri}", "page_size=4096")
     assert rc == 0, after
     assert [d["name"] for d in after["domains"]] == ["desk-001", "desk-002", "desk-003", "desk-004"]
     assert (after["committed_mb"], after["usable_mb"], after["reserved_host_memory_mb"]) == (13312.0, 12288.0, 4096)
@@ -364,7 +364,7 @@ def test_commit_ratio_against_libvirt_test_driver(minion, tmp_path):
     assert after["ratio_after_ksm"] == 1.0
 
     # every defined desktop booted: 17408 / 12288 = 17/12 > 1.2 -> critical
-    rc, worst = minion.call("host_memory.commit_ratio", f"uri={uri}", "include_defined=True", "page_size=4096")
+    rc, worst = minion.call("host_overcommit.commit_ratio", f"uri={uri}", "include_defined=True", "page_size=4096")
     assert rc == 0, worst
     assert (worst["committed_mb"], worst["ratio"], worst["verdict"]) == (17408.0, 1.4167, "critical"), worst
     assert worst["reasons"] == ["commit ratio 1.4167 is above the target 1.2"]

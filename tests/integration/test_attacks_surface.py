@@ -47,8 +47,8 @@ HOST_STATES = [
     for name in names
 ] + ["host/ovs_ports.sls"]
 VM_FILES = sorted(
-    [f"_modules/{m}.py" for m in ("amqp_keepalive", "desktop_notice", "dnsmasq_audit", "filedist", "host_memory",
-                                   "host_net", "local_password", "software")]
+    [f"_modules/{m}.py" for m in ("desktop_notice", "filedist", "host_boot_order", "host_dnsmasq", "host_overcommit",
+                                   "host_ovs_ports", "host_rabbitmq", "local_password", "software")]
     + ["_beacons/desktop_session.py"]
     + [f"_utils/{u}.py" for u in ("deskfleet_store", "escrow", "rollouts")]
     + [f"_utils/host_{u}.py" for u in ("dnsmasq_instances", "dnsmasq_options", "errors", "keepalive", "ksm", "libvirt",
@@ -113,7 +113,7 @@ def test_tc_master_serves_only_the_tc_allow_list(tc_master, thin_clients, stray_
     synced = _call(tc_master, "tc-0001", "saltutil.sync_all", "refresh=True")
     assert not synced.get("modules") and not synced.get("utils"), synced
     assert "tc_status" in _call(tc_master, "tc-0001", "beacons.list_available")
-    assert _call(tc_master, "tc-0001", "sys.list_functions", "host_net") == []
+    assert _call(tc_master, "tc-0001", "sys.list_functions", "host_ovs_ports") == []
 
 
 def test_vm_master_serves_only_the_vm_allow_list(vm_master, desktop_vm, stray_files):

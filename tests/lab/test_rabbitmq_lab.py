@@ -7,7 +7,7 @@ Real pieces, in namespaces this test creates and removes:
        seconds, nf_conntrack_tcp_loose=0, nft drops `ct state invalid` (silently)
   cli  an AMQP client (pika) in a subprocess, connecting to srv through fw
 
-Before: RabbitMQ on its defaults. An idle connection dies silently; amqp_keepalive.audit flags
+Before: RabbitMQ on its defaults. An idle connection dies silently; host_rabbitmq.audit flags
 the live socket without a keepalive timer. Then host.rabbitmq is applied for real with
 `salt-call --local` inside srv and cli (so the keepalive sysctls land in those namespaces only,
 files under a temp root), RabbitMQ restarts on the rendered rabbitmq.conf, and an idle
@@ -81,7 +81,7 @@ def rabbit_lab(tmp_path):
 
 
 def _audit(srv, confdir):
-    rc, data, res = lab.salt_call(srv, confdir, "amqp_keepalive.audit")
+    rc, data, res = lab.salt_call(srv, confdir, "host_rabbitmq.audit")
     assert data is not None, f"audit failed (rc {rc}): {res.stdout}\n{res.stderr[-3000:]}"
     return data
 

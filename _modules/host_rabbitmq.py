@@ -37,11 +37,11 @@ try:
 
     _MISSING = None
 except ImportError as _exc:  # pragma: no cover - _utils not synced
-    _MISSING = f"amqp_keepalive: deskfleet host utils not importable (saltutil.sync_utils?): {_exc}"
+    _MISSING = f"host_rabbitmq: deskfleet host utils not importable (saltutil.sync_utils?): {_exc}"
 
 log = logging.getLogger(__name__)
 
-__virtualname__ = "amqp_keepalive"
+__virtualname__ = "host_rabbitmq"
 
 PILLAR_KEY = "host_rabbitmq"
 
@@ -50,7 +50,7 @@ def __virtual__():
     if _MISSING:
         return (False, _MISSING)
     if __grains__.get("kernel") != "Linux":  # pylint: disable=undefined-variable
-        return (False, "amqp_keepalive: Linux only (net.ipv4.tcp_keepalive_* sysctls)")
+        return (False, "host_rabbitmq: Linux only (net.ipv4.tcp_keepalive_* sysctls)")
     return __virtualname__
 
 
@@ -85,8 +85,8 @@ def validate(time=None, intvl=None, probes=None, firewall_idle_timeout=None, hea
 
     .. code-block:: bash
 
-        salt '*' amqp_keepalive.validate
-        salt '*' amqp_keepalive.validate time=7200 intvl=75 probes=9 firewall_idle_timeout=3600
+        salt '*' host_rabbitmq.validate
+        salt '*' host_rabbitmq.validate time=7200 intvl=75 probes=9 firewall_idle_timeout=3600
     """
     targets = _targets(time, intvl, probes)
     if firewall_idle_timeout is None:
@@ -122,15 +122,15 @@ def sockets(ports=None):
 
     .. code-block:: bash
 
-        salt '*' amqp_keepalive.sockets
-        salt '*' amqp_keepalive.sockets ports=5672,5671
+        salt '*' host_rabbitmq.sockets
+        salt '*' host_rabbitmq.sockets ports=5672,5671
     """
     # pylint: disable=undefined-variable
     if ports is None:
         ports = _setting("amqp_ports", host_keepalive.DEFAULTS["amqp_ports"])
     ss_bin = salt.utils.path.which("ss")
     if not ss_bin:
-        raise CommandExecutionError("amqp_keepalive: 'ss' not found (install iproute2)")
+        raise CommandExecutionError("host_rabbitmq: 'ss' not found (install iproute2)")
     run = __salt__["cmd.run_all"]([ss_bin, "-tnoepH"], python_shell=False, ignore_retcode=True)
     if run["retcode"] != 0:
         raise CommandExecutionError(f"ss -tnoepH failed: {run.get('stderr', '').strip()}")
@@ -152,8 +152,8 @@ def audit(ports=None, time=None, intvl=None, probes=None, firewall_idle_timeout=
 
     .. code-block:: bash
 
-        salt '*' amqp_keepalive.audit
-        salt '*' amqp_keepalive.audit ports=5672 time=60 intvl=15 probes=4 firewall_idle_timeout=3600
+        salt '*' host_rabbitmq.audit
+        salt '*' host_rabbitmq.audit ports=5672 time=60 intvl=15 probes=4 firewall_idle_timeout=3600
     """
     if firewall_idle_timeout is None:
         firewall_idle_timeout = _setting("firewall_idle_timeout", host_keepalive.DEFAULTS["firewall_idle_timeout"])

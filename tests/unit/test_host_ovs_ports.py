@@ -1,5 +1,5 @@
 """
-host_net's pure logic on data captured from the lab (ovs-vsctl 3.1 JSON, libvirt 9.0
+host_ovs_ports' logic (``_utils/host_ovsdb.py``, ``host_libvirt.py``, ``host_port_classes.py``, ``host_port_repair.py``) on data captured from the lab (ovs-vsctl 3.1 JSON, libvirt 9.0
 domain XML) right after the incident: OVS restarted first while the guests were down,
 then desk-a (Nova-style tap) and desk-d (libvirt's vnetN) started again; desk-b stayed
 shut off.
@@ -7,19 +7,17 @@ shut off.
 
 import importlib.util
 import pathlib
-import textwrap
 
 import pytest
 
 import host_libvirt
 import host_ovsdb
 import host_port_classes
-import host_systemd_order
 
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("host_net", CHECKOUT / "_modules" / "host_net.py")
-host_net = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(host_net)
+_spec = importlib.util.spec_from_file_location("host_ovs_ports", CHECKOUT / "_modules" / "host_ovs_ports.py")
+host_ovs_ports = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(host_ovs_ports)
 
 # ovs-vsctl --format=json --data=json -- list Bridge -- list Port -- list Interface (module columns)
 OVS_BRIDGES = '{"data":[[["uuid","424f261e-a197-4b09-9fc0-9a44e338bbe5"],"br-int",["set",[["uuid","2c17c257-fdd8-464f-ad95-a18931ff1068"],["uuid","3050754a-2789-44eb-bfc1-2546851dc0c7"],["uuid","7c63f4d0-4a9a-41ab-bf3d-e771bf509d24"],["uuid","8deb97b1-e128-4d87-9bb1-db2aa6551cee"],["uuid","bf1a7fec-37b4-4440-99a5-7c112be7890a"]]],"netdev"]],"headings":["_uuid","name","ports","datapath_type"]}'
@@ -383,9 +381,9 @@ class FakeHost:
 def fake(monkeypatch):
     def make(*passes):
         fh = FakeHost(passes)
-        monkeypatch.setattr(host_net, "_collect", fh.collect)
-        monkeypatch.setattr(host_net, "_run", fh.run)
-        monkeypatch.setattr(host_net.time, "sleep", lambda _s: None)
+        monkeypatch.setattr(host_ovs_ports, "_collect", fh.collect)
+        monkeypatch.setattr(host_ovs_ports, "_run", fh.run)
+        monkeypatch.setattr(host_ovs_ports.time, "sleep", lambda _s: None)
         return fh
 
     return make
@@ -394,7 +392,7 @@ def fake(monkeypatch):
 def test_repair_dry_run_runs_nothing(fake):
     stale = host_port_classes.classify(snapshot(), domains(), netdev=NETDEVS)
     fh = fake(stale, stale)
-    ret = host_net.repair(test=True, delay=0, settle=0, ovs_db="unix:/x")
+    ret = host_ovs_ports.repair(test=True, delay=0, settle=0, ovs_db="unix:/x")
     assert ret["result"] is True and ret["test"] is True and ret["would_change"] == 2
     assert fh.commands == []
     assert ret["changes"]["vnet0"]["commands"] == ["ovs-vsctl --db=unix:/x --timeout=10 -- --if-exists del-port br-int vnet0"]
@@ -404,7 +402,7 @@ def test_repair_acts_on_confirmed_rows_and_verifies(fake):
     stale = host_port_classes.classify(snapshot(), domains(), netdev=NETDEVS)
     clean = [r for r in stale if r["class"] == "healthy"]
     fh = fake(stale, stale, clean)
-    ret = host_net.repair(delay=0, settle=0)
+    ret = host_ovs_ports.repair(delay=0, settle=0)
     assert ret["result"] is True, ret
     assert sorted(c[-1] for c in fh.commands) == ["tapa0000011-00", "vnet0"]
     assert ret["changes"]["vnet0"]["after"] == "deleted"
@@ -414,79 +412,13 @@ def test_repair_acts_on_confirmed_rows_and_verifies(fake):
 def test_repair_fails_when_ports_stay_broken(fake):
     stale = host_port_classes.classify(snapshot(), domains(), netdev=NETDEVS)
     fake(stale, stale, stale)
-    ret = host_net.repair(delay=0, settle=0)
+    ret = host_ovs_ports.repair(delay=0, settle=0)
     assert ret["result"] is False and {r["name"] for r in ret["remaining"]} == {"tapa0000011-00", "vnet0"}
 
 
 def test_repair_does_not_restart_domains_unless_asked(fake):
     gone = host_port_classes.classify([_iface("tap1", ids={"iface-id": "ii-1"})], [_dom("vm1", "tap1")], netdev={})
     fake(gone, gone, gone)
-    ret = host_net.repair(delay=0, settle=0)
+    ret = host_ovs_ports.repair(delay=0, settle=0)
     assert ret["result"] is False and ret["changes"] == {}
     assert "restart_domains=True" in ret["skipped"]["tap1"] and "skipped: tap1" in ret["comment"]
-
-
-# ----------------------------------------------------------------------------- boot order
-
-
-def test_parse_unit_deps_accumulates_and_resets():
-    deps = host_systemd_order.parse_unit_deps("[Unit]\nAfter=a.service b.service\nAfter=c.service\nWants=a.service\n[Service]\nAfter=x\n")
-    assert deps == {"After": ["a.service", "b.service", "c.service"], "Wants": ["a.service"]}
-    host_systemd_order.parse_unit_deps("[Unit]\nAfter=\nAfter=d.service\n", deps)
-    assert deps["After"] == ["d.service"]
-
-
-@pytest.mark.parametrize(
-    "text, value",
-    [
-        ("# OVS_CTL_OPTS=\n", None),
-        ('OVS_CTL_OPTS="--delete-transient-ports"\n', "--delete-transient-ports"),
-        ("OVS_CTL_OPTS=--a\nexport OVS_CTL_OPTS='--b --delete-transient-ports'\n", "--b --delete-transient-ports"),
-    ],
-)
-def test_parse_ovs_opts(text, value):
-    assert host_systemd_order.parse_ovs_opts(text, "OVS_CTL_OPTS") == value
-
-
-def _write(path, text):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text))
-
-
-DROPIN = """\\
-[Unit]
-After=openvswitch-switch.service ovsdb-server.service ovs-vswitchd.service
-Wants=openvswitch-switch.service ovsdb-server.service ovs-vswitchd.service
-"""
-
-
-def test_check_order_reads_dropins_and_defaults_under_root(tmp_path):
-    for unit in ("libvirtd.service", "libvirt-guests.service"):
-        _write(tmp_path / f"etc/systemd/system/{unit}.d/50-deskfleet-ovs-order.conf", DROPIN)
-    _write(tmp_path / "etc/default/openvswitch-switch", 'OVS_CTL_OPTS="--delete-transient-ports"\n')
-    ret = host_net.check_order(root=str(tmp_path), os_family="Debian", systemd=False)
-    assert ret["ok"], ret["problems"]
-    assert ret["units"]["libvirtd.service"]["ordered"] and not ret["units"]["virtqemud.service"]["dropins"]
-    assert ret["transient_ports"]["enabled"]
-
-
-def test_check_order_finds_what_is_missing(tmp_path):
-    # libvirtd installed without a drop-in; the transient flag commented out
-    _write(tmp_path / "lib/systemd/system/libvirtd.service", "[Unit]\nAfter=network.target\n")
-    _write(tmp_path / "etc/systemd/system/libvirt-guests.service.d/x.conf", "[Unit]\nAfter=ovs-vswitchd.service\n")
-    _write(tmp_path / "etc/default/openvswitch-switch", "# OVS_CTL_OPTS=--delete-transient-ports\n")
-    ret = host_net.check_order(root=str(tmp_path), os_family="Debian", systemd=False)
-    assert not ret["ok"]
-    problems = "\n".join(ret["problems"])
-    assert "libvirtd.service: not ordered" in problems
-    assert "libvirt-guests.service: not ordered after openvswitch-switch.service, ovsdb-server.service" in problems
-    assert "--delete-transient-ports not in OVS_CTL_OPTS" in problems
-
-
-def test_check_order_redhat_names(tmp_path):
-    dropin = DROPIN.replace("openvswitch-switch", "openvswitch")
-    _write(tmp_path / "etc/systemd/system/libvirtd.service.d/50-deskfleet-ovs-order.conf", dropin)
-    _write(tmp_path / "etc/sysconfig/openvswitch", 'OPTIONS="--delete-transient-ports"\n')
-    ret = host_net.check_order(root=str(tmp_path), os_family="RedHat", systemd=False)
-    assert ret["ok"], ret["problems"]
-    assert ret["transient_ports"]["variable"] == "OPTIONS"

@@ -1,5 +1,5 @@
 """
-Unit tests for ``_modules/host_memory.py`` (issue 6): /proc/meminfo and oslo-style ini parsing, the effective
+Unit tests for ``_modules/host_overcommit.py`` (issue 6): /proc/meminfo and oslo-style ini parsing, the effective
 nova settings and how nova 34 resolves an unset ram_allocation_ratio, the refusal rules of ``host.overcommit``,
 the commit ratio and its verdict from fake meminfo + fake libvirt domains, KSM savings, and the formula's
 defaults kept equal to the module's.
@@ -24,7 +24,7 @@ FORMULA = CHECKOUT / "states/host/overcommit"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("host_memory", CHECKOUT / "_modules/host_memory.py")
+    spec = importlib.util.spec_from_file_location("host_overcommit", CHECKOUT / "_modules/host_overcommit.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

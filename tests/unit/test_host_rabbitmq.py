@@ -1,5 +1,5 @@
 """
-Unit tests for ``_modules/amqp_keepalive.py`` (issue 5): the keepalive-vs-firewall rule the
+Unit tests for ``_modules/host_rabbitmq.py`` (issue 5): the keepalive-vs-firewall rule the
 ``host.rabbitmq`` state enforces, ``ss -tnoe`` parsing (captured output) and the audit verdict,
 plus the formula's defaults and rabbitmq.conf template.
 """
@@ -19,7 +19,7 @@ FORMULA = CHECKOUT / "states/host/rabbitmq"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("amqp_keepalive", CHECKOUT / "_modules/amqp_keepalive.py")
+    spec = importlib.util.spec_from_file_location("host_rabbitmq", CHECKOUT / "_modules/host_rabbitmq.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -280,7 +280,7 @@ def test_virtual(monkeypatch):
     monkeypatch.setattr(ak, "__grains__", {"kernel": "Windows"}, raising=False)
     assert ak.__virtual__()[0] is False
     monkeypatch.setattr(ak, "__grains__", {"kernel": "Linux"}, raising=False)
-    assert ak.__virtual__() == "amqp_keepalive"
+    assert ak.__virtual__() == "host_rabbitmq"
 
 
 def test_public_functions_have_cli_examples():

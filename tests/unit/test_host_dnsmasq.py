@@ -1,5 +1,5 @@
 """
-Unit tests for ``_modules/dnsmasq_audit.py`` (issue 5): dnsmasq command-line and
+Unit tests for ``_modules/host_dnsmasq.py`` (issue 5): dnsmasq command-line and
 conf-file parsing, and the checks, against a fake ``/proc`` in a temp dir. No
 Salt loader, no processes: the module's public functions take the /proc root and
 the dnsmasq version as arguments.
@@ -18,7 +18,7 @@ CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("dnsmasq_audit", CHECKOUT / "_modules" / "dnsmasq_audit.py")
+    spec = importlib.util.spec_from_file_location("host_dnsmasq", CHECKOUT / "_modules" / "host_dnsmasq.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -299,7 +299,7 @@ def test_select_by_pids_pidfiles_and_netns(fake, tmp_path):
 
 def test_salt_module_shape():
     """Salt's conventions: __virtual__ answers, every public function has a CLI Example."""
-    assert da.__virtual__() == "dnsmasq_audit"
+    assert da.__virtual__() == "host_dnsmasq"
     public = [name for name, obj in vars(da).items()
               if callable(obj) and not name.startswith("_") and getattr(obj, "__module__", None) == da.__name__]
     assert sorted(public) == ["audit", "instances", "version"]

@@ -51,9 +51,9 @@ try:
 
     _MISSING = None
 except ImportError as _exc:  # pragma: no cover - _utils not synced
-    _MISSING = f"host_memory: deskfleet host utils not importable (saltutil.sync_utils?): {_exc}"
+    _MISSING = f"host_overcommit: deskfleet host utils not importable (saltutil.sync_utils?): {_exc}"
 
-__virtualname__ = "host_memory"
+__virtualname__ = "host_overcommit"
 
 PILLAR_KEY = "host_overcommit"
 # Same values as states/host/overcommit/defaults.yaml (a unit test keeps them equal).
@@ -87,7 +87,7 @@ def __virtual__():
     if _MISSING:
         return (False, _MISSING)
     if os.uname().sysname != "Linux":
-        return (False, "host_memory: Linux compute hosts only (/proc/meminfo, /sys/kernel/mm/ksm)")
+        return (False, "host_overcommit: Linux compute hosts only (/proc/meminfo, /sys/kernel/mm/ksm)")
     return __virtualname__
 
 
@@ -177,8 +177,8 @@ def nova_config(root=None, nova_dir=None, prog=None):
 
     .. code-block:: bash
 
-        salt '*' host_memory.nova_config
-        salt '*' host_memory.nova_config root=/tmp/fakeroot
+        salt '*' host_overcommit.nova_config
+        salt '*' host_overcommit.nova_config root=/tmp/fakeroot
     """
     root = _root(root)
     nova_dir, files, effective = _nova_effective(root, nova_dir, prog)
@@ -210,8 +210,8 @@ def ksm_status(root=None, sysfs=None, page_size=None):
 
     .. code-block:: bash
 
-        salt '*' host_memory.ksm_status
-        salt '*' host_memory.ksm_status root=/tmp/fakeroot page_size=4096
+        salt '*' host_overcommit.ksm_status
+        salt '*' host_overcommit.ksm_status root=/tmp/fakeroot page_size=4096
     """
     root = _root(root)
     sysfs = str(_cfg("ksm_sysfs", sysfs))
@@ -245,9 +245,9 @@ def commit_ratio(uri=None, root=None, include_defined=None, reserved_mb=None, ta
 
     .. code-block:: bash
 
-        salt -G deskfleet_role:compute host_memory.commit_ratio
-        salt 'cmp-*' host_memory.commit_ratio include_defined=True --out=json
-        salt-call host_memory.commit_ratio uri=test:///tmp/node.xml root=/tmp/fakeroot
+        salt -G deskfleet_role:compute host_overcommit.commit_ratio
+        salt 'cmp-*' host_overcommit.commit_ratio include_defined=True --out=json
+        salt-call host_overcommit.commit_ratio uri=test:///tmp/node.xml root=/tmp/fakeroot
     """
     root = _root(root)
     uri = str(_cfg("libvirt_uri", uri))
@@ -303,8 +303,8 @@ def validate(ram_allocation_ratio=None, cpu_allocation_ratio=None, reserved_host
 
     .. code-block:: bash
 
-        salt '*' host_memory.validate
-        salt '*' host_memory.validate ram_allocation_ratio=1.8 allow_high_ram_ratio=True
+        salt '*' host_overcommit.validate
+        salt '*' host_overcommit.validate ram_allocation_ratio=1.8 allow_high_ram_ratio=True
     """
     def pick(value, path, default):
         return value if value is not None else _pillar(path, default)

@@ -51,11 +51,11 @@ try:
 
     _MISSING = None
 except ImportError as _exc:  # pragma: no cover - _utils not synced
-    _MISSING = f"dnsmasq_audit: deskfleet host utils not importable (saltutil.sync_utils?): {_exc}"
+    _MISSING = f"host_dnsmasq: deskfleet host utils not importable (saltutil.sync_utils?): {_exc}"
 
 log = logging.getLogger(__name__)
 
-__virtualname__ = "dnsmasq_audit"
+__virtualname__ = "host_dnsmasq"
 
 
 def __virtual__():
@@ -64,7 +64,7 @@ def __virtual__():
     if _MISSING:
         return (False, _MISSING)
     if not salt.utils.platform.is_linux():
-        return (False, "dnsmasq_audit: Linux only (reads /proc/<pid>/cmdline and network namespaces)")
+        return (False, "host_dnsmasq: Linux only (reads /proc/<pid>/cmdline and network namespaces)")
     return __virtualname__
 
 
@@ -78,7 +78,7 @@ def _select(proc, pids, netns, pidfiles, default_conf):
     try:
         wanted_netns = host_dnsmasq_instances.resolve_netns(netns)
     except OSError as exc:
-        raise SaltInvocationError(f"dnsmasq_audit: no network namespace {netns!r}: {exc}") from exc
+        raise SaltInvocationError(f"host_dnsmasq: no network namespace {netns!r}: {exc}") from exc
     return host_dnsmasq_instances.instances(proc=proc, pids=pids, netns=wanted_netns,
                                             default_conf=default_conf or host_dnsmasq_instances.DEFAULT_CONF)
 
@@ -94,8 +94,8 @@ def version(binary="dnsmasq"):
 
     .. code-block:: bash
 
-        salt '*' dnsmasq_audit.version
-        salt '*' dnsmasq_audit.version binary=/usr/local/sbin/dnsmasq
+        salt '*' host_dnsmasq.version
+        salt '*' host_dnsmasq.version binary=/usr/local/sbin/dnsmasq
     """
     found = host_dnsmasq_instances.binary_version(binary)
     return {
@@ -126,8 +126,8 @@ def instances(proc="/proc", pids=None, netns=None, pidfiles=None, default_conf=N
 
     .. code-block:: bash
 
-        salt '*' dnsmasq_audit.instances
-        salt '*' dnsmasq_audit.instances netns=qdhcp-1234
+        salt '*' host_dnsmasq.instances
+        salt '*' host_dnsmasq.instances netns=qdhcp-1234
     """
     return _select(proc, pids, netns, pidfiles, default_conf)
 
@@ -148,7 +148,7 @@ def audit(proc="/proc", version=None, pids=None, netns=None, pidfiles=None, bina
     version
         the dnsmasq version to judge (e.g. ``2.66``); default: ask ``<binary> --version``
     pids, netns, pidfiles
-        select instances, as for ``dnsmasq_audit.instances``
+        select instances, as for ``host_dnsmasq.instances``
     binary
         the dnsmasq binary to ask for its version (default ``dnsmasq`` on PATH)
 
@@ -156,9 +156,9 @@ def audit(proc="/proc", version=None, pids=None, netns=None, pidfiles=None, bina
 
     .. code-block:: bash
 
-        salt '*' dnsmasq_audit.audit
-        salt '*' dnsmasq_audit.audit netns=qdhcp-1234 --out=json
-        salt '*' dnsmasq_audit.audit pidfiles=/run/dnsmasq-deskfleet/br-desk1.pid version=2.90
+        salt '*' host_dnsmasq.audit
+        salt '*' host_dnsmasq.audit netns=qdhcp-1234 --out=json
+        salt '*' host_dnsmasq.audit pidfiles=/run/dnsmasq-deskfleet/br-desk1.pid version=2.90
     """
     found = _select(proc, pids, netns, pidfiles, default_conf)
     parsed = host_dnsmasq_options.parse_version(version) if version is not None else host_dnsmasq_instances.binary_version(binary)

@@ -35,13 +35,12 @@ try:
     import host_ovsdb
     import host_port_classes
     import host_port_repair
-    import host_systemd_order
 
     _MISSING = None
 except ImportError as _exc:  # pragma: no cover - _utils not synced
-    _MISSING = f"host_net: deskfleet host utils not importable (saltutil.sync_utils?): {_exc}"
+    _MISSING = f"host_ovs_ports: deskfleet host utils not importable (saltutil.sync_utils?): {_exc}"
 
-__virtualname__ = "host_net"
+__virtualname__ = "host_ovs_ports"
 
 DEFAULTS = {
     "ovs_db": None,
@@ -56,37 +55,17 @@ DEFAULTS = {
     "restart_domains": False,
 }
 
-# Unit names per OS family; keep in step with states/host/boot_order/map.jinja.
-OS_FAMILY_UNITS = {
-    "Debian": {
-        "ovs_units": ["openvswitch-switch.service", "ovsdb-server.service", "ovs-vswitchd.service"],
-        "libvirt_units": ["libvirtd.service", "virtqemud.service", "libvirt-guests.service", "nova-compute.service"],
-        "ovs_defaults_file": "/etc/default/openvswitch-switch",
-        "ovs_opts_var": "OVS_CTL_OPTS",
-    },
-    "RedHat": {
-        "ovs_units": ["openvswitch.service", "ovsdb-server.service", "ovs-vswitchd.service"],
-        "libvirt_units": [
-            "libvirtd.service",
-            "virtqemud.service",
-            "libvirt-guests.service",
-            "openstack-nova-compute.service",
-        ],
-        "ovs_defaults_file": "/etc/sysconfig/openvswitch",
-        "ovs_opts_var": "OPTIONS",
-    },
-}
 
 
 def __virtual__():
     if _MISSING:
         return (False, _MISSING)
     if not os.uname().sysname == "Linux":
-        return (False, "host_net: only Linux compute hosts")
+        return (False, "host_ovs_ports: only Linux compute hosts")
     if shutil.which(_cfg("ovs_vsctl")) is None:
-        return (False, "host_net: ovs-vsctl not found (install openvswitch-switch)")
+        return (False, "host_ovs_ports: ovs-vsctl not found (install openvswitch-switch)")
     if not host_libvirt.HAS_LIBVIRT:
-        return (False, "host_net: libvirt-python is not installed")
+        return (False, "host_ovs_ports: libvirt-python is not installed")
     return __virtualname__
 
 
@@ -152,8 +131,8 @@ def audit(ovs_db=None, libvirt_uri=None, bridges=None, sysfs=None, timeout=None)
 
     .. code-block:: bash
 
-        salt 'cmp-*' host_net.audit
-        salt 'cmp-01' host_net.audit bridges=br-int libvirt_uri=qemu:///system
+        salt 'cmp-*' host_ovs_ports.audit
+        salt 'cmp-01' host_ovs_ports.audit bridges=br-int libvirt_uri=qemu:///system
     """
     rows, _, _ = _collect(ovs_db, libvirt_uri, bridges, sysfs, timeout)
     return {
@@ -174,7 +153,7 @@ def verify(ovs_db=None, libvirt_uri=None, bridges=None, sysfs=None, timeout=None
 
     .. code-block:: bash
 
-        salt 'cmp-*' host_net.verify
+        salt 'cmp-*' host_ovs_ports.verify
     """
     report = audit(ovs_db=ovs_db, libvirt_uri=libvirt_uri, bridges=bridges, sysfs=sysfs, timeout=timeout)
     bad = host_port_classes.bad(report["ports"])
@@ -221,8 +200,8 @@ def repair(
 
     .. code-block:: bash
 
-        salt 'cmp-01' host_net.repair test=True
-        salt 'cmp-01' host_net.repair delay=10
+        salt 'cmp-01' host_ovs_ports.repair test=True
+        salt 'cmp-01' host_ovs_ports.repair delay=10
     """
     uri = _cfg("libvirt_uri", libvirt_uri)
     return host_port_repair.repair(
@@ -237,31 +216,3 @@ def repair(
         test=test,
         sleep=time.sleep,
     )
-
-
-def check_order(root="", os_family=None, units=None, ovs_units=None, systemd=None):
-    """
-    Report whether the libvirt ⟂ Open vSwitch order is in force: systemd drop-ins
-    that put ``After=`` + ``Wants=``/``Requires=`` on the OVS units into
-    libvirtd, virtqemud, libvirt-guests and the nova-compute unit, and
-    ``--delete-transient-ports`` in the OVS defaults file. Files are read under
-    ``root`` (default ''). When systemd runs (and root is ''), ``systemctl show``
-    confirms the loaded units too (``systemd=False`` skips it).
-
-    A unit counts when it is installed or has a drop-in; ``ok`` needs every such
-    unit ordered, libvirtd or virtqemud among them, and the transient flag set.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt 'cmp-*' host_net.check_order
-        salt-call host_net.check_order root=/mnt/sysimage os_family=RedHat
-    """
-    root = (root or "").rstrip("/")
-    if os_family is None:
-        os_family = globals().get("__grains__", {}).get("os_family", "Debian")
-    family = dict(OS_FAMILY_UNITS.get(os_family, OS_FAMILY_UNITS["Debian"]), os_family=os_family)
-    units = host_ovsdb.as_list(units) or family["libvirt_units"]
-    ovs_units = host_ovsdb.as_list(ovs_units) or family["ovs_units"]
-    return host_systemd_order.check_order(root, family, units, ovs_units, systemd=systemd)
