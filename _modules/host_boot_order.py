@@ -5,9 +5,11 @@ nova-compute after the OVS units, and OVS's ``--delete-transient-ports``. The re
 live in ``_utils/host_systemd_order.py``; this module is its Salt shell.
 """
 
+import logging
 import os
 
 try:
+    import host_formula
     import host_systemd_order
 
     _MISSING = None
@@ -16,27 +18,7 @@ except ImportError as _exc:  # pragma: no cover - _utils not synced
 
 __virtualname__ = "host_boot_order"
 
-# Unit names per OS family; keep in step with states/host/boot_order/map.jinja.
-OS_FAMILY_UNITS = {
-    "Debian": {
-        "ovs_units": ["openvswitch-switch.service", "ovsdb-server.service", "ovs-vswitchd.service"],
-        "libvirt_units": ["libvirtd.service", "virtqemud.service", "libvirt-guests.service", "nova-compute.service"],
-        "ovs_defaults_file": "/etc/default/openvswitch-switch",
-        "ovs_opts_var": "OVS_CTL_OPTS",
-    },
-    "RedHat": {
-        "ovs_units": ["openvswitch.service", "ovsdb-server.service", "ovs-vswitchd.service"],
-        "libvirt_units": [
-            "libvirtd.service",
-            "virtqemud.service",
-            "libvirt-guests.service",
-            "openstack-nova-compute.service",
-        ],
-        "ovs_defaults_file": "/etc/sysconfig/openvswitch",
-        "ovs_opts_var": "OPTIONS",
-    },
-}
-
+log = logging.getLogger(__name__)
 
 def __virtual__():
     if _MISSING:
@@ -74,9 +56,8 @@ def check_order(root="", os_family=None, units=None, ovs_units=None, systemd=Non
         salt-call host_boot_order.check_order root=/mnt/sysimage os_family=RedHat
     """
     root = (root or "").rstrip("/")
-    if os_family is None:
-        os_family = globals().get("__grains__", {}).get("os_family", "Debian")
-    family = dict(OS_FAMILY_UNITS.get(os_family, OS_FAMILY_UNITS["Debian"]), os_family=os_family)
-    units = _as_list(units) or family["libvirt_units"]
+    # pylint: disable=undefined-variable
+    family = host_formula.from_salt("boot_order", __salt__, __grains__, log=log, os_family=os_family)
+    units = _as_list(units) or family["libvirt_units"] + ([family["nova_unit"]] if family.get("nova_unit") else [])
     ovs_units = _as_list(ovs_units) or family["ovs_units"]
     return host_systemd_order.check_order(root, family, units, ovs_units, systemd=systemd)

@@ -32,17 +32,20 @@ writes anything; ``ksm_status`` reads /sys/kernel/mm/ksm.
 
 Every path is ``root`` + an absolute path so tests point ``root`` at a temp dir
 holding a fake /proc/meminfo, /etc/nova and /sys/kernel/mm/ksm. Settings: an
-explicit argument, else ``config.get host_memory:<key>`` (minion config,
-grains or pillar), else pillar ``host_overcommit`` (root, nova paths, targets),
-else the defaults below. The parsing and the arithmetic are plain functions
-in ``_utils/host_nova_conf.py``, ``host_ksm.py`` and ``host_memory_commit.py``,
-unit-tested without Salt; this module is their Salt shell.
+explicit argument, else pillar ``deskfleet:host:overcommit`` (root, nova paths,
+targets, ``monitor``), else ``states/host/overcommit/parameters/`` read from the
+file server (the old pillar key ``host_overcommit`` and minion config
+``host_memory:<key>`` are read for one more release, with a warning). The parsing
+and the arithmetic are in ``_utils/host_nova_conf.py``, ``host_ksm.py`` and
+``host_memory_commit.py``, unit-tested without Salt; this module is their Salt shell.
 """
 
 import copy
+import logging
 import os
 
 try:
+    import host_formula
     import host_ksm
     import host_libvirt
     import host_memory_commit
@@ -55,34 +58,7 @@ except ImportError as _exc:  # pragma: no cover - _utils not synced
 
 __virtualname__ = "host_overcommit"
 
-PILLAR_KEY = "host_overcommit"
-# Same values as states/host/overcommit/defaults.yaml (a unit test keeps them equal).
-DEFAULTS = {
-    "root": "",
-    "libvirt_uri": "qemu:///system",
-    "meminfo": "/proc/meminfo",
-    "ksm_sysfs": "/sys/kernel/mm/ksm",
-    "nova_dir": "/etc/nova",
-    "nova_prog": "nova-compute",
-    "dropin": "60-deskfleet-overcommit.conf",
-    "include_defined": False,
-    "page_size": None,  # os.sysconf('SC_PAGE_SIZE')
-    "warn_fraction": 0.9,
-    "mem_available_warn": 0.10,
-    "mem_available_critical": 0.05,
-    "ram_ratio_ceiling": 1.5,
-}
-# What host.overcommit sets by default (states/host/overcommit/defaults.yaml, host_overcommit:nova / :ksm).
-STATE_DEFAULTS = {
-    "ram_allocation_ratio": 1.2,
-    "cpu_allocation_ratio": 2.0,
-    "disk_allocation_ratio": None,
-    "reserved_host_memory_mb": 4096,
-    "ksm": {"enabled": True, "pages_to_scan": 1000, "sleep_millisecs": 20},
-}
-
-
-
+log = logging.getLogger(__name__)
 def __virtual__():
     if _MISSING:
         return (False, _MISSING)
@@ -91,29 +67,9 @@ def __virtual__():
     return __virtualname__
 
 
-def _config(path):
-    salt_funcs = globals().get("__salt__")
-    if salt_funcs is None:
-        return None
-    try:
-        return salt_funcs["config.get"](path, None)
-    except Exception:  # pylint: disable=broad-except
-        return None
-
-
-def _pillar(path, default=None):
-    salt_funcs = globals().get("__salt__")
-    if salt_funcs is None:
-        return default
-    try:
-        # Salt 3008 masks pillar.get results outside templates unless unmask=True.
-        return salt_funcs["pillar.get"](f"{PILLAR_KEY}:{path}", default, unmask=True)
-    except Exception:  # pylint: disable=broad-except
-        return default
-
-
-# host_memory:<key> falls back to these pillar host_overcommit paths
-_PILLAR_FALLBACK = {
+# flat argument names -> their place in deskfleet:host:overcommit (and the deprecated minion config
+# key host_memory:<name>, read for one more release)
+_PATHS = {
     "root": "root",
     "nova_dir": "nova:config_dir",
     "nova_prog": "nova:prog",
@@ -125,25 +81,44 @@ _PILLAR_FALLBACK = {
     "warn_fraction": "monitor:warn_fraction",
     "mem_available_warn": "monitor:mem_available_warn",
     "mem_available_critical": "monitor:mem_available_critical",
+    "meminfo": "monitor:meminfo",
+    "page_size": "monitor:page_size",
 }
 
 
-def _cfg(key, value=None):
-    """An explicit argument, else ``config.get host_memory:<key>``, else pillar host_overcommit, else the default."""
+def _get(cfg, path):
+    for key in path.split(":"):
+        cfg = cfg.get(key) if isinstance(cfg, dict) else None
+    return copy.deepcopy(cfg)
+
+
+def _settings():
+    """deskfleet:host:overcommit over the formula's parameters (``_utils/host_formula.py``)."""
+    # pylint: disable=undefined-variable
+    cfg = host_formula.from_salt("overcommit", __salt__, __grains__, log=log)
+    for name, path in _PATHS.items():
+        legacy = __salt__["config.get"](f"host_memory:{name}", None)
+        if legacy is not None:
+            note = host_formula.deprecation(f"host_memory:{name}", "overcommit")
+            log.warning("deskfleet: %s", note)
+            cfg["deprecated"].append(note)
+            keys = path.split(":")
+            node = cfg
+            for key in keys[:-1]:
+                node = node.setdefault(key, {})
+            node[keys[-1]] = legacy
+    return cfg
+
+
+def _cfg(key, value=None, cfg=None):
+    """An explicit argument, else the setting (pillar, then the formula's defaults)."""
     if value is not None:
         return value
-    found = _config(f"host_memory:{key}")
-    if found is not None:
-        return found
-    if key in _PILLAR_FALLBACK:
-        found = _pillar(_PILLAR_FALLBACK[key])
-        if found is not None:
-            return found
-    return copy.deepcopy(DEFAULTS.get(key))
+    return _get(cfg if cfg is not None else _settings(), _PATHS[key])
 
 
-def _root(root=None):
-    return str(_cfg("root", root) or "").rstrip("/")
+def _root(root, cfg):
+    return str(_cfg("root", root, cfg) or "").rstrip("/")
 
 
 def _bool(value):
@@ -152,14 +127,14 @@ def _bool(value):
     return bool(value)
 
 
-def _page_size(page_size=None):
-    value = _cfg("page_size", page_size)
+def _page_size(page_size, cfg):
+    value = _cfg("page_size", page_size, cfg)
     return int(value) if value else os.sysconf("SC_PAGE_SIZE")
 
 
-def _nova_effective(root, nova_dir=None, prog=None):
-    nova_dir = root + str(_cfg("nova_dir", nova_dir))
-    files, effective = host_nova_conf.read_effective(nova_dir, str(_cfg("nova_prog", prog) or ""))
+def _nova_effective(cfg, root, nova_dir=None, prog=None):
+    nova_dir = root + str(_cfg("nova_dir", nova_dir, cfg))
+    files, effective = host_nova_conf.read_effective(nova_dir, str(_cfg("nova_prog", prog, cfg) or ""))
     return nova_dir, files, effective
 
 
@@ -180,8 +155,9 @@ def nova_config(root=None, nova_dir=None, prog=None):
         salt '*' host_overcommit.nova_config
         salt '*' host_overcommit.nova_config root=/tmp/fakeroot
     """
-    root = _root(root)
-    nova_dir, files, effective = _nova_effective(root, nova_dir, prog)
+    cfg = _settings()
+    root = _root(root, cfg)
+    nova_dir, files, effective = _nova_effective(cfg, root, nova_dir, prog)
     target, target_source = host_nova_conf.resolve_ram_target(effective)
     reserved, reserved_source = host_nova_conf.resolve_reserved_mb(effective)
     return {
@@ -213,9 +189,10 @@ def ksm_status(root=None, sysfs=None, page_size=None):
         salt '*' host_overcommit.ksm_status
         salt '*' host_overcommit.ksm_status root=/tmp/fakeroot page_size=4096
     """
-    root = _root(root)
-    sysfs = str(_cfg("ksm_sysfs", sysfs))
-    summary = host_ksm.summary(host_ksm.read_values(root + sysfs), _page_size(page_size))
+    cfg = _settings()
+    root = _root(root, cfg)
+    sysfs = str(_cfg("ksm_sysfs", sysfs, cfg))
+    summary = host_ksm.summary(host_ksm.read_values(root + sysfs), _page_size(page_size, cfg))
     summary["sysfs"] = root + sysfs
     summary["persisted"] = host_ksm.persisted(root, sysfs)
     return summary
@@ -237,7 +214,7 @@ def commit_ratio(uri=None, root=None, include_defined=None, reserved_mb=None, ta
     else ``ok``; ``reasons`` says why. Also: ``headroom_mb`` (what nova may still
     place), ``ksm_saved_mb`` and ``ratio_after_ksm``.
 
-    ``uri`` defaults to ``host_memory:libvirt_uri`` or ``qemu:///system``;
+    ``uri`` defaults to ``deskfleet:host:overcommit:monitor:libvirt_uri`` (``qemu:///system``);
     ``reserved_mb`` and ``target`` override what nova.conf says; ``root`` and
     ``meminfo`` relocate the files read (tests).
 
@@ -249,14 +226,15 @@ def commit_ratio(uri=None, root=None, include_defined=None, reserved_mb=None, ta
         salt 'cmp-*' host_overcommit.commit_ratio include_defined=True --out=json
         salt-call host_overcommit.commit_ratio uri=test:///tmp/node.xml root=/tmp/fakeroot
     """
-    root = _root(root)
-    uri = str(_cfg("libvirt_uri", uri))
-    include_defined = _bool(_cfg("include_defined", include_defined))
-    meminfo_path = root + str(_cfg("meminfo", meminfo))
+    cfg = _settings()
+    root = _root(root, cfg)
+    uri = str(_cfg("libvirt_uri", uri, cfg))
+    include_defined = _bool(_cfg("include_defined", include_defined, cfg))
+    meminfo_path = root + str(_cfg("meminfo", meminfo, cfg))
     info = host_memory_commit.parse_meminfo(read_text(meminfo_path))
     if "MemTotal" not in info:
         raise HostError(f"no MemTotal in {meminfo_path}")
-    _, _, effective = _nova_effective(root)
+    _, _, effective = _nova_effective(cfg, root)
     if target is None:
         target_value, target_source = host_nova_conf.resolve_ram_target(effective)
     else:
@@ -266,15 +244,15 @@ def commit_ratio(uri=None, root=None, include_defined=None, reserved_mb=None, ta
     else:
         reserved_value, reserved_source = int(reserved_mb), "argument"
     domains = host_libvirt.memory(uri, include_defined)
-    ksm = host_ksm.read_values(root + str(_cfg("ksm_sysfs")))
+    ksm = host_ksm.read_values(root + str(_cfg("ksm_sysfs", None, cfg)))
     report = host_memory_commit.commit_report(
         info, domains, reserved_value, target_value, target_source, reserved_source,
         ksm=ksm if ksm.get("run") is not None else None,
-        page_size=_page_size(page_size),
+        page_size=_page_size(page_size, cfg),
         include_defined=include_defined,
-        warn_fraction=float(_cfg("warn_fraction", warn_fraction)),
-        available_warn=float(_cfg("mem_available_warn", mem_available_warn)),
-        available_critical=float(_cfg("mem_available_critical", mem_available_critical)),
+        warn_fraction=float(_cfg("warn_fraction", warn_fraction, cfg)),
+        available_warn=float(_cfg("mem_available_warn", mem_available_warn, cfg)),
+        available_critical=float(_cfg("mem_available_critical", mem_available_critical, cfg)),
     )
     report["libvirt_uri"] = uri
     report["meminfo"] = meminfo_path
@@ -296,7 +274,7 @@ def validate(ram_allocation_ratio=None, cpu_allocation_ratio=None, reserved_host
     would use depends on its command line. nova.conf's own settings are not a
     conflict: the state comments them out (``shadowed``).
 
-    Unset arguments come from pillar ``host_overcommit``, else the defaults.
+    Unset arguments come from pillar ``deskfleet:host:overcommit``, else the formula's defaults.
     Returns ``result``, ``comment``, ``problems``, ``conflicts``, ``shadowed``.
 
     CLI Example:
@@ -306,26 +284,24 @@ def validate(ram_allocation_ratio=None, cpu_allocation_ratio=None, reserved_host
         salt '*' host_overcommit.validate
         salt '*' host_overcommit.validate ram_allocation_ratio=1.8 allow_high_ram_ratio=True
     """
-    def pick(value, path, default):
-        return value if value is not None else _pillar(path, default)
+    cfg = _settings()
 
-    allow = pick(allow_high_ram_ratio, "allow_high_ram_ratio", False)
+    def pick(value, path):
+        return value if value is not None else _get(cfg, path)
+
+    allow = pick(allow_high_ram_ratio, "allow_high_ram_ratio")
     settings = {
-        "ram_allocation_ratio": pick(ram_allocation_ratio, "nova:ram_allocation_ratio",
-                                     STATE_DEFAULTS["ram_allocation_ratio"]),
-        "cpu_allocation_ratio": pick(cpu_allocation_ratio, "nova:cpu_allocation_ratio",
-                                     STATE_DEFAULTS["cpu_allocation_ratio"]),
-        "disk_allocation_ratio": pick(disk_allocation_ratio, "nova:disk_allocation_ratio",
-                                      STATE_DEFAULTS["disk_allocation_ratio"]),
-        "reserved_host_memory_mb": pick(reserved_host_memory_mb, "nova:reserved_host_memory_mb",
-                                        STATE_DEFAULTS["reserved_host_memory_mb"]),
-        "ksm_enabled": _bool(pick(ksm_enabled, "ksm:enabled", STATE_DEFAULTS["ksm"]["enabled"])),
+        "ram_allocation_ratio": pick(ram_allocation_ratio, "nova:ram_allocation_ratio"),
+        "cpu_allocation_ratio": pick(cpu_allocation_ratio, "nova:cpu_allocation_ratio"),
+        "disk_allocation_ratio": pick(disk_allocation_ratio, "nova:disk_allocation_ratio"),
+        "reserved_host_memory_mb": pick(reserved_host_memory_mb, "nova:reserved_host_memory_mb"),
+        "ksm_enabled": _bool(pick(ksm_enabled, "ksm:enabled")),
         "allow_high_ram_ratio": _bool(allow) if isinstance(allow, str) else allow is True,
-        "ram_ratio_ceiling": _cfg("ram_ratio_ceiling", ram_ratio_ceiling),
-        "pages_to_scan": pick(pages_to_scan, "ksm:pages_to_scan", STATE_DEFAULTS["ksm"]["pages_to_scan"]),
-        "sleep_millisecs": pick(sleep_millisecs, "ksm:sleep_millisecs", STATE_DEFAULTS["ksm"]["sleep_millisecs"]),
+        "ram_ratio_ceiling": _cfg("ram_ratio_ceiling", ram_ratio_ceiling, cfg),
+        "pages_to_scan": pick(pages_to_scan, "ksm:pages_to_scan"),
+        "sleep_millisecs": pick(sleep_millisecs, "ksm:sleep_millisecs"),
     }
     return host_memory_commit.validate_host(
-        settings, _root(root), DEFAULTS["meminfo"], str(_cfg("nova_dir", nova_dir)),
-        str(_cfg("nova_prog", prog) or ""), _cfg("dropin", dropin), str(_cfg("ksm_sysfs", ksm_sysfs)),
+        settings, _root(root, cfg), str(_cfg("meminfo", None, cfg)), str(_cfg("nova_dir", nova_dir, cfg)),
+        str(_cfg("nova_prog", prog, cfg) or ""), _cfg("dropin", dropin, cfg), str(_cfg("ksm_sysfs", ksm_sysfs, cfg)),
         require_nova_conf=_bool(require_nova_conf))

@@ -18,19 +18,22 @@ then audits again and fails if anything stays broken. ``check_order`` reports
 whether the systemd drop-ins of ``states/host/boot_order`` and OVS's
 ``--delete-transient-ports`` are in force.
 
-Where the daemons are: ``ovs_db`` (``--db`` of ovs-vsctl; default its own) and
-``libvirt_uri`` (default ``qemu:///system``) as arguments, or the config keys
-``host_net:ovs_db`` / ``host_net:libvirt_uri`` (minion config, grains or pillar).
-Other keys: ``host_net:confirm_delay`` (5), ``host_net:settle`` (10),
-``host_net:bridges`` (all), ``host_net:sysfs`` (/sys), ``host_net:timeout`` (10),
-``host_net:vm_port_prefixes`` (tap, vnet), ``host_net:restart_domains`` (False).
+Settings: an argument, else config ``deskfleet:host:ovs_ports:<key>`` (minion config,
+grains or pillar; the old ``host_net:<key>`` is read for one more release, with a
+warning), else ``states/host/ovs_ports/parameters/defaults.yaml`` (read from the
+file server): ``ovs_db``, ``libvirt_uri``, ``confirm_delay``, ``settle``,
+``bridges``, ``sysfs``, ``timeout``, ``vm_port_prefixes``, ``restart_domains``.
 """
 
+import copy
+import functools
+import logging
 import os
 import shutil
 import time
 
 try:
+    import host_formula
     import host_libvirt
     import host_ovsdb
     import host_port_classes
@@ -42,47 +45,48 @@ except ImportError as _exc:  # pragma: no cover - _utils not synced
 
 __virtualname__ = "host_ovs_ports"
 
-DEFAULTS = {
-    "ovs_db": None,
-    "libvirt_uri": "qemu:///system",
-    "ovs_vsctl": "ovs-vsctl",
-    "timeout": 10,
-    "confirm_delay": 5,
-    "settle": 10,
-    "bridges": None,
-    "sysfs": "/sys",
-    "vm_port_prefixes": ["tap", "vnet"],
-    "restart_domains": False,
-}
-
-
+log = logging.getLogger(__name__)
+_CALL = {}
 
 def __virtual__():
     if _MISSING:
         return (False, _MISSING)
     if not os.uname().sysname == "Linux":
         return (False, "host_ovs_ports: only Linux compute hosts")
-    if shutil.which(_cfg("ovs_vsctl")) is None:
+    binary = __salt__["config.get"]("deskfleet:host:ovs_ports:ovs_vsctl", None) or "ovs-vsctl"  # pylint: disable=undefined-variable
+    if shutil.which(binary) is None:
         return (False, "host_ovs_ports: ovs-vsctl not found (install openvswitch-switch)")
     if not host_libvirt.HAS_LIBVIRT:
         return (False, "host_ovs_ports: libvirt-python is not installed")
     return __virtualname__
 
 
+def _settings():
+    """deskfleet:host:ovs_ports over the formula's parameters (``_utils/host_formula.py``), once per call."""
+    if "settings" not in _CALL:
+        _CALL["settings"] = host_formula.from_salt(
+            "ovs_ports", __salt__, __grains__, lookup="config", old_key="host_net", log=log)  # pylint: disable=undefined-variable
+    return _CALL["settings"]
+
+
 def _cfg(key, value=None):
-    """An explicit argument, else ``config.get host_net:<key>``, else the default."""
-    if value is not None:
-        return value
-    salt_funcs = globals().get("__salt__")
-    if salt_funcs is not None:
+    """An explicit argument, else the setting (config, then the formula's defaults)."""
+    return value if value is not None else copy.deepcopy(_settings().get(key))
+
+
+def _per_call(func):
+    """Settings are read once per public call (a pillar refresh between calls is seen)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        _CALL.clear()
         try:
-            found = salt_funcs["config.get"](f"host_net:{key}", None)
-        except Exception:  # pylint: disable=broad-except
-            found = None  # not loaded by Salt, or config.get not available yet
-        if found is not None:
-            return found
-    default = DEFAULTS.get(key)
-    return list(default) if isinstance(default, list) else default
+            result = func(*args, **kwargs)
+        finally:
+            _CALL.clear()
+        return result
+
+    return wrapper
 
 
 def _bridges(bridges):
@@ -112,6 +116,7 @@ def _run(cmd):
     return host_ovsdb.run(cmd)
 
 
+@_per_call
 def audit(ovs_db=None, libvirt_uri=None, bridges=None, sysfs=None, timeout=None):
     """
     Classify every VM-facing Open vSwitch interface against libvirt's domains:
@@ -121,9 +126,9 @@ def audit(ovs_db=None, libvirt_uri=None, bridges=None, sysfs=None, timeout=None)
     bridge, not plugged) and the action ``repair`` would take.
 
     ovs_db
-        ovs-vsctl ``--db`` (e.g. ``unix:/run/openvswitch/db.sock``); config ``host_net:ovs_db``
+        ovs-vsctl ``--db`` (e.g. ``unix:/run/openvswitch/db.sock``); config ``deskfleet:host:ovs_ports:ovs_db``
     libvirt_uri
-        default ``qemu:///system``; config ``host_net:libvirt_uri``
+        default ``qemu:///system``; config ``deskfleet:host:ovs_ports:libvirt_uri``
     bridges
         only these bridges (list or comma string); default all
 
@@ -144,6 +149,7 @@ def audit(ovs_db=None, libvirt_uri=None, bridges=None, sysfs=None, timeout=None)
     }
 
 
+@_per_call
 def verify(ovs_db=None, libvirt_uri=None, bridges=None, sysfs=None, timeout=None):
     """
     Audit and fail (``result: False``) when any port is broken or orphaned: the
@@ -166,6 +172,7 @@ def verify(ovs_db=None, libvirt_uri=None, bridges=None, sysfs=None, timeout=None
     }
 
 
+@_per_call
 def repair(
     ovs_db=None,
     libvirt_uri=None,
@@ -179,7 +186,7 @@ def repair(
 ):
     """
     Fix what ``audit`` finds, after confirming it on two passes ``delay`` seconds
-    apart (``host_net:confirm_delay``, default 5) so a tap that libvirt is just
+    apart (``deskfleet:host:ovs_ports:confirm_delay``, default 5) so a tap that libvirt is just
     creating is never touched:
 
     - orphan: ``del-port`` (also stale duplicates of an iface-id now on another tap)
@@ -190,7 +197,7 @@ def repair(
       external-ids (iface-id, attached-mac, vm-id/vm-uuid), the old ofport requested
     - running domain interface with no port: ``add-port`` as libvirt does
     - running domain whose tap is gone: a domain restart, only with
-      ``restart_domains=True`` (``host_net:restart_domains``); reported otherwise
+      ``restart_domains=True`` (``deskfleet:host:ovs_ports:restart_domains``); reported otherwise
 
     Then audits until ``settle`` seconds pass or nothing is left; ``result`` is
     False when ports stay broken. ``test=True`` only reports what it would do

@@ -21,9 +21,10 @@ The parsing and checking live in ``_utils/host_ss.py`` and
 ``_utils/host_keepalive.py`` (no Salt, unit-tested with captured ``ss``
 output); the public functions here are thin shells.
 
-Targets come from the function arguments, else pillar ``host_rabbitmq``
+Targets come from the function arguments, else pillar ``deskfleet:host:rabbitmq``
 (``sysctl:tcp_keepalive_*``, ``firewall_idle_timeout``, ``amqp_ports``),
-else the defaults below, which match ``states/host/rabbitmq/defaults.yaml``.
+else ``states/host/rabbitmq/parameters/`` (read from the file server; the old
+pillar key ``host_rabbitmq`` is read for one more release, with a warning).
 """
 
 import logging
@@ -32,6 +33,7 @@ import salt.utils.path
 from salt.exceptions import CommandExecutionError
 
 try:
+    import host_formula
     import host_keepalive
     import host_ss
 
@@ -39,11 +41,9 @@ try:
 except ImportError as _exc:  # pragma: no cover - _utils not synced
     _MISSING = f"host_rabbitmq: deskfleet host utils not importable (saltutil.sync_utils?): {_exc}"
 
-log = logging.getLogger(__name__)
-
 __virtualname__ = "host_rabbitmq"
 
-PILLAR_KEY = "host_rabbitmq"
+log = logging.getLogger(__name__)
 
 
 def __virtual__():
@@ -54,19 +54,14 @@ def __virtual__():
     return __virtualname__
 
 
-def _setting(path, default):
-    # Salt 3008 masks pillar.get results ('**********') outside templates unless unmask=True.
-    # pylint: disable=undefined-variable
-    return __salt__["pillar.get"](f"{PILLAR_KEY}:{path}", default, unmask=True)
+def _settings():
+    """deskfleet:host:rabbitmq over the formula's parameters (``_utils/host_formula.py``)."""
+    return host_formula.from_salt("rabbitmq", __salt__, __grains__, log=log)  # pylint: disable=undefined-variable
 
 
-def _targets(time, intvl, probes):
+def _targets(cfg, time, intvl, probes):
     given = {"tcp_keepalive_time": time, "tcp_keepalive_intvl": intvl, "tcp_keepalive_probes": probes}
-    return {
-        short: given[short] if given[short] is not None
-        else _setting(f"sysctl:{short}", host_keepalive.DEFAULTS["sysctl"][short])
-        for short in host_keepalive.SYSCTLS
-    }
+    return {short: given[short] if given[short] is not None else cfg["sysctl"][short] for short in host_keepalive.SYSCTLS}
 
 
 def validate(time=None, intvl=None, probes=None, firewall_idle_timeout=None, heartbeat=None,
@@ -74,8 +69,8 @@ def validate(time=None, intvl=None, probes=None, firewall_idle_timeout=None, hea
     """
     Check keepalive settings against the firewall idle timeout: refuse unless
     ``time + intvl * probes`` is below it. Unset arguments come from pillar
-    ``host_rabbitmq`` (``sysctl:tcp_keepalive_*``, ``firewall_idle_timeout``),
-    else the deskfleet defaults. The ``host.rabbitmq`` state calls this before
+    ``deskfleet:host:rabbitmq`` (``sysctl:tcp_keepalive_*``, ``firewall_idle_timeout``),
+    else the formula's defaults. The ``host.rabbitmq`` state calls this before
     it writes anything.
 
     Returns ``result`` (bool), ``comment``, ``problems`` (list), ``worst_case_s``
@@ -88,11 +83,13 @@ def validate(time=None, intvl=None, probes=None, firewall_idle_timeout=None, hea
         salt '*' host_rabbitmq.validate
         salt '*' host_rabbitmq.validate time=7200 intvl=75 probes=9 firewall_idle_timeout=3600
     """
-    targets = _targets(time, intvl, probes)
+    cfg = _settings()
+    targets = _targets(cfg, time, intvl, probes)
     if firewall_idle_timeout is None:
-        firewall_idle_timeout = _setting("firewall_idle_timeout", host_keepalive.DEFAULTS["firewall_idle_timeout"])
+        firewall_idle_timeout = cfg["firewall_idle_timeout"]
     problems = host_keepalive.check_keepalive(
-        targets["tcp_keepalive_time"], targets["tcp_keepalive_intvl"], targets["tcp_keepalive_probes"], firewall_idle_timeout
+        targets["tcp_keepalive_time"], targets["tcp_keepalive_intvl"], targets["tcp_keepalive_probes"],
+        firewall_idle_timeout, cfg["sysctl"],
     )
     problems += host_keepalive.check_heartbeats(heartbeat, heartbeat_timeout_threshold, heartbeat_rate)
     try:
@@ -110,13 +107,12 @@ def validate(time=None, intvl=None, probes=None, firewall_idle_timeout=None, hea
         "sysctl": {host_keepalive.SYSCTL_PREFIX + k: v for k, v in targets.items()},
     }
 
-
 def sockets(ports=None):
     """
     Live (established) AMQP sockets on this host and network namespace, from
     ``ss -tnoepH``: broker side (local port is an AMQP port) and client side
     (peer port is), each with its timer and whether keepalive is on.
-    ``ports`` defaults to pillar ``host_rabbitmq:amqp_ports`` (5672).
+    ``ports`` defaults to pillar ``deskfleet:host:rabbitmq:amqp_ports`` (5672).
 
     CLI Example:
 
@@ -127,7 +123,7 @@ def sockets(ports=None):
     """
     # pylint: disable=undefined-variable
     if ports is None:
-        ports = _setting("amqp_ports", host_keepalive.DEFAULTS["amqp_ports"])
+        ports = _settings()["amqp_ports"]
     ss_bin = salt.utils.path.which("ss")
     if not ss_bin:
         raise CommandExecutionError("host_rabbitmq: 'ss' not found (install iproute2)")
@@ -136,14 +132,13 @@ def sockets(ports=None):
         raise CommandExecutionError(f"ss -tnoepH failed: {run.get('stderr', '').strip()}")
     return host_ss.amqp_sockets(host_ss.parse_ss(run["stdout"]), ports)
 
-
 def audit(ports=None, time=None, intvl=None, probes=None, firewall_idle_timeout=None):
     """
     Audit a host (its current network namespace) for AMQP connections a
     firewall could cut silently: live AMQP sockets without a keepalive timer,
     keepalive sysctls off target, and running kernel values whose
     ``time + intvl * probes`` is not below the firewall idle timeout.
-    Targets default to pillar ``host_rabbitmq`` and then the deskfleet defaults.
+    Targets default to pillar ``deskfleet:host:rabbitmq`` and then the deskfleet defaults.
 
     ``result`` is True when nothing was found. ``without_keepalive`` lists the
     flows (``local->peer``); ``sockets`` has each socket's detail.
@@ -155,10 +150,12 @@ def audit(ports=None, time=None, intvl=None, probes=None, firewall_idle_timeout=
         salt '*' host_rabbitmq.audit
         salt '*' host_rabbitmq.audit ports=5672 time=60 intvl=15 probes=4 firewall_idle_timeout=3600
     """
+    cfg = _settings()
     if firewall_idle_timeout is None:
-        firewall_idle_timeout = _setting("firewall_idle_timeout", host_keepalive.DEFAULTS["firewall_idle_timeout"])
+        firewall_idle_timeout = cfg["firewall_idle_timeout"]
+    ports = ports if ports is not None else cfg["amqp_ports"]
     live = sockets(ports)
-    drift = host_keepalive.sysctl_drift(host_keepalive.read_sysctls(), _targets(time, intvl, probes))
+    drift = host_keepalive.sysctl_drift(host_keepalive.read_sysctls(), _targets(cfg, time, intvl, probes))
     report = host_keepalive.summarize(live, drift, int(firewall_idle_timeout) if firewall_idle_timeout else None)
-    report["ports"] = host_ss.ports_list(ports if ports is not None else _setting("amqp_ports", host_keepalive.DEFAULTS["amqp_ports"]))
+    report["ports"] = host_ss.ports_list(ports)
     return report

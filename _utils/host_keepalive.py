@@ -8,17 +8,10 @@ timeout), a suggestion that fits, AMQP heartbeat ranges, and the audit verdict f
 from host_errors import HostError
 from host_ss import flow
 
-PILLAR_KEY = "host_rabbitmq"
+PILLAR_KEY = "deskfleet:host:rabbitmq"
 SYSCTLS = ("tcp_keepalive_time", "tcp_keepalive_intvl", "tcp_keepalive_probes")
 SYSCTL_PREFIX = "net.ipv4."
 KERNEL_DEFAULTS = {"tcp_keepalive_time": 7200, "tcp_keepalive_intvl": 75, "tcp_keepalive_probes": 9}
-# Same values as states/host/rabbitmq/defaults.yaml (a unit test keeps them equal).
-DEFAULTS = {
-    "firewall_idle_timeout": 3600,
-    "amqp_ports": [5672],
-    "sysctl": {"tcp_keepalive_time": 60, "tcp_keepalive_intvl": 15, "tcp_keepalive_probes": 4},
-}
-
 def as_int(value, what, minimum, problems):
     if isinstance(value, bool):
         problems.append(f"{what} must be a whole number of seconds, not {value!r}")
@@ -39,16 +32,16 @@ def worst_case(time, intvl, probes):
     return int(time) + int(intvl) * int(probes)
 
 
-def suggest(firewall_idle_timeout, probes=None):
+def suggest(firewall_idle_timeout, base, probes=None):
     """Keepalive settings whose worst case is below ``firewall_idle_timeout``, or None.
 
-    The deskfleet defaults (60/15/4, 120 s) when they fit, else values scaled
-    to the timeout: first probe at about half of it, the probes in the rest.
+    ``base`` (the formula's sysctl defaults, 60/15/4 = 120 s) when it fits, else
+    values scaled to the timeout: first probe at about half of it, the probes in the rest.
     """
     limit = int(firewall_idle_timeout)
-    base = DEFAULTS["sysctl"]
+    base = {short: int(base[short]) for short in SYSCTLS}
     if worst_case(base["tcp_keepalive_time"], base["tcp_keepalive_intvl"], base["tcp_keepalive_probes"]) < limit:
-        return dict(base)
+        return base
     budget = limit - 1  # strictly below the timeout
     if budget < 2:  # time >= 1 and intvl * probes >= 1
         return None
@@ -61,12 +54,13 @@ def suggest(firewall_idle_timeout, probes=None):
     return {"tcp_keepalive_time": time, "tcp_keepalive_intvl": intvl, "tcp_keepalive_probes": probes}
 
 
-def check_keepalive(time, intvl, probes, firewall_idle_timeout, where=PILLAR_KEY):
+def check_keepalive(time, intvl, probes, firewall_idle_timeout, base, where=PILLAR_KEY):
     """Problems (human sentences) with keepalive settings against a firewall idle timeout.
 
     Empty list: ``time + intvl * probes`` is below the idle timeout, so a probe
     refreshes the firewall's flow entry in time and a dead peer is noticed
-    before the firewall would have cut the flow anyway.
+    before the firewall would have cut the flow anyway. ``base``: the formula's
+    sysctl defaults, suggested first when they fit.
     """
     problems = []
     time = as_int(time, f"{where}:sysctl:tcp_keepalive_time", 1, problems)
@@ -84,7 +78,7 @@ def check_keepalive(time, intvl, probes, firewall_idle_timeout, where=PILLAR_KEY
         f"timeout of {timeout} s ({where}:firewall_idle_timeout), so the firewall can forget an idle AMQP "
         f"connection before keepalive refreshes it and the connection dies silently."
     )
-    hint = suggest(timeout, probes)
+    hint = suggest(timeout, base, probes)
     if hint:
         message += (
             f" Change pillar {where}:sysctl so that the sum is below {timeout} s, e.g. "

@@ -16,7 +16,7 @@ from host_errors import read_text
 
 # Below Nova's own default the host has nothing left for libvirt, OVS, QEMU overhead and the page cache.
 MIN_RESERVED_MB = 512
-PILLAR_KEY = "host_overcommit"
+PILLAR_KEY = "deskfleet:host:overcommit"
 
 
 def parse_meminfo(text):

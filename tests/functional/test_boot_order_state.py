@@ -7,6 +7,7 @@ that requires a unit this host does not have must fail that check, and the
 state itself must fail on them.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -64,7 +65,7 @@ def systemd_verify(root, units, man=False, path=None):
 
 
 class Minion:
-    """A masterless minion: the checkout's states, a temp pillar holding host_boot_order."""
+    """A masterless minion: the checkout's states, a temp pillar holding deskfleet:host:boot_order."""
 
     def __init__(self, base, pillar):
         self.root = base / "root"
@@ -74,8 +75,10 @@ class Minion:
         self.call = self.salt.call
         self.set_pillar(pillar)
 
-    def set_pillar(self, pillar):
-        self.salt.set_pillar("host_boot_order", {"host_boot_order": dict({"root": str(self.root)}, **pillar)})
+    def set_pillar(self, pillar, key=None):
+        data = dict({"root": str(self.root)}, **pillar)
+        # key: the pillar key before this release (host_boot_order), to test that it still works
+        self.salt.set_pillar("host_boot_order", {key: data} if key else {"deskfleet": {"host": {"boot_order": data}}})
 
 
 @pytest.fixture
@@ -237,3 +240,21 @@ def test_host_without_man_pages(minion, tmp_path, monkeypatch, how):
     minion.set_pillar({"libvirt_units": ["libvirtd.service", "ovs-vswitchd.service"]})
     rc, ret = minion.call("state.apply", "host.boot_order")
     assert rc != 0 and "ordering cycle" in states_by_id(ret)["host-boot-order-verify"]["comment"], ret
+
+
+def test_old_pillar_key_still_works_with_a_deprecation_warning(minion):
+    minion.set_pillar({"dependency": "Requires"}, key="host_boot_order")
+    proc = minion.salt.run("state.apply", "host.boot_order")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    states = states_by_id(json.loads(proc.stdout)["local"])
+    note = states["host-boot-order-pillar-deprecated"]
+    assert note["result"] is True and note["changes"] == {}
+    assert "pillar key host_boot_order is deprecated" in note["comment"] and "deskfleet:host:boot_order" in note["comment"]
+    assert "pillar key host_boot_order is deprecated" in " ".join(note.get("warnings", []))
+    assert "pillar key host_boot_order is deprecated" in proc.stderr  # the log warning
+    text = (minion.root / f"etc/systemd/system/libvirtd.service.d/{DROPIN}").read_text()
+    assert f"Requires={' '.join(DEBIAN_OVS)}" in text  # the old key's settings are applied
+    # with the new key only: no warning state
+    minion.set_pillar({"dependency": "Requires"})
+    rc, ret = minion.call("state.apply", "host.boot_order")
+    assert rc == 0 and "host-boot-order-pillar-deprecated" not in states_by_id(ret), ret

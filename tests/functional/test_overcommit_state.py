@@ -90,7 +90,7 @@ pytestmark = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
 
 
 class Minion:
-    """A masterless minion: the checkout's states + modules, a temp pillar holding host_overcommit."""
+    """A masterless minion: the checkout's states + modules, a temp pillar holding deskfleet:host:overcommit."""
 
     def __init__(self, base, pillar=None):
         self.root = base / "root"
@@ -108,8 +108,10 @@ class Minion:
         self.call = self.salt.call
         self.set_pillar(pillar or {})
 
-    def set_pillar(self, pillar):
-        self.salt.set_pillar("host_overcommit", {"host_overcommit": dict({"root": str(self.root)}, **pillar)})
+    def set_pillar(self, pillar, key=None):
+        data = dict({"root": str(self.root)}, **pillar)
+        # key: the pillar key before this release (host_overcommit), to test that it still works
+        self.salt.set_pillar("host_overcommit", {key: data} if key else {"deskfleet": {"host": {"overcommit": data}}})
 
     def ksm(self, key):
         return (self.root / KSM / key).read_text().strip()
@@ -298,13 +300,13 @@ def test_clean_restores_recorded_ksm_else_turns_it_off(minion):
     "case, pillar, extra_file, needle",
     [
         ("ram-zero", {"nova": {"ram_allocation_ratio": 0}}, None,
-         "host_overcommit:nova:ram_allocation_ratio must be above 0, not 0"),
+         "deskfleet:host:overcommit:nova:ram_allocation_ratio must be above 0, not 0"),
         ("cpu-negative", {"nova": {"cpu_allocation_ratio": -1.0}}, None,
-         "host_overcommit:nova:cpu_allocation_ratio must be above 0, not -1"),
+         "deskfleet:host:overcommit:nova:cpu_allocation_ratio must be above 0, not -1"),
         ("ram-above-ceiling", {"nova": {"ram_allocation_ratio": 1.8}}, None,
          "ram_allocation_ratio = 1.8 is above the hard ceiling of 1.5"),
         ("high-ram-without-ksm", {"nova": {"ram_allocation_ratio": 1.8}, "allow_high_ram_ratio": True,
-                                  "ksm": {"enabled": False}}, None, "and KSM is disabled (host_overcommit:ksm:enabled)"),
+                                  "ksm": {"enabled": False}}, None, "and KSM is disabled (deskfleet:host:overcommit:ksm:enabled)"),
         ("reserved-too-small", {"nova": {"reserved_host_memory_mb": 256}}, None,
          "reserved_host_memory_mb must be at least 512 (nova's default), not 256"),
         ("conflicting-drop-in", {}, ("etc/nova/nova.conf.d/50-local.conf", "[DEFAULT]\nram_allocation_ratio = 2.0\n"),
@@ -369,3 +371,21 @@ def test_commit_ratio_against_libvirt_test_driver(minion, tmp_path):
     assert (worst["committed_mb"], worst["ratio"], worst["verdict"]) == (17408.0, 1.4167, "critical"), worst
     assert worst["reasons"] == ["commit ratio 1.4167 is above the target 1.2"]
     print(f"\nbefore: {before['comment']}\nafter: {after['comment']}\nall defined: {worst['comment']}")
+
+
+def test_old_pillar_key_still_works_with_a_deprecation_warning(minion):
+    minion.set_pillar({"nova": {"ram_allocation_ratio": 1.3}}, key="host_overcommit")
+    proc = minion.salt.run("state.apply", "host.overcommit")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    states = states_by_id(json.loads(proc.stdout)["local"])
+    note = states["host-overcommit-pillar-deprecated"]
+    assert note["result"] is True and note["changes"] == {}
+    assert "pillar key host_overcommit is deprecated" in note["comment"] and "deskfleet:host:overcommit" in note["comment"]
+    assert "pillar key host_overcommit is deprecated" in " ".join(note.get("warnings", []))
+    assert "pillar key host_overcommit is deprecated" in proc.stderr  # the log warning
+    assert "ram_allocation_ratio = 1.3\n" in (minion.root / DROPIN).read_text()  # the old key's settings applied
+    # the module reads the old key too (root from it), and warns
+    proc = minion.salt.run("host_overcommit.nova_config")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["local"]["nova_dir"] == f"{minion.root}/etc/nova"
+    assert "pillar key host_overcommit is deprecated" in proc.stderr

@@ -130,7 +130,8 @@ class ComputeHost:
             "log_level_logfile": "info",
             "utils_dirs": [str(CHECKOUT / "_utils")],
             # where this lab's daemons are: what a real host gets from its defaults
-            "host_net": {"ovs_db": self.ovs_db, "libvirt_uri": self.uri, "confirm_delay": 1, "settle": 15},
+            "deskfleet": {"host": {"ovs_ports": {"ovs_db": self.ovs_db, "libvirt_uri": self.uri, "confirm_delay": 1,
+                                                 "settle": 15}}},
         })
 
     # ------------------------------------------------------------------ OVS

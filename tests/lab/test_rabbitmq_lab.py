@@ -108,7 +108,7 @@ def test_state_refuses_keepalive_slower_than_firewall(tmp_path):
         assert only["result"] is False
         comment = only["comment"]
         assert "7200 + 75 x 9 = 7875 s is not below the firewall idle timeout of 10 s" in comment
-        assert "Change pillar host_rabbitmq:sysctl" in comment and "Nothing was written" in comment
+        assert "Change pillar deskfleet:host:rabbitmq:sysctl" in comment and "Nothing was written" in comment
         assert files_under(tmp_path / "root") == []
         assert lab.keepalive_sysctls(ns) == before
         print(f"\nrefusal: {comment}")

@@ -10,11 +10,19 @@ import textwrap
 import pytest
 
 import host_systemd_order
+from host_fake_salt import fake_salt
 
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("host_boot_order", CHECKOUT / "_modules" / "host_boot_order.py")
 host_boot_order = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(host_boot_order)
+
+
+@pytest.fixture(autouse=True)
+def salt_dunders(monkeypatch):
+    """Unit names come from states/host/boot_order/parameters (served as salt://host/boot_order/...)."""
+    monkeypatch.setattr(host_boot_order, "__salt__", fake_salt(), raising=False)
+    monkeypatch.setattr(host_boot_order, "__grains__", {"os_family": "Debian"}, raising=False)
 
 
 # ----------------------------------------------------------------------------- boot order

@@ -14,7 +14,9 @@ import sys
 import pytest
 import yaml
 
+import host_formula
 import host_ksm
+from host_fake_salt import READ, fake_salt
 import host_libvirt
 import host_memory_commit
 import host_nova_conf
@@ -186,8 +188,8 @@ def _check(**over):
         ({"reserved_host_memory_mb": 256}, "reserved_host_memory_mb must be at least 512"),
         ({"reserved_host_memory_mb": 511}, "must be at least 512 (nova's default), not 511"),
         ({"reserved_host_memory_mb": 1024.5}, "reserved_host_memory_mb must be a whole number"),
-        ({"ram_allocation_ratio": 1.6}, "above the hard ceiling of 1.5 (host_overcommit:ram_ratio_ceiling). Lower it"),
-        ({"ram_allocation_ratio": 1.6, "allow_high_ram_ratio": "yes"}, "set host_overcommit:allow_high_ram_ratio: true"),
+        ({"ram_allocation_ratio": 1.6}, "above the hard ceiling of 1.5 (deskfleet:host:overcommit:ram_ratio_ceiling). Lower it"),
+        ({"ram_allocation_ratio": 1.6, "allow_high_ram_ratio": "yes"}, "set deskfleet:host:overcommit:allow_high_ram_ratio: true"),
         ({"ram_allocation_ratio": 1.6, "allow_high_ram_ratio": True, "ksm_enabled": False}, "KSM is disabled"),
         ({"ram_allocation_ratio": 1.3, "ram_ratio_ceiling": 1.25}, "hard ceiling of 1.25"),
         ({"pages_to_scan": 0}, "ksm:pages_to_scan must be at least 1"),
@@ -326,30 +328,61 @@ def test_ksm_summary_and_savings():
 # ----------------------------------------------------------------------------- formula defaults
 
 
-def test_formula_defaults_match_module():
-    data = yaml.safe_load((FORMULA / "defaults.yaml").read_text())["host_overcommit"]
-    assert data["root"] == hm.DEFAULTS["root"]
-    assert data["ram_ratio_ceiling"] == hm.DEFAULTS["ram_ratio_ceiling"]
-    assert data["nova"]["config_dir"] == hm.DEFAULTS["nova_dir"]
-    assert data["nova"]["prog"] == hm.DEFAULTS["nova_prog"]
-    assert data["nova"]["dropin"] == hm.DEFAULTS["dropin"]
-    assert data["ksm"]["sysfs"] == hm.DEFAULTS["ksm_sysfs"]
-    for key in ("ram_allocation_ratio", "cpu_allocation_ratio", "disk_allocation_ratio", "reserved_host_memory_mb"):
-        assert data["nova"][key] == hm.STATE_DEFAULTS[key], key
-    for key in ("enabled", "pages_to_scan", "sleep_millisecs"):
-        assert data["ksm"][key] == hm.STATE_DEFAULTS["ksm"][key], key
-    for key in ("libvirt_uri", "include_defined", "warn_fraction", "mem_available_warn", "mem_available_critical"):
-        assert data["monitor"][key] == hm.DEFAULTS[key], key
-    # the defaults themselves pass the refusal rules
+DEFAULTS = host_formula.layers("overcommit", "Debian", READ)
+
+
+def test_shipped_defaults_pass_the_refusal_rules():
+    data = DEFAULTS
     assert host_memory_commit.check_settings(data["nova"]["ram_allocation_ratio"], data["nova"]["cpu_allocation_ratio"],
                              data["nova"]["reserved_host_memory_mb"], data["nova"]["disk_allocation_ratio"],
                              data["ksm"]["enabled"], data["allow_high_ram_ratio"], data["ram_ratio_ceiling"],
                              data["ksm"]["pages_to_scan"], data["ksm"]["sleep_millisecs"]) == []
+    assert DEFAULTS["nova"]["service"]["name"] == "nova-compute"
+    assert host_formula.layers("overcommit", "RedHat", READ)["nova"]["service"]["name"] == "openstack-nova-compute"
+
+
+def _ksm_root(tmp_path, sysfs="sys/kernel/mm/ksm"):
+    (tmp_path / sysfs).mkdir(parents=True)
+    (tmp_path / sysfs / "run").write_text("1\n")
+    (tmp_path / sysfs / "pages_sharing").write_text("256\n")
+    return str(tmp_path)
+
+
+def test_module_reads_the_formula_defaults_file(tmp_path, monkeypatch):
+    """No Python copy of defaults.yaml: the KSM path the module reads comes from the file it fetches."""
+    root = _ksm_root(tmp_path)
+    fetched = []
+    monkeypatch.setattr(hm, "__grains__", {"os_family": "Debian"}, raising=False)
+    monkeypatch.setattr(hm, "__salt__", fake_salt({"deskfleet": {"host": {"overcommit": {"root": root}}}},
+                                                  fetched=fetched), raising=False)
+    status = hm.ksm_status(page_size=4096)
+    assert status["sysfs"] == root + "/sys/kernel/mm/ksm" and status["run_state"] == "running"
+    assert status["saved_bytes"] == 256 * 4096
+    assert "salt://host/overcommit/parameters/defaults.yaml" in fetched
+    moved = _ksm_root(tmp_path / "other", "ksm")
+    edited = READ("host/overcommit/parameters/defaults.yaml").replace("sysfs: /sys/kernel/mm/ksm", "sysfs: /ksm")
+    monkeypatch.setattr(hm, "__salt__", fake_salt({"deskfleet": {"host": {"overcommit": {"root": moved}}}},
+                                                  files={"host/overcommit/parameters/defaults.yaml": edited}), raising=False)
+    assert hm.ksm_status(page_size=4096)["sysfs"] == moved + "/ksm"
+
+
+def test_old_keys_still_work_with_a_deprecation_warning(tmp_path, monkeypatch, caplog):
+    root = _ksm_root(tmp_path)
+    monkeypatch.setattr(hm, "__grains__", {"os_family": "Debian"}, raising=False)
+    monkeypatch.setattr(hm, "__salt__", fake_salt({"host_overcommit": {"root": root}}), raising=False)
+    with caplog.at_level("WARNING"):
+        assert hm.ksm_status(page_size=4096)["sysfs"] == root + "/sys/kernel/mm/ksm"
+    assert "pillar key host_overcommit is deprecated" in caplog.text and "deskfleet:host:overcommit" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(hm, "__salt__", fake_salt(config={"host_memory": {"root": root}}), raising=False)
+    with caplog.at_level("WARNING"):
+        assert hm.ksm_status(page_size=4096)["sysfs"] == root + "/sys/kernel/mm/ksm"
+    assert "pillar key host_memory:root is deprecated" in caplog.text
 
 
 def test_pillar_example_keys_exist_in_defaults():
-    example = yaml.safe_load((CHECKOUT / "pillar/host_overcommit.pillar.example").read_text())["host_overcommit"]
-    defaults = yaml.safe_load((FORMULA / "defaults.yaml").read_text())["host_overcommit"]
+    example = yaml.safe_load((FORMULA / "pillar.example").read_text())["deskfleet"]["host"]["overcommit"]
+    defaults = DEFAULTS
 
     def walk(ex, de, path):
         for key, value in ex.items():
@@ -357,4 +390,4 @@ def test_pillar_example_keys_exist_in_defaults():
             if isinstance(value, dict):
                 walk(value, de[key], f"{path}{key}:")
 
-    walk(example, defaults, "host_overcommit:")
+    walk(example, defaults, "deskfleet:host:overcommit:")

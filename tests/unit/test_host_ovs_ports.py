@@ -13,6 +13,7 @@ import pytest
 import host_libvirt
 import host_ovsdb
 import host_port_classes
+from host_fake_salt import fake_salt
 
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("host_ovs_ports", CHECKOUT / "_modules" / "host_ovs_ports.py")
@@ -381,6 +382,8 @@ class FakeHost:
 def fake(monkeypatch):
     def make(*passes):
         fh = FakeHost(passes)
+        monkeypatch.setattr(host_ovs_ports, "__salt__", fake_salt(), raising=False)
+        monkeypatch.setattr(host_ovs_ports, "__grains__", {"os_family": "Debian"}, raising=False)
         monkeypatch.setattr(host_ovs_ports, "_collect", fh.collect)
         monkeypatch.setattr(host_ovs_ports, "_run", fh.run)
         monkeypatch.setattr(host_ovs_ports.time, "sleep", lambda _s: None)
@@ -422,3 +425,26 @@ def test_repair_does_not_restart_domains_unless_asked(fake):
     ret = host_ovs_ports.repair(delay=0, settle=0)
     assert ret["result"] is False and ret["changes"] == {}
     assert "restart_domains=True" in ret["skipped"]["tap1"] and "skipped: tap1" in ret["comment"]
+
+
+def test_settings_come_from_the_formula_file_and_config(monkeypatch, caplog):
+    """ovs-vsctl, its timeout and the repair settings: config deskfleet:host:ovs_ports over the formula's file."""
+    stale = host_port_classes.classify(snapshot(), domains(), netdev=NETDEVS)
+    fh = FakeHost([stale, stale])
+    monkeypatch.setattr(host_ovs_ports, "_collect", fh.collect)
+    monkeypatch.setattr(host_ovs_ports, "__grains__", {"os_family": "Debian"}, raising=False)
+    fetched = []
+    monkeypatch.setattr(host_ovs_ports, "__salt__", fake_salt(fetched=fetched), raising=False)
+    ret = host_ovs_ports.repair(test=True, delay=0)
+    assert ret["changes"]["vnet0"]["commands"] == ["ovs-vsctl --timeout=10 -- --if-exists del-port br-int vnet0"]
+    assert "salt://host/ovs_ports/parameters/defaults.yaml" in fetched
+    config = {"deskfleet": {"host": {"ovs_ports": {"ovs_db": "unix:/lab/db.sock", "timeout": 3}}}}
+    monkeypatch.setattr(host_ovs_ports, "__salt__", fake_salt(config=config), raising=False)
+    ret = host_ovs_ports.repair(test=True, delay=0)
+    assert ret["changes"]["vnet0"]["commands"][0].startswith("ovs-vsctl --db=unix:/lab/db.sock --timeout=3 -- ")
+    # the key before this release still works, with a deprecation warning
+    monkeypatch.setattr(host_ovs_ports, "__salt__", fake_salt(config={"host_net": {"timeout": 4}}), raising=False)
+    with caplog.at_level("WARNING"):
+        ret = host_ovs_ports.repair(test=True, delay=0)
+    assert ret["changes"]["vnet0"]["commands"][0].startswith("ovs-vsctl --timeout=4 -- ")
+    assert "pillar key host_net is deprecated" in caplog.text and "deskfleet:host:ovs_ports" in caplog.text

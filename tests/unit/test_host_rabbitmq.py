@@ -11,11 +11,16 @@ import jinja2
 import pytest
 import yaml
 
+import host_formula
 import host_keepalive
 import host_ss
+from host_fake_salt import READ, fake_salt
 
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 FORMULA = CHECKOUT / "states/host/rabbitmq"
+# the formula's own defaults, read as the module reads them
+DEFAULTS = host_formula.layers("rabbitmq", "Debian", READ)
+SYSCTL_DEFAULTS = {k: DEFAULTS["sysctl"][k] for k in ("tcp_keepalive_time", "tcp_keepalive_intvl", "tcp_keepalive_probes")}
 
 
 def _load():
@@ -26,6 +31,10 @@ def _load():
 
 
 ak = _load()
+
+
+def check(time, intvl, probes, timeout):
+    return host_keepalive.check_keepalive(time, intvl, probes, timeout, SYSCTL_DEFAULTS)
 
 # `ss -tnoepH` in the lab's RabbitMQ namespace, RabbitMQ on its defaults (no keepalive on the AMQP socket)
 SS_BEFORE = """\
@@ -65,40 +74,40 @@ SS_NO_STATE = """\
 
 
 def test_kernel_defaults_are_refused_against_a_one_hour_firewall():
-    problems = host_keepalive.check_keepalive(7200, 75, 9, 3600)
+    problems = check(7200, 75, 9, 3600)
     assert len(problems) == 1
     msg = problems[0]
     assert "7200 + 75 x 9 = 7875 s is not below the firewall idle timeout of 3600 s" in msg
     # says what to change, with values that pass
-    assert "Change pillar host_rabbitmq:sysctl" in msg
+    assert "Change pillar deskfleet:host:rabbitmq:sysctl" in msg
     assert "tcp_keepalive_time: 60, tcp_keepalive_intvl: 15, tcp_keepalive_probes: 4 (120 s)" in msg
-    assert host_keepalive.check_keepalive(60, 15, 4, 3600) == []
+    assert check(60, 15, 4, 3600) == []
 
 
 def test_boundary_is_strictly_below():
-    assert host_keepalive.check_keepalive(4, 2, 3, 10) != []  # 4 + 6 = 10: not below
-    assert host_keepalive.check_keepalive(3, 2, 3, 10) == []  # 9
+    assert check(4, 2, 3, 10) != []  # 4 + 6 = 10: not below
+    assert check(3, 2, 3, 10) == []  # 9
     assert host_keepalive.worst_case(4, 1, 3) == 7
 
 
 def test_lab_values_pass_and_suggestions_fit():
-    assert host_keepalive.check_keepalive(4, 1, 3, 10) == []
-    assert "tcp_keepalive_time: 4, tcp_keepalive_intvl: 1" in host_keepalive.check_keepalive(7200, 75, 9, 10)[0]
+    assert check(4, 1, 3, 10) == []
+    assert "tcp_keepalive_time: 4, tcp_keepalive_intvl: 1" in check(7200, 75, 9, 10)[0]
 
 
 def test_suggestion_is_always_below_the_timeout():
     for timeout in list(range(3, 400)) + [599, 600, 3600, 86400]:
         for probes in (1, 3, 9, 20):
-            hint = host_keepalive.suggest(timeout, probes)
+            hint = host_keepalive.suggest(timeout, SYSCTL_DEFAULTS, probes)
             assert hint and min(hint.values()) >= 1, (timeout, probes)
-            assert host_keepalive.check_keepalive(hint["tcp_keepalive_time"], hint["tcp_keepalive_intvl"],
+            assert check(hint["tcp_keepalive_time"], hint["tcp_keepalive_intvl"],
                                       hint["tcp_keepalive_probes"], timeout) == [], (timeout, probes, hint)
 
 
 def test_firewall_timeout_too_short_for_keepalive():
-    assert host_keepalive.suggest(2) is None
-    (msg,) = host_keepalive.check_keepalive(1, 1, 1, 2)
-    assert "too short for TCP keepalive" in msg and "host_rabbitmq:firewall_idle_timeout" in msg
+    assert host_keepalive.suggest(2, SYSCTL_DEFAULTS) is None
+    (msg,) = check(1, 1, 1, 2)
+    assert "too short for TCP keepalive" in msg and "deskfleet:host:rabbitmq:firewall_idle_timeout" in msg
 
 
 @pytest.mark.parametrize(
@@ -112,12 +121,12 @@ def test_firewall_timeout_too_short_for_keepalive():
     ],
 )
 def test_bad_values_are_named(args, fragment):
-    problems = host_keepalive.check_keepalive(*args)
+    problems = check(*args)
     assert any(fragment in p for p in problems), problems
 
 
 def test_numeric_strings_from_pillar_are_accepted():
-    assert host_keepalive.check_keepalive("60", " 15", "4", "3600") == []
+    assert check("60", " 15", "4", "3600") == []
 
 
 def test_heartbeat_ranges():
@@ -233,33 +242,32 @@ def test_undetermined_timer_is_reported_not_failed():
 # ---------------------------------------------------------------- Salt shell with fake dunders
 
 
+LAB_PILLAR = {"firewall_idle_timeout": 10,
+              "sysctl": {"tcp_keepalive_time": 4, "tcp_keepalive_intvl": 1, "tcp_keepalive_probes": 3}}
+
+
 @pytest.fixture
 def salt_shell(monkeypatch):
-    pillar = {"host_rabbitmq": {"firewall_idle_timeout": 10,
-                                "sysctl": {"tcp_keepalive_time": 4, "tcp_keepalive_intvl": 1, "tcp_keepalive_probes": 3}}}
-
-    def pillar_get(key, default=None, unmask=False):
-        assert unmask, "Salt 3008 masks pillar.get values unless unmask=True"
-        node = pillar
-        for part in key.split(":"):
-            if not isinstance(node, dict) or part not in node:
-                return default
-            node = node[part]
-        return node
-
     calls = []
 
-    def run_all(cmd, **_kw):
-        calls.append(cmd)
-        return {"retcode": 0, "stdout": SS_AFTER, "stderr": "Failed to find cgroup2 mount"}
+    def shell(pillar, files=None, fetched=None):
+        funcs = fake_salt(pillar=pillar, files=files, fetched=fetched)
 
-    monkeypatch.setattr(ak, "__salt__", {"pillar.get": pillar_get, "cmd.run_all": run_all}, raising=False)
-    monkeypatch.setattr(ak, "__grains__", {"kernel": "Linux"}, raising=False)
+        def run_all(cmd, **_kw):
+            calls.append(cmd)
+            return {"retcode": 0, "stdout": SS_AFTER, "stderr": "Failed to find cgroup2 mount"}
+
+        funcs["cmd.run_all"] = run_all
+        monkeypatch.setattr(ak, "__salt__", funcs, raising=False)
+        return calls
+
+    monkeypatch.setattr(ak, "__grains__", {"kernel": "Linux", "os_family": "Debian"}, raising=False)
     monkeypatch.setattr(ak.salt.utils.path, "which", lambda name: f"/usr/bin/{name}")
     monkeypatch.setattr(host_keepalive, "read_sysctls", lambda: {"net.ipv4.tcp_keepalive_time": 4,
-                                                      "net.ipv4.tcp_keepalive_intvl": 1,
-                                                      "net.ipv4.tcp_keepalive_probes": 3})
-    return calls
+                                                                 "net.ipv4.tcp_keepalive_intvl": 1,
+                                                                 "net.ipv4.tcp_keepalive_probes": 3})
+    shell({"deskfleet": {"host": {"rabbitmq": LAB_PILLAR}}})
+    return shell
 
 
 def test_validate_reads_pillar_and_arguments_win(salt_shell):
@@ -271,7 +279,7 @@ def test_validate_reads_pillar_and_arguments_win(salt_shell):
 
 def test_audit_end_to_end_with_captured_output(salt_shell):
     report = ak.audit()
-    assert salt_shell == [["/usr/bin/ss", "-tnoepH"]]
+    assert salt_shell({"deskfleet": {"host": {"rabbitmq": LAB_PILLAR}}}) == [["/usr/bin/ss", "-tnoepH"]]
     assert report["result"] is True and report["ports"] == [5672]
     assert [s["keepalive"] for s in report["sockets"]] == [True]
 
@@ -291,14 +299,34 @@ def test_public_functions_have_cli_examples():
 # ---------------------------------------------------------------- formula files
 
 
-def test_module_defaults_match_formula_defaults():
-    defaults = yaml.safe_load((FORMULA / "defaults.yaml").read_text())["host_rabbitmq"]
-    assert defaults["firewall_idle_timeout"] == host_keepalive.DEFAULTS["firewall_idle_timeout"]
-    assert defaults["amqp_ports"] == host_keepalive.DEFAULTS["amqp_ports"]
-    assert {k: defaults["sysctl"][k] for k in host_keepalive.SYSCTLS} == host_keepalive.DEFAULTS["sysctl"]
-    assert defaults["clean"]["sysctl"] == host_keepalive.KERNEL_DEFAULTS
-    # the shipped defaults pass the shipped rule
-    assert host_keepalive.check_keepalive(*(defaults["sysctl"][k] for k in host_keepalive.SYSCTLS), defaults["firewall_idle_timeout"]) == []
+def test_module_reads_the_formula_defaults_file(salt_shell):
+    """No Python copy of defaults.yaml: with an empty pillar the module judges by the file it fetches."""
+    fetched = []
+    salt_shell({}, fetched=fetched)
+    shipped = ak.validate()
+    assert shipped["result"] is True and shipped["worst_case_s"] == 120 and shipped["firewall_idle_timeout"] == 3600
+    assert "salt://host/rabbitmq/parameters/defaults.yaml" in fetched
+    assert "salt://host/rabbitmq/parameters/os_family/Debian.yaml" in fetched
+    edited = READ("host/rabbitmq/parameters/defaults.yaml").replace("firewall_idle_timeout: 3600", "firewall_idle_timeout: 100")
+    salt_shell({}, files={"host/rabbitmq/parameters/defaults.yaml": edited})
+    refused = ak.validate()
+    assert refused["result"] is False and "firewall idle timeout of 100 s" in refused["comment"]
+
+
+def test_old_pillar_key_still_works_with_a_deprecation_warning(salt_shell, caplog):
+    salt_shell({"host_rabbitmq": LAB_PILLAR})
+    with caplog.at_level("WARNING"):
+        ok = ak.validate()
+    assert ok["result"] is True and ok["worst_case_s"] == 7 and ok["firewall_idle_timeout"] == 10
+    assert "pillar key host_rabbitmq is deprecated" in caplog.text and "deskfleet:host:rabbitmq" in caplog.text
+    # the new key wins where both are set
+    salt_shell({"host_rabbitmq": LAB_PILLAR, "deskfleet": {"host": {"rabbitmq": {"firewall_idle_timeout": 3600}}}})
+    assert ak.validate()["firewall_idle_timeout"] == 3600
+
+
+def test_shipped_defaults_pass_the_shipped_rule():
+    assert DEFAULTS["clean"]["sysctl"] == host_keepalive.KERNEL_DEFAULTS
+    assert check(*(SYSCTL_DEFAULTS[k] for k in host_keepalive.SYSCTLS), DEFAULTS["firewall_idle_timeout"]) == []
 
 
 # RabbitMQ 3.10 rabbit.app: {tcp_listen_options, [{backlog,128},{nodelay,true},{linger,{true,0}},{exit_on_close,false}]}
@@ -312,7 +340,7 @@ RABBIT_DEFAULT_LISTEN_LINES = {
 
 
 def test_rabbitmq_conf_template_keeps_every_default_listen_option():
-    defaults = yaml.safe_load((FORMULA / "defaults.yaml").read_text())["host_rabbitmq"]
+    defaults = DEFAULTS
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(FORMULA / "files")), extensions=["jinja2.ext.do"])
     broker = dict(defaults["broker"], extra={"loopback_users.guest": False, "listeners.tcp.default": 5672})
     text = env.get_template("rabbitmq.conf.jinja").render(

@@ -1,5 +1,5 @@
 {#- Nova over-commit + KSM on a compute host, so memory is no longer over-committed until the host runs out
-    (OOM) (issue 6). Settings: pillar `host_overcommit` over defaults.yaml; every path is under `root`.
+    (OOM) (issue 6). Settings: pillar `deskfleet:host:overcommit` over parameters/ (states/host/map.jinja); every path is under `root`.
 
     nova: [DEFAULT] ram_allocation_ratio, cpu_allocation_ratio, reserved_host_memory_mb (and
     disk_allocation_ratio when set) go to a drop-in the state owns, <nova>/nova.conf.d/60-deskfleet-overcommit.conf,
@@ -20,7 +20,9 @@
     reserved_host_memory_mb >= 512, RAM ratio <= ram_ratio_ceiling unless KSM is on and allow_high_ram_ratio.
     Needs the deskfleet execution modules on the minion: saltutil.sync_all (highstate syncs them), or
     `state.apply host.overcommit sync_mods=modules,utils`. -#}
-{%- from "host/overcommit/map.jinja" import overcommit as oc with context %}
+{%- from "host/overcommit/settings.jinja" import overcommit as oc with context %}
+{%- from "host/map.jinja" import deprecation with context %}
+{{- deprecation(oc) }}
 {%- set nova = oc.nova %}
 {%- set ksm = oc.ksm %}
 {%- set marker = oc.comment_marker %}

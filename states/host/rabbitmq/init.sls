@@ -1,10 +1,12 @@
 {#- RabbitMQ + kernel TCP keepalive + AMQP heartbeats, so a firewall's idle timeout cannot silently cut
-    OpenStack's AMQP connections (issue 5). Settings: pillar `host_rabbitmq` over defaults.yaml.
+    OpenStack's AMQP connections (issue 5). Settings: pillar `deskfleet:host:rabbitmq` over parameters/ (states/host/map.jinja).
     Nothing is written unless tcp_keepalive_time + tcp_keepalive_intvl * tcp_keepalive_probes is below
-    host_rabbitmq:firewall_idle_timeout (host_rabbitmq.validate, in _modules/host_rabbitmq.py).
+    deskfleet:host:rabbitmq:firewall_idle_timeout (host_rabbitmq.validate, in _modules/host_rabbitmq.py).
     Needs the deskfleet execution modules on the minion: saltutil.sync_all (highstate syncs them), or
     `state.apply host.rabbitmq sync_mods=modules,utils`. -#}
-{%- from "host/rabbitmq/map.jinja" import host_rabbitmq as hr with context %}
+{%- from "host/rabbitmq/settings.jinja" import host_rabbitmq as hr with context %}
+{%- from "host/map.jinja" import deprecation with context %}
+{{- deprecation(hr) }}
 {%- set sysctl = hr.sysctl %}
 {%- set broker = hr.broker %}
 {%- set oslo = hr.oslo_messaging %}

@@ -4,8 +4,8 @@
 #   salt 'cmp-*' state.apply host.ovs_ports test=True  # nothing runs (module.run reports what would)
 #   salt 'cmp-01' host_ovs_ports.repair test=True            # dry run with the exact actions
 # Where the daemons are and how careful repair is come from config.get (minion config or pillar):
-# host_net:ovs_db, host_net:libvirt_uri, host_net:confirm_delay, host_net:settle, host_net:restart_domains
-# (see pillar/host_boot_order.pillar.example). Needs _modules/host_ovs_ports.py and its _utils synced (saltutil.sync_all).
+# deskfleet:host:ovs_ports:ovs_db, :libvirt_uri, :confirm_delay, :settle, :restart_domains, ... (defaults:
+# parameters/defaults.yaml; see pillar.example next to this file). Needs _modules/host_ovs_ports.py and its _utils synced (saltutil.sync_all).
 
 host-ovs-ports-audit:
   module.run:
