@@ -47,6 +47,9 @@ def check_order(root="", os_family=None, units=None, ovs_units=None, systemd=Non
 
     A unit counts when it is installed or has a drop-in; ``ok`` needs every such
     unit ordered, libvirtd or virtqemud among them, and the transient flag set.
+    Unit names and the OVS defaults file are those the ``host.boot_order`` state
+    writes: pillar ``deskfleet:host:boot_order`` over the formula's parameters
+    (``os_family`` picks the family layer; default: the grain).
 
     CLI Example:
 

@@ -26,7 +26,6 @@ file server): ``ovs_db``, ``libvirt_uri``, ``confirm_delay``, ``settle``,
 """
 
 import copy
-import functools
 import logging
 import os
 import shutil
@@ -46,7 +45,6 @@ except ImportError as _exc:  # pragma: no cover - _utils not synced
 __virtualname__ = "host_ovs_ports"
 
 log = logging.getLogger(__name__)
-_CALL = {}
 
 def __virtual__():
     if _MISSING:
@@ -61,53 +59,34 @@ def __virtual__():
     return __virtualname__
 
 
-def _settings():
-    """deskfleet:host:ovs_ports over the formula's parameters (``_utils/host_formula.py``), once per call."""
-    if "settings" not in _CALL:
-        _CALL["settings"] = host_formula.from_salt(
-            "ovs_ports", __salt__, __grains__, lookup="config", old_key="host_net", log=log)  # pylint: disable=undefined-variable
-    return _CALL["settings"]
+_KEYS = ("ovs_db", "libvirt_uri", "ovs_vsctl", "timeout", "confirm_delay", "settle", "bridges", "sysfs",
+         "vm_port_prefixes", "restart_domains")
 
 
-def _cfg(key, value=None):
-    """An explicit argument, else the setting (config, then the formula's defaults)."""
-    return value if value is not None else copy.deepcopy(_settings().get(key))
+def _options(**given):
+    """This call's settings: each argument given, else config deskfleet:host:ovs_ports, else the formula's file."""
+    # pylint: disable=undefined-variable
+    cfg = host_formula.from_salt("ovs_ports", __salt__, __grains__, lookup="config", old_key="host_net", log=log)
+    opts = {key: given[key] if given.get(key) is not None else copy.deepcopy(cfg.get(key)) for key in _KEYS}
+    if isinstance(opts["bridges"], str):
+        opts["bridges"] = [b for b in opts["bridges"].split(",") if b]
+    opts["bridges"] = host_ovsdb.as_list(opts["bridges"]) or None
+    return opts
 
 
-def _per_call(func):
-    """Settings are read once per public call (a pillar refresh between calls is seen)."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        _CALL.clear()
-        try:
-            result = func(*args, **kwargs)
-        finally:
-            _CALL.clear()
-        return result
-
-    return wrapper
+def _base(opts):
+    return host_ovsdb.vsctl_base(opts["ovs_vsctl"], opts["ovs_db"], opts["timeout"])
 
 
-def _bridges(bridges):
-    if isinstance(bridges, str):
-        bridges = [b for b in bridges.split(",") if b]
-    return host_ovsdb.as_list(_cfg("bridges", bridges)) or None
-
-
-def _base(ovs_db, timeout):
-    return host_ovsdb.vsctl_base(_cfg("ovs_vsctl"), _cfg("ovs_db", ovs_db), _cfg("timeout", timeout))
-
-
-def _collect(ovs_db, libvirt_uri, bridges, sysfs, timeout):
-    interfaces = host_ovsdb.snapshot(_base(ovs_db, timeout), run_cmd=_run)
-    domains = host_libvirt.domains(_cfg("libvirt_uri", libvirt_uri))
+def _collect(opts):
+    interfaces = host_ovsdb.snapshot(_base(opts), run_cmd=_run)
+    domains = host_libvirt.domains(opts["libvirt_uri"])
     rows = host_port_classes.classify(
         interfaces,
         domains,
-        netdev=host_port_classes.netdev_checker(_cfg("sysfs", sysfs)),
-        bridges=_bridges(bridges),
-        prefixes=host_ovsdb.as_list(_cfg("vm_port_prefixes")),
+        netdev=host_port_classes.netdev_checker(opts["sysfs"]),
+        bridges=opts["bridges"],
+        prefixes=host_ovsdb.as_list(opts["vm_port_prefixes"]),
     )
     return rows, {i["name"]: i for i in interfaces}, domains
 
@@ -116,7 +95,6 @@ def _run(cmd):
     return host_ovsdb.run(cmd)
 
 
-@_per_call
 def audit(ovs_db=None, libvirt_uri=None, bridges=None, sysfs=None, timeout=None):
     """
     Classify every VM-facing Open vSwitch interface against libvirt's domains:
@@ -139,17 +117,17 @@ def audit(ovs_db=None, libvirt_uri=None, bridges=None, sysfs=None, timeout=None)
         salt 'cmp-*' host_ovs_ports.audit
         salt 'cmp-01' host_ovs_ports.audit bridges=br-int libvirt_uri=qemu:///system
     """
-    rows, _, _ = _collect(ovs_db, libvirt_uri, bridges, sysfs, timeout)
+    opts = _options(ovs_db=ovs_db, libvirt_uri=libvirt_uri, bridges=bridges, sysfs=sysfs, timeout=timeout)
+    rows, _, _ = _collect(opts)
     return {
         "ports": rows,
         "summary": host_port_classes.summarize(rows),
         "needs_repair": sorted(r["name"] for r in host_port_classes.bad(rows)),
-        "ovs_db": _cfg("ovs_db", ovs_db),
-        "libvirt_uri": _cfg("libvirt_uri", libvirt_uri),
+        "ovs_db": opts["ovs_db"],
+        "libvirt_uri": opts["libvirt_uri"],
     }
 
 
-@_per_call
 def verify(ovs_db=None, libvirt_uri=None, bridges=None, sysfs=None, timeout=None):
     """
     Audit and fail (``result: False``) when any port is broken or orphaned: the
@@ -172,7 +150,6 @@ def verify(ovs_db=None, libvirt_uri=None, bridges=None, sysfs=None, timeout=None
     }
 
 
-@_per_call
 def repair(
     ovs_db=None,
     libvirt_uri=None,
@@ -210,16 +187,18 @@ def repair(
         salt 'cmp-01' host_ovs_ports.repair test=True
         salt 'cmp-01' host_ovs_ports.repair delay=10
     """
-    uri = _cfg("libvirt_uri", libvirt_uri)
+    opts = _options(ovs_db=ovs_db, libvirt_uri=libvirt_uri, bridges=bridges, sysfs=sysfs, timeout=timeout,
+                    confirm_delay=delay, settle=settle, restart_domains=restart_domains)
+    uri = opts["libvirt_uri"]
     return host_port_repair.repair(
-        collect=lambda: _collect(ovs_db, libvirt_uri, bridges, sysfs, timeout),
+        collect=lambda: _collect(opts),
         run=_run,
         restart=lambda uuid: host_libvirt.restart_domain(uri, uuid),
-        base=_base(ovs_db, timeout),
+        base=_base(opts),
         uri=uri,
-        delay=float(_cfg("confirm_delay", delay)),
-        settle=float(_cfg("settle", settle)),
-        restart_domains=bool(_cfg("restart_domains", restart_domains)),
+        delay=float(opts["confirm_delay"]),
+        settle=float(opts["settle"]),
+        restart_domains=bool(opts["restart_domains"]),
         test=test,
         sleep=time.sleep,
     )
