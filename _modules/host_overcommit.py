@@ -99,7 +99,7 @@ def _settings():
     for name, path in _PATHS.items():
         legacy = __salt__["config.get"](f"host_memory:{name}", None)
         if legacy is not None:
-            note = host_formula.deprecation(f"host_memory:{name}", "overcommit")
+            note = host_formula.deprecation(f"host_memory:{name}", "overcommit", kind="config")
             log.warning("deskfleet: %s", note)
             cfg["deprecated"].append(note)
             keys = path.split(":")

@@ -50,18 +50,18 @@ def layers(feature, os_family, read):
     return merge(base, _yaml(read, f"host/{feature}/parameters/os_family/{family}.yaml", required=False))
 
 
-def deprecation(old_key, feature):
+def deprecation(old_key, feature, kind="pillar"):
     """The note (log warning, state comment) for a pre-release key that is still set."""
-    return (f"pillar key {old_key} is deprecated and is read for one more release only: move its settings under "
+    return (f"{kind} key {old_key} is deprecated and is read for one more release only: move its settings under "
             f"deskfleet:host:{feature} (that key wins where both set a value)")
 
 
-def settings(feature, os_family, read, new=None, old=None, old_key=None):
+def settings(feature, os_family, read, new=None, old=None, old_key=None, kind="pillar"):
     """``(settings, notes)``: every layer merged; ``notes`` holds the deprecation note when ``old`` is set."""
     notes = []
     cfg = layers(feature, os_family, read)
     if old:
-        notes.append(deprecation(old_key or f"host_{feature}", feature))
+        notes.append(deprecation(old_key or f"host_{feature}", feature, kind))
         cfg = merge(cfg, old)
     return merge(cfg, new or {}), notes
 
@@ -95,7 +95,7 @@ def from_salt(feature, salt_funcs, grains, lookup="pillar", old_key=None, log=No
     new, old = get(f"deskfleet:host:{feature}"), get(old_key or f"host_{feature}")
     family = os_family or new.get("os_family") or old.get("os_family") or (grains or {}).get("os_family", "Debian")
     cfg, notes = settings(feature, family, lambda rel: salt_funcs["cp.get_file_str"](f"salt://{rel}") or None,
-                          new, old, old_key)
+                          new, old, old_key, kind=lookup)
     for note in notes:
         if log is not None:
             log.warning("deskfleet: %s", note)

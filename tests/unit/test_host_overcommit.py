@@ -377,7 +377,7 @@ def test_old_keys_still_work_with_a_deprecation_warning(tmp_path, monkeypatch, c
     monkeypatch.setattr(hm, "__salt__", fake_salt(config={"host_memory": {"root": root}}), raising=False)
     with caplog.at_level("WARNING"):
         assert hm.ksm_status(page_size=4096)["sysfs"] == root + "/sys/kernel/mm/ksm"
-    assert "pillar key host_memory:root is deprecated" in caplog.text
+    assert "config key host_memory:root is deprecated" in caplog.text
 
 
 def test_pillar_example_keys_exist_in_defaults():

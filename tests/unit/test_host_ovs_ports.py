@@ -447,4 +447,4 @@ def test_settings_come_from_the_formula_file_and_config(monkeypatch, caplog):
     with caplog.at_level("WARNING"):
         ret = host_ovs_ports.repair(test=True, delay=0)
     assert ret["changes"]["vnet0"]["commands"][0].startswith("ovs-vsctl --timeout=4 -- ")
-    assert "pillar key host_net is deprecated" in caplog.text and "deskfleet:host:ovs_ports" in caplog.text
+    assert "config key host_net is deprecated" in caplog.text and "deskfleet:host:ovs_ports" in caplog.text
