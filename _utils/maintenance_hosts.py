@@ -144,8 +144,8 @@ class SaltHosts:
     def verify(self, host):
         checks = {
             "ovs_ports": self.call(host, "state.apply", ["host.ovs_ports"], 300),
-            "dnsmasq": self.call(host, "dnsmasq_audit.audit", [], 60),
-            "memory": self.call(host, "host_memory.commit_ratio", [], 60),
+            "dnsmasq": self.call(host, "host_dnsmasq.audit", [], 60),
+            "memory": self.call(host, "host_overcommit.commit_ratio", [], 60),
         }
         out = {name: {"ok": _ok(name, value), "result": value} for name, value in checks.items()}
         return {"ok": all(c["ok"] for c in out.values()), "checks": out}
@@ -157,6 +157,6 @@ def _ok(name, value):
         return False
     if name == "ovs_ports":  # a state run: every state True
         return bool(value) and all(isinstance(r, dict) and r.get("result") is True for r in value.values())
-    if name == "dnsmasq":  # dnsmasq_audit.audit: no error-level finding
+    if name == "dnsmasq":  # host_dnsmasq.audit: no error-level finding
         return value.get("ok") is True
-    return value.get("verdict") in ("ok", "warning")  # host_memory.commit_ratio: not critical
+    return value.get("verdict") in ("ok", "warning")  # host_overcommit.commit_ratio: not critical

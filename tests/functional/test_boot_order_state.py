@@ -7,6 +7,7 @@ that requires a unit this host does not have must fail that check, and the
 state itself must fail on them.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ import sys
 
 import pytest
 
-from harness.masterless import SALT_CALL, Masterless
+from harness.masterless import CHECKOUT, SALT_CALL, Masterless
 
 DROPIN = "50-deskfleet-ovs-order.conf"
 DEBIAN_OVS = ["openvswitch-switch.service", "ovsdb-server.service", "ovs-vswitchd.service"]
@@ -64,17 +65,20 @@ def systemd_verify(root, units, man=False, path=None):
 
 
 class Minion:
-    """A masterless minion: the checkout's states, a temp pillar holding host_boot_order."""
+    """A masterless minion: the checkout's states, a temp pillar holding deskfleet:host:boot_order."""
 
     def __init__(self, base, pillar):
         self.root = base / "root"
         (self.root / "etc/default").mkdir(parents=True)
-        self.salt = Masterless(base, minion_id="cmp-functional")
+        # the modules import their logic from _utils, as a host gets it from saltutil.sync_utils
+        self.salt = Masterless(base, minion_id="cmp-functional", extra_config={"utils_dirs": [str(CHECKOUT / "_utils")]})
         self.call = self.salt.call
         self.set_pillar(pillar)
 
-    def set_pillar(self, pillar):
-        self.salt.set_pillar("host_boot_order", {"host_boot_order": dict({"root": str(self.root)}, **pillar)})
+    def set_pillar(self, pillar, key=None):
+        data = dict({"root": str(self.root)}, **pillar)
+        # key: the pillar key before this release (host_boot_order), to test that it still works
+        self.salt.set_pillar("host_boot_order", {key: data} if key else {"deskfleet": {"host": {"boot_order": data}}})
 
 
 @pytest.fixture
@@ -128,7 +132,7 @@ def test_apply_verify_idempotent_then_clean(minion):
     print(f"\nsystemd-analyze verify {' '.join(units)} with the drop-ins: ok {out.strip()!r}")
     print("not installed here (drop-in written, not verifiable):", [u for u in LIBVIRT_SIDE if u not in units])
 
-    rc, order = minion.call("host_net.check_order", f"root={minion.root}", "os_family=Debian", "systemd=False")
+    rc, order = minion.call("host_boot_order.check_order", f"root={minion.root}", "os_family=Debian", "systemd=False")
     assert rc == 0 and order["ok"], order
 
     # idempotent
@@ -142,7 +146,7 @@ def test_apply_verify_idempotent_then_clean(minion):
         (minion.root / "etc/systemd/system").iterdir()
     )
     assert (minion.root / "etc/default/openvswitch-switch").read_text() == original
-    rc, order = minion.call("host_net.check_order", f"root={minion.root}", "os_family=Debian", "systemd=False")
+    rc, order = minion.call("host_boot_order.check_order", f"root={minion.root}", "os_family=Debian", "systemd=False")
     assert rc == 0 and not order["ok"], order
     rc, ret = minion.call("state.apply", "host.boot_order.clean")
     assert rc == 0 and not any(s["changes"] for s in ret.values()), ret
@@ -166,7 +170,7 @@ def test_redhat_names(minion):
     nova = minion.root / f"etc/systemd/system/openstack-nova-compute.service.d/{DROPIN}"
     assert "After=openvswitch.service ovsdb-server.service ovs-vswitchd.service" in nova.read_text()
     assert (minion.root / "etc/sysconfig/openvswitch").read_text().endswith('OPTIONS="--delete-transient-ports"\n')
-    rc, order = minion.call("host_net.check_order", f"root={minion.root}", "os_family=RedHat", "systemd=False")
+    rc, order = minion.call("host_boot_order.check_order", f"root={minion.root}", "os_family=RedHat", "systemd=False")
     assert rc == 0 and order["ok"], order
 
 
@@ -236,3 +240,21 @@ def test_host_without_man_pages(minion, tmp_path, monkeypatch, how):
     minion.set_pillar({"libvirt_units": ["libvirtd.service", "ovs-vswitchd.service"]})
     rc, ret = minion.call("state.apply", "host.boot_order")
     assert rc != 0 and "ordering cycle" in states_by_id(ret)["host-boot-order-verify"]["comment"], ret
+
+
+def test_old_pillar_key_still_works_with_a_deprecation_warning(minion):
+    minion.set_pillar({"dependency": "Requires"}, key="host_boot_order")
+    proc = minion.salt.run("state.apply", "host.boot_order")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    states = states_by_id(json.loads(proc.stdout)["local"])
+    note = states["host-boot-order-pillar-deprecated"]
+    assert note["result"] is True and note["changes"] == {}
+    assert "pillar key host_boot_order is deprecated" in note["comment"] and "deskfleet:host:boot_order" in note["comment"]
+    assert "pillar key host_boot_order is deprecated" in " ".join(note.get("warnings", []))
+    assert "pillar key host_boot_order is deprecated" in proc.stderr  # the log warning
+    text = (minion.root / f"etc/systemd/system/libvirtd.service.d/{DROPIN}").read_text()
+    assert f"Requires={' '.join(DEBIAN_OVS)}" in text  # the old key's settings are applied
+    # with the new key only: no warning state
+    minion.set_pillar({"dependency": "Requires"})
+    rc, ret = minion.call("state.apply", "host.boot_order")
+    assert rc == 0 and "host-boot-order-pillar-deprecated" not in states_by_id(ret), ret

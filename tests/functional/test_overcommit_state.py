@@ -1,5 +1,5 @@
 """
-states/host/overcommit and _modules/host_memory.py through Salt (``salt-call --local`` with file_roots
+states/host/overcommit and _modules/host_overcommit.py through Salt (``salt-call --local`` with file_roots
 ``states`` + the checkout, a temp pillar root, ``root`` = a temp dir holding a fake nova.conf with other settings,
 a fake /sys/kernel/mm/ksm and a fake /proc/meminfo).
 
@@ -18,7 +18,7 @@ import textwrap
 
 import pytest
 
-from harness.masterless import SALT_CALL, Masterless
+from harness.masterless import CHECKOUT, SALT_CALL, Masterless
 
 DROPIN = "etc/nova/nova.conf.d/60-deskfleet-overcommit.conf"
 TMPFILES = "etc/tmpfiles.d/deskfleet-ksm.conf"
@@ -90,7 +90,7 @@ pytestmark = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
 
 
 class Minion:
-    """A masterless minion: the checkout's states + modules, a temp pillar holding host_overcommit."""
+    """A masterless minion: the checkout's states + modules, a temp pillar holding deskfleet:host:overcommit."""
 
     def __init__(self, base, pillar=None):
         self.root = base / "root"
@@ -103,12 +103,15 @@ class Minion:
         for key, value in KSM_BEFORE.items():
             (self.root / KSM / key).write_text(value + "\n")
         (self.root / "proc/meminfo").write_text(MEMINFO)
-        self.salt = Masterless(base, minion_id="cmp-functional")
+        # the modules import their logic from _utils, as a host gets it from saltutil.sync_utils
+        self.salt = Masterless(base, minion_id="cmp-functional", extra_config={"utils_dirs": [str(CHECKOUT / "_utils")]})
         self.call = self.salt.call
         self.set_pillar(pillar or {})
 
-    def set_pillar(self, pillar):
-        self.salt.set_pillar("host_overcommit", {"host_overcommit": dict({"root": str(self.root)}, **pillar)})
+    def set_pillar(self, pillar, key=None):
+        data = dict({"root": str(self.root)}, **pillar)
+        # key: the pillar key before this release (host_overcommit), to test that it still works
+        self.salt.set_pillar("host_overcommit", {key: data} if key else {"deskfleet": {"host": {"overcommit": data}}})
 
     def ksm(self, key):
         return (self.root / KSM / key).read_text().strip()
@@ -219,13 +222,13 @@ def test_apply_dry_run_idempotent_then_clean(minion):
         "w /sys/kernel/mm/ksm/run - - - - 1",
     ]
 
-    rc, status = minion.call("host_memory.ksm_status", "page_size=4096")
+    rc, status = minion.call("host_overcommit.ksm_status", "page_size=4096")
     assert rc == 0, status
     assert (status["run"], status["run_state"], status["pages_to_scan"], status["saved_mb"]) == (1, "running", 1000,
                                                                                                   1024.0)
     assert status["persisted"] == [{"file": str(minion.root / TMPFILES), "line": 6, "value": "1"}]
 
-    rc, nova = minion.call("host_memory.nova_config")
+    rc, nova = minion.call("host_overcommit.nova_config")
     assert rc == 0, nova
     assert nova["ram_allocation_ratio"] == 1.2 and nova["reserved_host_memory_mb"] == 4096
     assert nova["ram_target_source"] == f"ram_allocation_ratio in {minion.root / DROPIN}:9"
@@ -297,13 +300,13 @@ def test_clean_restores_recorded_ksm_else_turns_it_off(minion):
     "case, pillar, extra_file, needle",
     [
         ("ram-zero", {"nova": {"ram_allocation_ratio": 0}}, None,
-         "host_overcommit:nova:ram_allocation_ratio must be above 0, not 0"),
+         "deskfleet:host:overcommit:nova:ram_allocation_ratio must be above 0, not 0"),
         ("cpu-negative", {"nova": {"cpu_allocation_ratio": -1.0}}, None,
-         "host_overcommit:nova:cpu_allocation_ratio must be above 0, not -1"),
+         "deskfleet:host:overcommit:nova:cpu_allocation_ratio must be above 0, not -1"),
         ("ram-above-ceiling", {"nova": {"ram_allocation_ratio": 1.8}}, None,
          "ram_allocation_ratio = 1.8 is above the hard ceiling of 1.5"),
         ("high-ram-without-ksm", {"nova": {"ram_allocation_ratio": 1.8}, "allow_high_ram_ratio": True,
-                                  "ksm": {"enabled": False}}, None, "and KSM is disabled (host_overcommit:ksm:enabled)"),
+                                  "ksm": {"enabled": False}}, None, "and KSM is disabled (deskfleet:host:overcommit:ksm:enabled)"),
         ("reserved-too-small", {"nova": {"reserved_host_memory_mb": 256}}, None,
          "reserved_host_memory_mb must be at least 512 (nova's default), not 256"),
         ("conflicting-drop-in", {}, ("etc/nova/nova.conf.d/50-local.conf", "[DEFAULT]\nram_allocation_ratio = 2.0\n"),
@@ -344,7 +347,7 @@ def test_commit_ratio_against_libvirt_test_driver(minion, tmp_path):
     uri = f"test://{node}"
 
     # before: nova.conf says 3.0 and nothing about the reserve (nova's 512): the host looks fine
-    rc, before = minion.call("host_memory.commit_ratio", f"uri={uri}", "page_size=4096")
+    rc, before = minion.call("host_overcommit.commit_ratio", f"uri={uri}", "page_size=4096")
     assert rc == 0, before
     assert (before["committed_mb"], before["usable_mb"], before["target"]) == (13312.0, 15872.0, 3.0)
     assert before["ratio"] == round(13312 / 15872, 4) == 0.8387 and before["verdict"] == "ok", before
@@ -353,7 +356,7 @@ def test_commit_ratio_against_libvirt_test_driver(minion, tmp_path):
     assert rc == 0, ret
 
     # after: target 1.2, reserve 4096: 13312 / (16384 - 4096) = 13/12 > 0.9 x 1.2 -> warning
-    rc, after = minion.call("host_memory.commit_ratio", f"uri={uri}", "page_size=4096")
+    rc, after = minion.call("host_overcommit.commit_ratio", f"uri={uri}", "page_size=4096")
     assert rc == 0, after
     assert [d["name"] for d in after["domains"]] == ["desk-001", "desk-002", "desk-003", "desk-004"]
     assert (after["committed_mb"], after["usable_mb"], after["reserved_host_memory_mb"]) == (13312.0, 12288.0, 4096)
@@ -363,8 +366,26 @@ def test_commit_ratio_against_libvirt_test_driver(minion, tmp_path):
     assert after["ratio_after_ksm"] == 1.0
 
     # every defined desktop booted: 17408 / 12288 = 17/12 > 1.2 -> critical
-    rc, worst = minion.call("host_memory.commit_ratio", f"uri={uri}", "include_defined=True", "page_size=4096")
+    rc, worst = minion.call("host_overcommit.commit_ratio", f"uri={uri}", "include_defined=True", "page_size=4096")
     assert rc == 0, worst
     assert (worst["committed_mb"], worst["ratio"], worst["verdict"]) == (17408.0, 1.4167, "critical"), worst
     assert worst["reasons"] == ["commit ratio 1.4167 is above the target 1.2"]
     print(f"\nbefore: {before['comment']}\nafter: {after['comment']}\nall defined: {worst['comment']}")
+
+
+def test_old_pillar_key_still_works_with_a_deprecation_warning(minion):
+    minion.set_pillar({"nova": {"ram_allocation_ratio": 1.3}}, key="host_overcommit")
+    proc = minion.salt.run("state.apply", "host.overcommit")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    states = states_by_id(json.loads(proc.stdout)["local"])
+    note = states["host-overcommit-pillar-deprecated"]
+    assert note["result"] is True and note["changes"] == {}
+    assert "pillar key host_overcommit is deprecated" in note["comment"] and "deskfleet:host:overcommit" in note["comment"]
+    assert "pillar key host_overcommit is deprecated" in " ".join(note.get("warnings", []))
+    assert "pillar key host_overcommit is deprecated" in proc.stderr  # the log warning
+    assert "ram_allocation_ratio = 1.3\n" in (minion.root / DROPIN).read_text()  # the old key's settings applied
+    # the module reads the old key too (root from it), and warns
+    proc = minion.salt.run("host_overcommit.nova_config")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["local"]["nova_dir"] == f"{minion.root}/etc/nova"
+    assert "pillar key host_overcommit is deprecated" in proc.stderr

@@ -15,12 +15,13 @@ import salt.loader
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 
 MODULES = {
-    "amqp_keepalive": ["audit", "sockets", "validate"],
     "desktop_notice": ["send"],
-    "dnsmasq_audit": ["audit", "instances", "version"],
     "filedist": ["check", "push"],
-    "host_memory": ["commit_ratio", "ksm_status", "nova_config", "validate"],
-    "host_net": ["audit", "check_order", "repair", "verify"],
+    "host_boot_order": ["check_order"],
+    "host_dnsmasq": ["audit", "instances", "version"],
+    "host_overcommit": ["commit_ratio", "ksm_status", "nova_config", "validate"],
+    "host_ovs_ports": ["audit", "repair", "verify"],
+    "host_rabbitmq": ["audit", "sockets", "validate"],
     "local_password": ["commit", "last", "policy", "prepare", "rotate"],
     "software": ["install", "list", "remove", "status"],
 }

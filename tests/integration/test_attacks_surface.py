@@ -33,31 +33,37 @@ _spec.loader.exec_module(repro)
 
 TC_FILES = ["_beacons/tc_status.py", "tc/init.sls", "top.sls"]
 TC_DIRS = ["_beacons", "tc"]
+PARAMETERS = ["parameters/defaults.yaml", "parameters/os_family/Debian.yaml", "parameters/os_family/RedHat.yaml"]
 HOST_STATES = [
     f"host/{formula}/{name}"
     for formula, names in {
-        "boot_order": ["clean.sls", "defaults.yaml", "files/dropin.conf.jinja", "init.sls", "map.jinja"],
-        "dnsmasq": ["clean.sls", "defaults.yaml", "files/dnsmasq-deskfleet@.service.jinja", "files/instance.conf.jinja",
-                    "init.sls", "map.jinja"],
-        "overcommit": ["clean.sls", "defaults.yaml", "files/nova-overcommit.conf.jinja", "files/tmpfiles-ksm.conf.jinja",
-                       "init.sls", "map.jinja"],
-        "rabbitmq": ["clean.sls", "defaults.yaml", "files/oslo_messaging_rabbit.conf.jinja", "files/rabbitmq.conf.jinja",
-                     "init.sls", "map.jinja"],
+        "boot_order": ["clean.sls", "files/dropin.conf.jinja", "init.sls", "pillar.example", "settings.jinja"],
+        "dnsmasq": ["clean.sls", "files/dnsmasq-deskfleet@.service.jinja", "files/instance.conf.jinja", "init.sls",
+                    "pillar.example", "settings.jinja"],
+        "overcommit": ["clean.sls", "files/nova-overcommit.conf.jinja", "files/tmpfiles-ksm.conf.jinja", "init.sls",
+                       "pillar.example", "settings.jinja"],
+        "ovs_ports": ["init.sls", "pillar.example"],
+        "rabbitmq": ["clean.sls", "files/oslo_messaging_rabbit.conf.jinja", "files/rabbitmq.conf.jinja", "init.sls",
+                     "pillar.example", "settings.jinja"],
     }.items()
-    for name in names
-] + ["host/ovs_ports.sls"]
+    for name in names + PARAMETERS
+] + ["host/map.jinja"]
+HOST_FORMULAS = ("boot_order", "dnsmasq", "overcommit", "ovs_ports", "rabbitmq")
 VM_FILES = sorted(
-    [f"_modules/{m}.py" for m in ("amqp_keepalive", "desktop_notice", "dnsmasq_audit", "filedist", "host_memory",
-                                   "host_net", "local_password", "software")]
+    [f"_modules/{m}.py" for m in ("desktop_notice", "filedist", "host_boot_order", "host_dnsmasq", "host_overcommit",
+                                   "host_ovs_ports", "host_rabbitmq", "local_password", "software")]
     + ["_beacons/desktop_session.py"]
     + [f"_utils/{u}.py" for u in ("deskfleet_store", "escrow", "rollouts")]
+    + [f"_utils/host_{u}.py" for u in ("dnsmasq_instances", "dnsmasq_options", "errors", "formula", "keepalive", "ksm",
+                                        "libvirt", "memory_commit", "nova_conf", "ovsdb", "port_classes", "port_repair",
+                                        "ss", "systemd_order")]
     + ["deskfleet-demo/deskfleet-demo-installer.sh", "orchestration/host_maintenance.sls",
        "orchestration/pool_vm_ready.sls", "top.sls", "win/init.sls"]
     + HOST_STATES
 )
 VM_DIRS = sorted(
     ["_beacons", "_modules", "_utils", "deskfleet-demo", "host", "orchestration", "win"]
-    + [f"host/{f}" for f in ("boot_order", "dnsmasq", "overcommit", "rabbitmq")]
+    + [f"host/{f}{sub}" for f in HOST_FORMULAS for sub in ("", "/parameters", "/parameters/os_family")]
     + [f"host/{f}/files" for f in ("boot_order", "dnsmasq", "overcommit", "rabbitmq")]
 )
 
@@ -110,7 +116,7 @@ def test_tc_master_serves_only_the_tc_allow_list(tc_master, thin_clients, stray_
     synced = _call(tc_master, "tc-0001", "saltutil.sync_all", "refresh=True")
     assert not synced.get("modules") and not synced.get("utils"), synced
     assert "tc_status" in _call(tc_master, "tc-0001", "beacons.list_available")
-    assert _call(tc_master, "tc-0001", "sys.list_functions", "host_net") == []
+    assert _call(tc_master, "tc-0001", "sys.list_functions", "host_ovs_ports") == []
 
 
 def test_vm_master_serves_only_the_vm_allow_list(vm_master, desktop_vm, stray_files):

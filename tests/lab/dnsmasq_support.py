@@ -307,7 +307,7 @@ def start_dnsmasq(ns, argv, pid_file, log_path, timeout=60):
 def minion_config(base, pillar_root):
     """
     A masterless minion whose file_roots are this checkout's states/ and the checkout
-    itself, on the pillar the test wrote; it gets _modules only by saltutil.sync_modules.
+    itself, on the pillar the test wrote; it gets _modules and _utils only by saltutil.sync_utils/sync_modules.
     """
     conf_dir = pathlib.Path(base) / "salt"
     return Masterless(conf_dir, minion_id="dnsmasq-lab", pillar_root=pillar_root, checkout_modules=False,

@@ -33,17 +33,12 @@ import time
 from harness.masterless import CHECKOUT, SALT_CALL, Masterless
 from harness.netns import missing, sh
 
+import host_libvirt  # _utils is on sys.path (tests/conftest.py)
+import host_ovsdb
+
 OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
 TOOLS = ("ovs-vsctl", "ovsdb-server", "ovs-vswitchd", "libvirtd", "qemu-system-x86_64", "unshare", "mount", "dnsmasq")
 KVM_GET_API_VERSION = 0xAE00
-
-
-def load_host_net():
-    """``_modules/host_net.py`` as a plain module (its parsers are used to read OVS state)."""
-    spec = importlib.util.spec_from_file_location("host_net_plain", CHECKOUT / "_modules" / "host_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def lab_missing():
@@ -133,10 +128,11 @@ class ComputeHost:
         self.ovs_db = f"unix:{self.ovs_dirs['run']}/db.sock"
         self.minion = Masterless(self.base / "salt", minion_id="cmp-lab", extra_config={
             "log_level_logfile": "info",
+            "utils_dirs": [str(CHECKOUT / "_utils")],
             # where this lab's daemons are: what a real host gets from its defaults
-            "host_net": {"ovs_db": self.ovs_db, "libvirt_uri": self.uri, "confirm_delay": 1, "settle": 15},
+            "deskfleet": {"host": {"ovs_ports": {"ovs_db": self.ovs_db, "libvirt_uri": self.uri, "confirm_delay": 1,
+                                                 "settle": 15}}},
         })
-        self.host_net = load_host_net()
 
     # ------------------------------------------------------------------ OVS
     def ovs_env(self):
@@ -172,15 +168,15 @@ class ComputeHost:
         return proc.stdout
 
     def interfaces(self):
-        """Interface rows by name (parsed with host_net's own parser)."""
+        """Interface rows by name (parsed with the module's own OVSDB parser)."""
         out = self.vsctl(
             "--format=json", "--data=json", "--columns=_uuid,name,type,ofport,error,ifindex,external_ids,other_config",
             "list", "Interface",
         )
         rows = {}
-        for row in self.host_net._parse_ovs_list(out):
+        for row in host_ovsdb.parse_ovs_list(out):
             for col in ("ofport", "error", "ifindex"):
-                row[col] = self.host_net._optional(row[col])  # pylint: disable=protected-access
+                row[col] = host_ovsdb.optional(row[col])
             rows[row["name"]] = row
         return rows
 
@@ -293,7 +289,7 @@ class ComputeHost:
 
     def tap_of(self, name):
         """The tap libvirt gave a running domain (from its live XML)."""
-        dom = self.host_net._parse_domain_xml(self.domain(name).XMLDesc(0), True)
+        dom = host_libvirt.parse_domain_xml(self.domain(name).XMLDesc(0), True)
         return dom["interfaces"][0]["target"]
 
     # ------------------------------------------------------------------ salt
@@ -377,5 +373,5 @@ def wait_for(predicate, timeout, interval=0.3):
 
 __all__ = [
     "ComputeHost", "compute_host", "domain_xml", "kvm_status", "lab_missing", "leftover_processes",
-    "load_host_net", "sh", "start_dnsmasq", "wait_for",
+    "sh", "start_dnsmasq", "wait_for",
 ]

@@ -256,7 +256,7 @@ def _alive(pid):
 
 
 def write_minion(workdir, name, pillar):
-    """A masterless minion (file_roots = the checkout's states + checkout) with pillar host_rabbitmq;
+    """A masterless minion (file_roots = the checkout's states + checkout) with pillar deskfleet:host:rabbitmq;
     it gets _modules only by syncing them, as a real host does."""
     from harness.masterless import Masterless  # pylint: disable=import-outside-toplevel
 
@@ -266,7 +266,7 @@ def write_minion(workdir, name, pillar):
                             "file_ignore_regex": [r"(^|/)\.(git|venv|ci|pytest_cache)(/|$)"],
                             "log_level_logfile": "info",
                         })
-    minion.set_pillar("host_rabbitmq", {"host_rabbitmq": pillar})
+    minion.set_pillar("host_rabbitmq", {"deskfleet": {"host": {"rabbitmq": pillar}}})
     return minion
 
 

@@ -2,7 +2,7 @@
 Lab test for issue 5, dnsmasq half: "several dnsmasq instances on one host dropped
 unicast DHCP renewals". Everything here is real: dnsmasq, busybox udhcpc, tcpdump,
 network namespaces and veth cables, and Salt (``salt-call --local`` applying
-``states/host/dnsmasq`` and running ``_modules/dnsmasq_audit.py``).
+``states/host/dnsmasq`` and running ``_modules/host_dnsmasq.py``).
 
 Server namespace ``srv``: bridges ``s0`` and ``s1``, each with CLIENTS_PER_NETWORK
 client namespaces on veth ports (fixed MACs, so dnsmasq hands out the same
@@ -119,7 +119,7 @@ def _measure(clients, workdir, label):
 
 
 def _audit(conf_dir, srv):
-    result, proc = support.salt_call(conf_dir, "dnsmasq_audit.audit", f"netns={srv.name}")
+    result, proc = support.salt_call(conf_dir, "host_dnsmasq.audit", f"netns={srv.name}")
     assert isinstance(result, dict), (result, proc.stderr)
     return result
 
@@ -148,8 +148,10 @@ def test_one_dnsmasq_per_interface_answers_every_unicast_renewal(lab, tmp_path):
     pillar_root = tmp_path / "pillar"
     _write_pillar(pillar_root, root)
     conf_dir = support.minion_config(tmp_path, pillar_root)
+    synced, proc = support.salt_call(conf_dir, "saltutil.sync_utils")
+    assert "utils.host_dnsmasq_instances" in synced, (synced, proc.stderr)
     synced, proc = support.salt_call(conf_dir, "saltutil.sync_modules")
-    assert "modules.dnsmasq_audit" in synced, (synced, proc.stderr)
+    assert "modules.host_dnsmasq" in synced, (synced, proc.stderr)
 
     # ---- 1. bad layout: two instances, two interfaces each
     bad_dir = tmp_path / "bad"

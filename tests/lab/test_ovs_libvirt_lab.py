@@ -2,7 +2,7 @@
 Issue 4 on real components: a compute host (network namespace) running
 ovsdb-server + ovs-vswitchd (packaged ovs-ctl, userspace netdev datapath) and
 libvirtd with QEMU guests whose NICs are OVS virtualports on br-int, driven
-through ``salt-call --local`` with ``_modules/host_net.py`` and
+through ``salt-call --local`` with ``_modules/host_ovs_ports.py`` and
 ``states/host/ovs_ports.sls``.
 
 1. Wrong order (the incident): OVS stops while the guests run, the guests stop
@@ -86,7 +86,7 @@ def test_incident_wrong_order_then_repair_through_salt():
             define_and_start(host, spec)
         d["old_tap"] = host.tap_of("desk-d")
         taps = [a["tap"], b["tap"], c["tap"], d["old_tap"]]
-        rc, ret = host.salt("host_net.audit")
+        rc, ret = host.salt("host_ovs_ports.audit")
         assert rc == 0, ret
         assert ret["summary"]["broken"] == 0 and ret["summary"]["orphan"] == 0, ret
         assert wait_for(lambda: acks(dhcp_log, a["mac"]), 60), "desk-a took no DHCP lease before the incident"
@@ -117,7 +117,7 @@ def test_incident_wrong_order_then_repair_through_salt():
         say("after OVS started first (--delete-transient-ports): stale rows", host.show_interfaces(taps))
         listed = host.vsctl("--columns=name,ofport,error", "find", "Interface", "ofport<0")
         say("ovs-vsctl find Interface 'ofport<0'", listed)
-        rc, ret = host.salt("host_net.audit")
+        rc, ret = host.salt("host_ovs_ports.audit")
         assert rc == 0, ret
         rows_audit = by_name(ret)
         for tap in (a["tap"], b["tap"], d["old_tap"]):
@@ -153,7 +153,7 @@ def test_incident_wrong_order_then_repair_through_salt():
         assert row_a and "could not open network device" in row_a["error"], row_a
         say("injected: desk-a running, its port broken", host.show_interfaces([a["tap"]]))
 
-        rc, ret = host.salt("host_net.audit")
+        rc, ret = host.salt("host_ovs_ports.audit")
         assert rc == 0, ret
         rows_audit = by_name(ret)
         assert (rows_audit[a["tap"]]["class"], rows_audit[a["tap"]]["action"]) == ("broken", "replug")
@@ -161,12 +161,12 @@ def test_incident_wrong_order_then_repair_through_salt():
         assert (rows_audit[c["tap"]]["class"], rows_audit[c["tap"]]["action"]) == ("orphan", "del-port")
         assert (rows_audit[d["old_tap"]]["class"], rows_audit[d["old_tap"]]["action"]) == ("orphan", "del-port")
         assert rows_audit[d["tap"]]["class"] == "healthy"
-        say("audit (salt-call host_net.audit)", "\n".join(
+        say("audit (salt-call host_ovs_ports.audit)", "\n".join(
             f"{r['name']:16} {r['class']:8} {r['action']:15} {'; '.join(r['problems'])}" for r in ret["ports"]))
 
         # --- dry run changes nothing ---------------------------------------------------------
         before = {n: r["_uuid"] for n, r in host.interfaces().items()}
-        rc, ret = host.salt("host_net.repair", "test=True")
+        rc, ret = host.salt("host_ovs_ports.repair", "test=True")
         assert rc == 0, ret
         assert ret["result"] is True and ret["test"] is True and ret["would_change"] == 4
         assert sorted(ret["changes"]) == sorted([a["tap"], b["tap"], c["tap"], d["old_tap"]]), ret
@@ -177,7 +177,7 @@ def test_incident_wrong_order_then_repair_through_salt():
         rc, ret = host.salt("state.apply", "host.ovs_ports")
         assert rc == 0, ret
         assert all(s["result"] for s in ret.values()), ret
-        repair = next(s for s in ret.values() if s["__id__"] == "host-ovs-ports-repair")["changes"]["host_net.repair"]
+        repair = next(s for s in ret.values() if s["__id__"] == "host-ovs-ports-repair")["changes"]["host_ovs_ports.repair"]
         assert repair["after"]["broken"] == 0 and repair["after"]["orphan"] == 0, repair
         rows = host.interfaces()
         for gone in (b["tap"], c["tap"], d["old_tap"]):
@@ -205,10 +205,10 @@ def test_incident_wrong_order_then_repair_through_salt():
         failed = [s for s in ret.values() if s["__id__"] == "host-ovs-ports-repair"][0]
         assert failed["result"] is False and "netdev missing" in failed["comment"], failed
         say("state.apply host.ovs_ports with desk-d's tap deleted: fails", failed["comment"])
-        rc, ret = host.salt("host_net.repair", "restart_domains=True")
+        rc, ret = host.salt("host_ovs_ports.repair", "restart_domains=True")
         assert rc == 0 and ret["result"] is True, ret
         assert ret["changes"][d["tap"]]["action"] == "restart-domain"
-        rc, ret = host.salt("host_net.verify")
+        rc, ret = host.salt("host_ovs_ports.verify")
         assert rc == 0 and ret["result"] is True, ret
         say("after repair restart_domains=True", host.show_interfaces())
     say("wrong-order test took", f"{time.monotonic() - t0:.1f} s")
@@ -239,7 +239,7 @@ def test_right_order_leaves_nothing_stale():
         r2["tap"] = host.tap_of("desk-r2")
         rows = wait_for(lambda: (r := host.interfaces()) and all(r[t]["ofport"] > 0 for t in (r1["tap"], r2["tap"])) and r, 15)
         assert rows, host.show_interfaces()
-        rc, ret = host.salt("host_net.verify")
+        rc, ret = host.salt("host_ovs_ports.verify")
         assert rc == 0 and ret["result"] is True, ret
         assert ret["summary"]["broken"] == ret["summary"]["orphan"] == 0
         say("right order: after the reboot", host.show_interfaces())

@@ -7,7 +7,7 @@ Real pieces, in namespaces this test creates and removes:
        seconds, nf_conntrack_tcp_loose=0, nft drops `ct state invalid` (silently)
   cli  an AMQP client (pika) in a subprocess, connecting to srv through fw
 
-Before: RabbitMQ on its defaults. An idle connection dies silently; amqp_keepalive.audit flags
+Before: RabbitMQ on its defaults. An idle connection dies silently; host_rabbitmq.audit flags
 the live socket without a keepalive timer. Then host.rabbitmq is applied for real with
 `salt-call --local` inside srv and cli (so the keepalive sysctls land in those namespaces only,
 files under a temp root), RabbitMQ restarts on the rendered rabbitmq.conf, and an idle
@@ -81,7 +81,7 @@ def rabbit_lab(tmp_path):
 
 
 def _audit(srv, confdir):
-    rc, data, res = lab.salt_call(srv, confdir, "amqp_keepalive.audit")
+    rc, data, res = lab.salt_call(srv, confdir, "host_rabbitmq.audit")
     assert data is not None, f"audit failed (rc {rc}): {res.stdout}\n{res.stderr[-3000:]}"
     return data
 
@@ -100,7 +100,7 @@ def test_state_refuses_keepalive_slower_than_firewall(tmp_path):
         bad["sysctl"] = {"tcp_keepalive_time": 7200, "tcp_keepalive_intvl": 75, "tcp_keepalive_probes": 9}
         confdir = lab.write_minion(tmp_path, "val", bad)
         before = lab.keepalive_sysctls(ns)
-        rc, data, res = lab.salt_call(ns, confdir, "state.apply", "host.rabbitmq", "sync_mods=modules")
+        rc, data, res = lab.salt_call(ns, confdir, "state.apply", "host.rabbitmq", "sync_mods=modules,utils")
         assert data is not None, res.stderr[-3000:]
         assert rc != 0
         assert len(data) == 1, f"expected only the refusal, got {list(data)}"
@@ -108,7 +108,7 @@ def test_state_refuses_keepalive_slower_than_firewall(tmp_path):
         assert only["result"] is False
         comment = only["comment"]
         assert "7200 + 75 x 9 = 7875 s is not below the firewall idle timeout of 10 s" in comment
-        assert "Change pillar host_rabbitmq:sysctl" in comment and "Nothing was written" in comment
+        assert "Change pillar deskfleet:host:rabbitmq:sysctl" in comment and "Nothing was written" in comment
         assert files_under(tmp_path / "root") == []
         assert lab.keepalive_sysctls(ns) == before
         print(f"\nrefusal: {comment}")
@@ -126,7 +126,7 @@ def test_idle_amqp_connection_survives_firewall_after_state(rabbit_lab):
     node.config_file.parent.mkdir(parents=True, exist_ok=True)
     node.config_file.write_text("loopback_users.guest = false\n")
     boot_s = node.start()
-    rc, _, res = lab.salt_call(srv, srv_conf, "saltutil.sync_modules")
+    rc, _, res = lab.salt_call(srv, srv_conf, "saltutil.sync_all")
     assert rc == 0, res.stderr[-3000:]
     assert lab.keepalive_sysctls(srv) == {"tcp_keepalive_time": 7200, "tcp_keepalive_intvl": 75,
                                           "tcp_keepalive_probes": 9}
@@ -152,7 +152,7 @@ def test_idle_amqp_connection_survives_firewall_after_state(rabbit_lab):
     # ---------------- the fix: host.rabbitmq through Salt, in srv and in cli ----------------
     node.stop()
     for netns, confdir in ((srv, srv_conf), (cli, cli_conf)):
-        rc, data, res = lab.salt_call(netns, confdir, "state.apply", "host.rabbitmq", "sync_mods=modules")
+        rc, data, res = lab.salt_call(netns, confdir, "state.apply", "host.rabbitmq", "sync_mods=modules,utils")
         assert data is not None and rc == 0 and not lab.state_failures(data), (
             f"state.apply in {netns.name} failed (rc {rc}): {json.dumps(data, indent=1)[-4000:]}\n{res.stderr[-2000:]}")
         assert lab.keepalive_sysctls(netns) == KEEPALIVE, netns.name

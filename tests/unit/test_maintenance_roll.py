@@ -349,11 +349,11 @@ def test_salt_hosts_boot_id_and_ping():
         ({"a": {"result": True}, "b": {"result": False}}, {"ok": True}, {"verdict": "ok"}, ["ovs_ports"]),
         ({"a": {"result": True}}, {"ok": False}, {"verdict": "ok"}, ["dnsmasq"]),
         ({"a": {"result": True}}, {"ok": True}, {"verdict": "critical"}, ["memory"]),
-        (["ERROR: no such sls"], None, "'host_memory.commit_ratio' is not available.", ["ovs_ports", "dnsmasq", "memory"]),
+        (["ERROR: no such sls"], None, "'host_overcommit.commit_ratio' is not available.", ["ovs_ports", "dnsmasq", "memory"]),
     ],
 )
 def test_salt_hosts_verify(ovs, dnsmasq, memory, bad):
-    minion = Minion({"state.apply": ovs, "dnsmasq_audit.audit": dnsmasq, "host_memory.commit_ratio": memory})
+    minion = Minion({"state.apply": ovs, "host_dnsmasq.audit": dnsmasq, "host_overcommit.commit_ratio": memory})
     result = maintenance_hosts.SaltHosts(minion).verify("cmp-01")
     assert [n for n, c in result["checks"].items() if not c["ok"]] == bad and result["ok"] is (not bad)
     assert ("cmp-01", "state.apply", ["host.ovs_ports"]) in minion.calls

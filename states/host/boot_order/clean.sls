@@ -1,6 +1,8 @@
 {#- Undo host.boot_order: remove the drop-ins (and their directories when nothing else is in them) and take
     --delete-transient-ports out of the OVS defaults file (the line goes when nothing else was in it). -#}
-{%- from tpldir ~ "/map.jinja" import boot_order, ovs_opts with context %}
+{%- from tpldir ~ "/settings.jinja" import boot_order, ovs_opts with context %}
+{%- from "host/map.jinja" import deprecation with context %}
+{{- deprecation(boot_order) }}
 {%- set dropin_ids = [] %}
 
 {%- for unit in boot_order.units %}

@@ -1,8 +1,10 @@
 {#- Compute hosts: libvirt (libvirtd, virtqemud, libvirt-guests) and nova-compute start after Open vSwitch and
     stop before it; OVS deletes transient ports when it starts (issue 4). `host.boot_order.clean` undoes it all.
-    Every path is under pillar host_boot_order:root ('' in production). The OVS option takes effect on the
+    Every path is under pillar deskfleet:host:boot_order:root ('' in production). The OVS option takes effect on the
     next OVS start: nothing here restarts OVS or libvirt. -#}
-{%- from tpldir ~ "/map.jinja" import boot_order, ovs_opts with context %}
+{%- from tpldir ~ "/settings.jinja" import boot_order, ovs_opts with context %}
+{%- from "host/map.jinja" import deprecation with context %}
+{{- deprecation(boot_order) }}
 {%- set dropin_ids = [] %}
 
 {%- for unit in boot_order.units %}

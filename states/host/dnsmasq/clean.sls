@@ -2,7 +2,9 @@
     (those in pillar and any conf left in conf_dir), then remove the template unit,
     the conf, run, lease and log directories. Units listed in `replaces` stay
     disabled: re-enable them yourself if you go back to them. -#}
-{%- from tpldir ~ "/map.jinja" import dnsmasq with context %}
+{%- from tpldir ~ "/settings.jinja" import dnsmasq with context %}
+{%- from "host/map.jinja" import deprecation with context %}
+{{- deprecation(dnsmasq) }}
 {%- set names = (dnsmasq.interfaces or {}) | list %}
 {%- if salt['file.directory_exists'](dnsmasq.conf_path) %}
 {%-   for path in salt['file.find'](dnsmasq.conf_path, type='f', name='*.conf', maxdepth=1) %}

@@ -6,9 +6,11 @@
     pid file and lease file. dnsmasq then binds each instance's DHCP socket to its
     device, so no instance receives (and drops) another one's unicast renewals.
     Instances whose interface left the pillar are stopped and their conf removed.
-    Every written path is root ~ a *_dir value of map.jinja/defaults.yaml.
+    Every written path is root ~ a *_dir value of settings.jinja/parameters.
     host.dnsmasq.clean removes all of it. -#}
-{%- from tpldir ~ "/map.jinja" import dnsmasq, problems with context %}
+{%- from tpldir ~ "/settings.jinja" import dnsmasq, problems with context %}
+{%- from "host/map.jinja" import deprecation with context %}
+{{- deprecation(dnsmasq) }}
 {%- set interfaces = dnsmasq.interfaces or {} %}
 
 {%- if problems %}

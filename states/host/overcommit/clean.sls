@@ -3,7 +3,9 @@
     apply (run 0 when nothing was recorded). run 0 stops ksmd and leaves the pages it merged shared; run 2 would
     unmerge them all at once and can itself run an over-committed host out of memory, so it is never written.
     nova-compute is try-restarted (root '' with systemd only) so it reports nova.conf's own ratios again. -#}
-{%- from "host/overcommit/map.jinja" import overcommit as oc with context %}
+{%- from "host/overcommit/settings.jinja" import overcommit as oc with context %}
+{%- from "host/map.jinja" import deprecation with context %}
+{{- deprecation(oc) }}
 {%- set marker = oc.comment_marker %}
 
 host-overcommit-clean-dropin:

@@ -1,5 +1,5 @@
 {#- Nova over-commit + KSM on a compute host, so memory is no longer over-committed until the host runs out
-    (OOM) (issue 6). Settings: pillar `host_overcommit` over defaults.yaml; every path is under `root`.
+    (OOM) (issue 6). Settings: pillar `deskfleet:host:overcommit` over parameters/ (states/host/map.jinja); every path is under `root`.
 
     nova: [DEFAULT] ram_allocation_ratio, cpu_allocation_ratio, reserved_host_memory_mb (and
     disk_allocation_ratio when set) go to a drop-in the state owns, <nova>/nova.conf.d/60-deskfleet-overcommit.conf,
@@ -16,26 +16,28 @@
       value is refused: which one nova uses depends on its command line.
     KSM: /sys/kernel/mm/ksm/{pages_to_scan,sleep_millisecs,run} now, and a tmpfiles.d file for every boot;
     the values found before the first apply are recorded for .clean.
-    Nothing is written unless host_memory.validate (in _modules/host_memory.py) passes: ratios > 0,
+    Nothing is written unless host_overcommit.validate (in _modules/host_overcommit.py) passes: ratios > 0,
     reserved_host_memory_mb >= 512, RAM ratio <= ram_ratio_ceiling unless KSM is on and allow_high_ram_ratio.
-    Needs the deskfleet execution modules on the minion: saltutil.sync_modules (highstate syncs them), or
-    `state.apply host.overcommit sync_mods=modules`. -#}
-{%- from "host/overcommit/map.jinja" import overcommit as oc with context %}
+    Needs the deskfleet execution modules on the minion: saltutil.sync_all (highstate syncs them), or
+    `state.apply host.overcommit sync_mods=modules,utils`. -#}
+{%- from "host/overcommit/settings.jinja" import overcommit as oc with context %}
+{%- from "host/map.jinja" import deprecation with context %}
+{{- deprecation(oc) }}
 {%- set nova = oc.nova %}
 {%- set ksm = oc.ksm %}
 {%- set marker = oc.comment_marker %}
 {%- set all_keys = ['ram_allocation_ratio', 'cpu_allocation_ratio', 'reserved_host_memory_mb', 'disk_allocation_ratio'] %}
 
-{%- if 'host_memory.validate' not in salt %}
+{%- if 'host_overcommit.validate' not in salt %}
 host-overcommit-module-missing:
   test.fail_without_changes:
     - name: >-
-        host.overcommit needs the host_memory execution module and it is not loaded: sync it first
-        (salt <minion> saltutil.sync_modules, or state.apply host.overcommit sync_mods=modules). Nothing was written.
-    - comment: host_memory execution module not loaded; run saltutil.sync_modules. Nothing was written.
+        host.overcommit needs the host_overcommit execution module and it is not loaded: sync it first
+        (salt <minion> saltutil.sync_all, or state.apply host.overcommit sync_mods=modules,utils). Nothing was written.
+    - comment: host_overcommit execution module not loaded; run saltutil.sync_all. Nothing was written.
 
 {%- else %}
-{%-   set check = salt['host_memory.validate'](
+{%-   set check = salt['host_overcommit.validate'](
           ram_allocation_ratio=nova.ram_allocation_ratio,
           cpu_allocation_ratio=nova.cpu_allocation_ratio,
           reserved_host_memory_mb=nova.reserved_host_memory_mb,

@@ -1,7 +1,9 @@
 {#- Undo host.rabbitmq: remove the files it wrote and put the keepalive sysctls back to the kernel defaults
-    (host_rabbitmq:clean:sysctl) in the running kernel. The RabbitMQ service is left as it is: restart it to
+    (deskfleet:host:rabbitmq:clean:sysctl) in the running kernel. The RabbitMQ service is left as it is: restart it to
     drop tcp_listen_options.keepalive from its listeners. -#}
-{%- from "host/rabbitmq/map.jinja" import host_rabbitmq as hr with context %}
+{%- from "host/rabbitmq/settings.jinja" import host_rabbitmq as hr with context %}
+{%- from "host/map.jinja" import deprecation with context %}
+{{- deprecation(hr) }}
 
 host-rabbitmq-clean-sysctl-config:
   file.absent:

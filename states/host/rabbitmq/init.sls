@@ -1,24 +1,26 @@
 {#- RabbitMQ + kernel TCP keepalive + AMQP heartbeats, so a firewall's idle timeout cannot silently cut
-    OpenStack's AMQP connections (issue 5). Settings: pillar `host_rabbitmq` over defaults.yaml.
+    OpenStack's AMQP connections (issue 5). Settings: pillar `deskfleet:host:rabbitmq` over parameters/ (states/host/map.jinja).
     Nothing is written unless tcp_keepalive_time + tcp_keepalive_intvl * tcp_keepalive_probes is below
-    host_rabbitmq:firewall_idle_timeout (amqp_keepalive.validate, in _modules/amqp_keepalive.py).
-    Needs the deskfleet execution modules on the minion: saltutil.sync_modules (highstate syncs them), or
-    `state.apply host.rabbitmq sync_mods=modules`. -#}
-{%- from "host/rabbitmq/map.jinja" import host_rabbitmq as hr with context %}
+    deskfleet:host:rabbitmq:firewall_idle_timeout (host_rabbitmq.validate, in _modules/host_rabbitmq.py).
+    Needs the deskfleet execution modules on the minion: saltutil.sync_all (highstate syncs them), or
+    `state.apply host.rabbitmq sync_mods=modules,utils`. -#}
+{%- from "host/rabbitmq/settings.jinja" import host_rabbitmq as hr with context %}
+{%- from "host/map.jinja" import deprecation with context %}
+{{- deprecation(hr) }}
 {%- set sysctl = hr.sysctl %}
 {%- set broker = hr.broker %}
 {%- set oslo = hr.oslo_messaging %}
 
-{%- if 'amqp_keepalive.validate' not in salt %}
+{%- if 'host_rabbitmq.validate' not in salt %}
 host-rabbitmq-module-missing:
   test.fail_without_changes:
     - name: >-
-        host.rabbitmq needs the amqp_keepalive execution module and it is not loaded: sync it first
-        (salt <minion> saltutil.sync_modules, or state.apply host.rabbitmq sync_mods=modules). Nothing was written.
-    - comment: amqp_keepalive execution module not loaded; run saltutil.sync_modules. Nothing was written.
+        host.rabbitmq needs the host_rabbitmq execution module and it is not loaded: sync it first
+        (salt <minion> saltutil.sync_all, or state.apply host.rabbitmq sync_mods=modules,utils). Nothing was written.
+    - comment: host_rabbitmq execution module not loaded; run saltutil.sync_all. Nothing was written.
 
 {%- else %}
-{%-   set check = salt['amqp_keepalive.validate'](
+{%-   set check = salt['host_rabbitmq.validate'](
           time=sysctl.tcp_keepalive_time,
           intvl=sysctl.tcp_keepalive_intvl,
           probes=sysctl.tcp_keepalive_probes,

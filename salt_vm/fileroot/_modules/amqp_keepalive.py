@@ -1,1 +1,0 @@
-../../../_modules/amqp_keepalive.py

@@ -1,1 +1,0 @@
-../../../_modules/dnsmasq_audit.py

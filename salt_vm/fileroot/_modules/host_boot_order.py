@@ -1,0 +1,1 @@
+../../../_modules/host_boot_order.py

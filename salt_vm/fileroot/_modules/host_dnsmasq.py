@@ -1,0 +1,1 @@
+../../../_modules/host_dnsmasq.py

@@ -1,1 +1,0 @@
-../../../_modules/host_memory.py

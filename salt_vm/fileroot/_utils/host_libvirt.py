@@ -1,0 +1,1 @@
+../../../_utils/host_libvirt.py

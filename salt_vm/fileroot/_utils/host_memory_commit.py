@@ -1,0 +1,1 @@
+../../../_utils/host_memory_commit.py

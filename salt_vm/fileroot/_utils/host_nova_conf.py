@@ -1,0 +1,1 @@
+../../../_utils/host_nova_conf.py

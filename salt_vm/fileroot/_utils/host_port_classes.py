@@ -1,0 +1,1 @@
+../../../_utils/host_port_classes.py

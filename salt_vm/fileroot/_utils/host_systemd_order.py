@@ -1,0 +1,1 @@
+../../../_utils/host_systemd_order.py
