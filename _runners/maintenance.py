@@ -129,12 +129,12 @@ def _notify(server, text):
     _fire("deskfleet/maintenance/notice", data)
 
 
-def _salt_call(host, fun, args, timeout):
+def _salt_call(host, fun, args, timeout, kwargs=None):
     import salt.client  # pylint: disable=import-outside-toplevel
 
     client = salt.client.get_local_client(mopts=__opts__)
     try:
-        return client.cmd(host, fun, list(args), timeout=timeout).get(host)
+        return client.cmd(host, fun, list(args), timeout=timeout, kwarg=kwargs or None).get(host)
     finally:
         client.destroy()
 
@@ -149,7 +149,13 @@ def _hosts():
         )
     if kind != "salt":
         raise mt.RequestError(f"deskfleet:vm:maintenance:host_actions must be salt or simulated, not {kind!r}")
-    return maintenance_hosts.SaltHosts(_salt_call)
+    kwargs = _conf().get("verify_kwargs") or {}
+    if not isinstance(kwargs, dict) or not all(isinstance(v, dict) for v in kwargs.values()):
+        raise mt.RequestError("deskfleet:vm:maintenance:verify_kwargs must map a check to its keyword arguments")
+    try:
+        return maintenance_hosts.SaltHosts(_salt_call, kwargs)
+    except ValueError as exc:
+        raise mt.RequestError(f"deskfleet:vm:maintenance:{exc}") from exc
 
 
 def _request(kwargs):

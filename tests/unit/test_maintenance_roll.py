@@ -308,8 +308,8 @@ class Minion:
     def __init__(self, answers):
         self.answers, self.calls = answers, []
 
-    def __call__(self, host, fun, args, timeout):
-        self.calls.append((host, fun, list(args)))
+    def __call__(self, host, fun, args, timeout, kwargs=None):
+        self.calls.append((host, fun, list(args)) + ((kwargs,) if kwargs else ()))
         answer = self.answers.get(fun)
         return answer(args) if callable(answer) else answer
 
@@ -357,6 +357,16 @@ def test_salt_hosts_verify(ovs, dnsmasq, memory, bad):
     result = maintenance_hosts.SaltHosts(minion).verify("cmp-01")
     assert [n for n, c in result["checks"].items() if not c["ok"]] == bad and result["ok"] is (not bad)
     assert ("cmp-01", "state.apply", ["host.ovs_ports"]) in minion.calls
+
+
+def test_salt_hosts_verify_passes_each_checks_keyword_arguments():
+    minion = Minion({"state.apply": {"a": {"result": True}}, "dnsmasq_audit.audit": {"ok": True},
+                     "host_memory.commit_ratio": {"verdict": "ok"}})
+    hosts = maintenance_hosts.SaltHosts(minion, {"dnsmasq": {"pidfiles": ["/run/dnsmasq-deskfleet/br-int.pid"]}})
+    assert hosts.verify("cmp-01")["ok"]
+    assert ("cmp-01", "dnsmasq_audit.audit", [], {"pidfiles": ["/run/dnsmasq-deskfleet/br-int.pid"]}) in minion.calls
+    with pytest.raises(ValueError, match="unknown check.*dnsmaq"):
+        maintenance_hosts.SaltHosts(minion, {"dnsmaq": {}})
 
 
 def test_a_desktop_whose_user_logged_off_is_recycled_not_moved(world):
