@@ -158,6 +158,11 @@ def _hosts():
         raise mt.RequestError(f"deskfleet:vm:maintenance:{exc}") from exc
 
 
+def _refusals(checked):
+    """Each refused host with its problems, for the error line."""
+    return "; ".join(f"{h}: {' / '.join(checked['hosts'][h]['problems'])}" for h in checked["refused"])
+
+
 def _request(kwargs):
     fields = {k: v for k, v in kwargs.items() if not k.startswith("__")}
     return mt.validate_request(fields, mt.utcnow())
@@ -165,7 +170,8 @@ def _request(kwargs):
 
 def _plan(cloud, request):
     services = cloud.services()
-    return mt.plan(request, cloud.providers(), cloud.servers(), mt.utcnow(), services=services)
+    return mt.plan(request, cloud.providers(), cloud.servers(), mt.utcnow(), services=services,
+                   groups=cloud.server_groups())
 
 
 def _drive(db, roll_id, connect):
@@ -243,7 +249,7 @@ def plan(**kwargs):
     with _session() as s:
         result = _plan(s["connect"](), request)
     if not result["ok"]:
-        return _error(f"refused: {', '.join(result['refused'])}", plan=result)
+        return _error(f"refused: {_refusals(result)}", plan=result)
     return result
 
 
@@ -271,7 +277,7 @@ def start(**kwargs):
         cloud = s["connect"]()
         checked = _plan(cloud, request)
         if not checked["ok"]:
-            return _error(f"refused before starting: {', '.join(checked['refused'])}", plan=checked)
+            return _error(f"refused before starting: {_refusals(checked)}", plan=checked)
         roll_id = journal.create_roll(s["db"], request, mt.utcnow().timestamp())
         return _drive(s["db"], roll_id, lambda: cloud)
 

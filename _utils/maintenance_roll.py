@@ -6,6 +6,7 @@ Nova lab, a real cloud, simulated or real hosts, and a fake clock:
 
 cloud    service(host) -> {disabled, reason, up} | None; disable(host, reason); enable(host);
          servers_on(host) -> [server]; server(id) -> server | None; providers() -> placement;
+         server_groups() -> [{id, name, policy, members: {server id: host}}];
          delete(id); live_migrate(id); migration(id) -> {id, status, dest} | None (newest);
          abort_migration(id, migration_id)
 hosts    ping(host) -> bool; boot_id(host) -> str | None; stop(host) -> dict; reboot(host);
@@ -134,9 +135,10 @@ class Roll:
             raise StepFailed(f"nova-compute already disabled by someone else: {svc.get('reason') or 'no reason'}")
         servers = {h: self.cloud.servers_on(h) for h in self.batch}
         capacity = host_capacity.hosts_from_placement(self.cloud.providers())
-        check = plan_mod.check_capacity(capacity, self.batch, servers)
+        check = plan_mod.check_capacity(capacity, self.batch, servers, groups=self.cloud.server_groups())
         if host in check["unplaced"]:
-            raise StepFailed("refused: " + plan_mod.shortfall_text({"unplaced": {host: check["unplaced"][host]}, "shortfall": check["shortfall"]}))
+            names = {s["id"]: s.get("name") for s in servers[host]}
+            raise StepFailed("refused: " + plan_mod.shortfall_text(check, host, names))
         spares, taken = plan_mod.split_desktops(servers[host])
         journal.set_host(self.db, self.roll_id, host, self._ts(), desktops_left=len(taken), spares=len(spares))
         return {"taken": len(taken), "spares": len(spares)}

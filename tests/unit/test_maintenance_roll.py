@@ -34,6 +34,11 @@ class Cloud:
         self.migrations = {}
         self.fail, self.hang = set(), set()
         self.calls = []
+        self.groups = []  # [{id, name, policy, members: [server ids]}]
+
+    def server_groups(self):
+        return [dict(g, members={sid: self.servers[sid]["host"] for sid in g["members"] if sid in self.servers})
+                for g in self.groups]
 
     def service(self, host):
         return dict(self.services[host]) if host in self.services else None
@@ -160,6 +165,15 @@ def test_precheck_refuses_naming_the_shortfall(world):
     assert "precheck" in host["error"] and "MEMORY_MB 4096" in host["error"] and "2 desktop(s)" in host["error"]
     assert world.cloud.calls == []  # nothing touched
     assert ("deskfleet/maintenance/cmp-01/precheck", "failed") in [(t, d["state"]) for t, d in world.events]
+
+
+def test_precheck_refuses_an_anti_affinity_member_with_the_group_named(world):
+    for h in ("cmp-02", "cmp-03"):
+        world.cloud.servers[f"m-{h}"] = desk(f"m-{h}", h)
+    world.cloud.groups = [{"id": "g1", "name": "apart", "policy": "anti-affinity", "members": ["t1", "m-cmp-02", "m-cmp-03"]}]
+    host = world.start().run()["hosts"]["cmp-01"]
+    assert host["state"] == "failed" and "t1 on cmp-01 is in anti-affinity server group 'apart'" in host["error"]
+    assert world.cloud.calls == []  # nothing touched
 
 
 def test_failed_migration_stops_the_roll_with_the_host_disabled(world):
