@@ -264,13 +264,16 @@ def start(**kwargs):
 
     Fields: hosts (list), reason, batch (1), max_failures (0), deadline (+2h or
     ISO time), force (False: never end a session), migration_timeout (900 s),
-    minion_timeout (900 s).
+    minion_timeout (900 s), wait_logoff (seconds before the deadline until which
+    pool desktops in use wait for their user to log off, then recycled like
+    spares; default: move at once).
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run maintenance.start hosts='[cmp-01, cmp-02]' reason='kernel 6.1.0-28' batch=1 deadline=+2h
+        salt-run maintenance.start hosts='[cmp-01]' reason='BIOS update' deadline=+4h wait_logoff=3600
     """
     request = _request(kwargs)
     with _session() as s:

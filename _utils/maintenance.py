@@ -40,6 +40,9 @@ DEFAULTS = {
     "force": False,
     "migration_timeout": 900,  # seconds per live migration, then it is aborted
     "minion_timeout": 900,  # seconds for a host to answer again after its reboot
+    # wait-for-logoff: pool desktops in use wait for their user to log off (then they are recycled like
+    # spares) until this many seconds before the deadline, then move; None: move at once
+    "wait_logoff": None,
     "poll": 2.0,
 }
 MAX_REASON = 200
@@ -91,7 +94,7 @@ def validate_request(request, now):
     Check and normalise a maintenance request (the orchestration's pillar or the
     runner's arguments): ``hosts`` (list, required), ``reason`` (required),
     ``batch``, ``max_failures``, ``deadline``, ``force``, ``migration_timeout``,
-    ``minion_timeout``. Raises :class:`RequestError` naming the field.
+    ``minion_timeout``, ``wait_logoff``. Raises :class:`RequestError` naming the field.
     """
     if not isinstance(request, dict):
         raise RequestError("the request must be a mapping")
@@ -118,7 +121,11 @@ def validate_request(request, now):
         raise RequestError(f"force must be true or false, got {out['force']!r}")
     if isinstance(out["poll"], bool) or not isinstance(out["poll"], (int, float)) or not 0 < out["poll"] <= 60:
         raise RequestError(f"poll must be seconds in (0, 60], got {out['poll']!r}")
+    wait = out["wait_logoff"]
+    if wait is not None and (isinstance(wait, bool) or not isinstance(wait, int) or wait < 0):
+        raise RequestError(f"wait_logoff must be seconds before the deadline (an integer >= 0) or null, got {wait!r}")
     return {
+        "wait_logoff": wait,
         "hosts": list(hosts),
         "reason": reason.strip(),
         "batch": _int("batch", out["batch"], 1),
@@ -354,6 +361,8 @@ def plan(request, providers, servers, now, flavors=None, services=None, groups=N
             if problems:
                 out["refused"].append(host)
     out["notify_at"] = [t.isoformat() for t in notify_times(now, deadline)]
+    if request.get("wait_logoff") is not None:  # in-use pool desktops wait for a logoff until then
+        out["wait_logoff_until"] = max(now, deadline - datetime.timedelta(seconds=request["wait_logoff"])).isoformat()
     out["ok"] = not out["refused"]
     return out
 

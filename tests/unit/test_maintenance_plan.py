@@ -215,3 +215,10 @@ def test_anti_affinity_members_in_one_batch_go_to_different_hosts():
     providers.append(provider("cmp-05"))
     moves = mt.plan(request(hosts=["cmp-01", "cmp-02"], batch=2), providers, servers, NOW, groups=groups)
     assert moves["ok"] and {moves["hosts"]["cmp-01"]["moves"]["m1"], moves["hosts"]["cmp-02"]["moves"]["m2"]} == {"cmp-04", "cmp-05"}
+
+
+def test_plan_shows_until_when_desktops_wait_for_a_logoff():
+    providers = [provider("cmp-01"), provider("cmp-02")]
+    assert "wait_logoff_until" not in mt.plan(request(), providers, [], NOW)
+    planned = mt.plan(request(deadline="+2h", wait_logoff=1800), providers, [], NOW)
+    assert planned["wait_logoff_until"] == (NOW + datetime.timedelta(minutes=90)).isoformat()

@@ -393,3 +393,60 @@ def test_a_desktop_whose_user_logged_off_is_recycled_not_moved(world):
     assert ("delete", "t1") in world.cloud.calls and "t1" not in world.cloud.servers
     moved = [c[1] for c in world.cloud.calls if c[0] == "live_migrate"]
     assert moved == ["t2", "pet"]  # a stale report is not trusted; a pet VM always moves
+
+
+# ---- wait-for-logoff -----------------------------------------------------------------
+
+
+def timed(world, roll, reports):
+    """Record when each user was told and when each migration started; sessions from ``reports(sid, now)``."""
+    told, started = [], []
+    roll.notify = lambda server, text: told.append((server["id"], world.clock.now()))
+    roll.sessions = lambda server: reports(server["id"], world.clock.now())
+    live_migrate = world.cloud.live_migrate
+
+    def recorded(sid):
+        started.append((sid, world.clock.now()))
+        live_migrate(sid)
+
+    world.cloud.live_migrate = recorded
+    return told, started
+
+
+def test_wait_for_logoff_recycles_a_desktop_whose_user_logs_off_before_the_policy_ends(world):
+    roll = world.start(deadline="+2h", wait_logoff=1800)  # wait until T-30min
+    # t1's user logs off 20 minutes in; t2's user stays on
+    told, started = timed(world, roll, lambda sid, now: {
+        "fresh": True, "logged_on": not (sid == "t1" and now >= T0 + datetime.timedelta(minutes=20))})
+    result = roll.run()
+    host = result["hosts"]["cmp-01"]
+    assert result["state"] == "done" and host["recycled"] == ["t1"]
+    assert ("delete", "t1") in world.cloud.calls and [sid for sid, _ in started] == ["t2"]
+    # t2 moved only once the wait was over (T-30min = T0 + 90 min), not at once
+    assert started[0][1] >= T0 + datetime.timedelta(minutes=90)
+    # both users told at once, t2 again 60 minutes before the deadline, while it waited
+    assert [sid for sid, at in told if at == T0] == ["t1", "t2"]
+    assert ("t2", T0 + datetime.timedelta(minutes=60)) in [(sid, at.replace(second=0, microsecond=0)) for sid, at in told]
+
+
+def test_wait_for_logoff_never_holds_a_pet_or_a_desktop_without_a_fresh_report(world):
+    world.cloud.servers["pet"] = dict(desk("pet", "cmp-01"), metadata={})
+    roll = world.start(deadline="+2h", wait_logoff=1800)
+    told, started = timed(world, roll, lambda sid, now: {"fresh": sid != "t2", "logged_on": True})
+    assert roll.run()["state"] == "done"
+    at = dict(started)
+    assert at["t2"] < T0 + datetime.timedelta(minutes=5) and at["pet"] < T0 + datetime.timedelta(minutes=5)
+    assert at["t1"] >= T0 + datetime.timedelta(minutes=90)  # the only one worth waiting for
+
+
+def test_without_the_policy_desktops_move_at_once(world):
+    roll = world.start(deadline="+2h")
+    _, started = timed(world, roll, lambda sid, now: {"fresh": True, "logged_on": True})
+    assert roll.run()["state"] == "done"
+    assert all(at < T0 + datetime.timedelta(minutes=5) for _, at in started) and len(started) == 2
+
+
+@pytest.mark.parametrize("bad", [-1, True, "30m", 1.5])
+def test_wait_logoff_must_be_whole_seconds(bad):
+    with pytest.raises(mt.RequestError, match="wait_logoff"):
+        mt.validate_request({"hosts": ["cmp-01"], "reason": "k", "wait_logoff": bad}, T0)
