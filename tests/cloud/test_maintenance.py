@@ -205,3 +205,47 @@ def test_a_failed_migration_stops_the_roll_with_the_host_disabled(tmp_path, lab3
     finally:
         clear_servers(conn)
         conn.compute.delete_server_group(group, ignore_missing=True)
+
+
+def report_session(roller, name, logged_on, seq):
+    """What the vm master's desktop_sessions engine stores from a desktop's signed beacon report."""
+    import deskfleet_store  # pylint: disable=import-outside-toplevel
+    import desktop_sessions  # pylint: disable=import-outside-toplevel
+
+    db = desktop_sessions.open_store(deskfleet_store.default_path(roller.opts, "vm"))
+    try:
+        sessions = [{"user": "agent7", "state": "active", "idle_seconds": 5.0}] if logged_on else []
+        now = time.time()
+        desktop_sessions.record(db, {"desktop": name, "logged_on": int(logged_on), "sessions": json.dumps(sessions),
+                                     "idle_seconds": 5.0, "seq": seq, "reported_at": now, "heartbeat": 600.0,
+                                     "received_at": now})
+    finally:
+        db.close()
+
+
+def test_wait_for_logoff_recycles_the_desktop_whose_user_left_and_moves_the_other(tmp_path, lab3, conn):
+    stay, leave = wait_all_active(conn, [boot(conn, lab3, name, "compute1", "taken") for name in ("desk-stay", "desk-leave")])
+    roller = make_roller(tmp_path, lab3)
+    for name in ("desk-stay", "desk-leave"):
+        report_session(roller, name, True, 1)
+    # deadline in an hour; users may log off until 150 s from now, then whoever is left moves
+    started_at = time.monotonic()
+    proc = roller.spawn("start", **roll_request(deadline="+1h", wait_logoff=3600 - 150))
+    try:
+        wait_for("migrate step", lambda: roller("status").get("hosts", {}).get("compute1", {}).get("step") == "migrate")
+        assert not live_migrations(conn, stay.id) and not live_migrations(conn, leave.id)  # both wait
+        report_session(roller, "desk-leave", False, 2)  # the user logs off
+        wait_for("desk-leave recycled", lambda: conn.compute.find_server(leave.id, ignore_missing=True) is None, 120)
+        assert not live_migrations(conn, stay.id) and time.monotonic() - started_at < 150  # still waiting
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    result = roller.result(out)
+    assert result["state"] == "done", out.decode()[-3000:]
+    host = result["hosts"]["compute1"]
+    assert host["recycled"] == [leave.id] and [m["server"] for m in host["migrations"]] == [stay.id]
+    assert not live_migrations(conn, leave.id) and len(live_migrations(conn, stay.id)) == 1
+    assert time.monotonic() - started_at >= 150  # desk-stay moved only once the wait was over
+    assert conn.compute.get_server(stay.id).compute_host in ("compute2", "compute3")
