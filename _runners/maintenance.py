@@ -280,7 +280,9 @@ def start(**kwargs):
         cloud = s["connect"]()
         checked = _plan(cloud, request)
         if not checked["ok"]:
-            return _error(f"refused before starting: {_refusals(checked)}", plan=checked)
+            message = f"refused before starting: {_refusals(checked)}"
+            glue.alert(__opts__, ALERT, {"roll": None, "state": "refused", "error": message})
+            return _error(message, plan=checked)
         roll_id = journal.create_roll(s["db"], request, mt.utcnow().timestamp())
         return _drive(s["db"], roll_id, lambda: cloud)
 
