@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 __virtualname__ = "maintenance"
 
 try:
+    import deskfleet_salt as glue
     import deskfleet_store
     import desktop_sessions
     import maintenance as mt
@@ -42,19 +43,15 @@ try:
     import openstack.exceptions
 
     CLOUD_ERRORS = (openstack.exceptions.SDKException, keystoneauth1.exceptions.ClientException)
-    HAS_DEPS = True
-except ImportError as _exc:  # pragma: no cover
-    HAS_DEPS = False
-    _IMPORT_ERROR = str(_exc)
+    _MISSING = None
+except ImportError as _exc:  # pragma: no cover - utils_dirs or openstacksdk missing
+    glue, _MISSING = None, f"maintenance: missing dependency: {_exc}"
+
+ALERT = "deskfleet/alert/maintenance"
 
 
 def __virtual__():
-    if not HAS_DEPS:
-        return (False, f"maintenance: missing dependency: {_IMPORT_ERROR}")
-    role = (__opts__.get("deskfleet") or {}).get("role")
-    if role != "vm":
-        return (False, f"maintenance: runs on the vm master only (deskfleet:role is {role!r})")
-    return __virtualname__
+    return glue.virtual(__virtualname__, __opts__, role="vm") if glue else (False, _MISSING)
 
 
 # ---- plumbing -------------------------------------------------------------------
@@ -62,16 +59,15 @@ def __virtual__():
 
 def _error(message, **extra):
     """An error return that also makes salt-run (and orchestration) fail."""
-    __context__["retcode"] = 1
-    return dict(extra, error=message, retcode=1)
+    return glue.error(__context__, message, **extra)
 
 
 def _vm_conf():
-    return (__opts__.get("deskfleet") or {}).get("vm") or {}
+    return glue.conf(__opts__, "vm")
 
 
 def _conf():
-    return _vm_conf().get("maintenance") or {}
+    return glue.conf(__opts__, "vm", "maintenance")
 
 
 def _connect():
@@ -90,7 +86,7 @@ def _store():
     return journal.connect(deskfleet_store.default_path(__opts__, "vm"))
 
 
-class _Busy(journal.JournalError if HAS_DEPS else Exception):
+class _Busy(journal.JournalError if glue else Exception):
     """Another process on this master holds the roll lock."""
 
 
@@ -113,13 +109,7 @@ def _lock():
 
 
 def _fire(tag, data):
-    import salt.utils.event  # pylint: disable=import-outside-toplevel
-
-    try:
-        with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as bus:
-            bus.fire_event(data, tag)
-    except Exception as exc:  # pylint: disable=broad-except
-        log.warning("maintenance: could not fire %s: %s", tag, exc)  # the journal still has it
+    glue.alert(__opts__, tag, data)  # best effort: the journal has every step anyway
 
 
 def _notify(server, text):
@@ -139,12 +129,12 @@ def _notify(server, text):
     _fire("deskfleet/maintenance/notice", data)
 
 
-def _salt_call(host, fun, args, timeout):
+def _salt_call(host, fun, args, timeout, kwargs=None):
     import salt.client  # pylint: disable=import-outside-toplevel
 
     client = salt.client.get_local_client(mopts=__opts__)
     try:
-        return client.cmd(host, fun, list(args), timeout=timeout).get(host)
+        return client.cmd(host, fun, list(args), timeout=timeout, kwarg=kwargs or None).get(host)
     finally:
         client.destroy()
 
@@ -159,7 +149,18 @@ def _hosts():
         )
     if kind != "salt":
         raise mt.RequestError(f"deskfleet:vm:maintenance:host_actions must be salt or simulated, not {kind!r}")
-    return maintenance_hosts.SaltHosts(_salt_call)
+    kwargs = _conf().get("verify_kwargs") or {}
+    if not isinstance(kwargs, dict) or not all(isinstance(v, dict) for v in kwargs.values()):
+        raise mt.RequestError("deskfleet:vm:maintenance:verify_kwargs must map a check to its keyword arguments")
+    try:
+        return maintenance_hosts.SaltHosts(_salt_call, kwargs)
+    except ValueError as exc:
+        raise mt.RequestError(f"deskfleet:vm:maintenance:{exc}") from exc
+
+
+def _refusals(checked):
+    """Each refused host with its problems, for the error line."""
+    return "; ".join(f"{h}: {' / '.join(checked['hosts'][h]['problems'])}" for h in checked["refused"])
 
 
 def _request(kwargs):
@@ -169,7 +170,8 @@ def _request(kwargs):
 
 def _plan(cloud, request):
     services = cloud.services()
-    return mt.plan(request, cloud.providers(), cloud.servers(), mt.utcnow(), services=services)
+    return mt.plan(request, cloud.providers(), cloud.servers(), mt.utcnow(), services=services,
+                   groups=cloud.server_groups())
 
 
 def _drive(db, roll_id, connect):
@@ -187,7 +189,11 @@ def _drive(db, roll_id, connect):
     finally:
         sessions_db.close()
     if result["state"] != "done":
-        return _error(f"roll {roll_id} {result['state']}: {result.get('error') or 'see hosts'}", **result)
+        message = f"roll {roll_id} {result['state']}: {result.get('error') or 'see hosts'}"
+        failed = {h: {"step": e.get("step"), "error": e.get("error")}
+                  for h, e in result.get("hosts", {}).items() if e.get("state") == "failed"}
+        glue.alert(__opts__, ALERT, {"roll": roll_id, "state": result["state"], "error": message, "hosts": failed})
+        return _error(message, **result)
     return result
 
 
@@ -216,8 +222,6 @@ def _guard(fun):
             return _error(f"bad request: {exc}")
         except journal.JournalError as exc:
             return _error(str(exc))
-        except deskfleet_store.StoreError as exc:
-            return _error(f"store: {exc}")
         except CLOUD_ERRORS as exc:
             return _error(f"cloud error: {exc}")
 
@@ -227,6 +231,7 @@ def _guard(fun):
 # ---- public runner functions --------------------------------------------------------
 
 
+@deskfleet_store.guard
 @_guard
 def plan(**kwargs):
     """
@@ -244,10 +249,11 @@ def plan(**kwargs):
     with _session() as s:
         result = _plan(s["connect"](), request)
     if not result["ok"]:
-        return _error(f"refused: {', '.join(result['refused'])}", plan=result)
+        return _error(f"refused: {_refusals(result)}", plan=result)
     return result
 
 
+@deskfleet_store.guard
 @_guard
 def start(**kwargs):
     """
@@ -258,24 +264,30 @@ def start(**kwargs):
 
     Fields: hosts (list), reason, batch (1), max_failures (0), deadline (+2h or
     ISO time), force (False: never end a session), migration_timeout (900 s),
-    minion_timeout (900 s).
+    minion_timeout (900 s), wait_logoff (seconds before the deadline until which
+    pool desktops in use wait for their user to log off, then recycled like
+    spares; default: move at once).
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run maintenance.start hosts='[cmp-01, cmp-02]' reason='kernel 6.1.0-28' batch=1 deadline=+2h
+        salt-run maintenance.start hosts='[cmp-01]' reason='BIOS update' deadline=+4h wait_logoff=3600
     """
     request = _request(kwargs)
     with _session() as s:
         cloud = s["connect"]()
         checked = _plan(cloud, request)
         if not checked["ok"]:
-            return _error(f"refused before starting: {', '.join(checked['refused'])}", plan=checked)
+            message = f"refused before starting: {_refusals(checked)}"
+            glue.alert(__opts__, ALERT, {"roll": None, "state": "refused", "error": message})
+            return _error(message, plan=checked)
         roll_id = journal.create_roll(s["db"], request, mt.utcnow().timestamp())
         return _drive(s["db"], roll_id, lambda: cloud)
 
 
+@deskfleet_store.guard
 @_guard
 def resume(roll=None):
     """
@@ -298,6 +310,7 @@ def resume(roll=None):
         return _drive(s["db"], found["id"], s["connect"])
 
 
+@deskfleet_store.guard
 @_guard
 def status(roll=None):
     """
@@ -318,6 +331,7 @@ def status(roll=None):
         return journal.summary(s["db"], found["id"])
 
 
+@deskfleet_store.guard
 @_guard
 def abort(roll=None):
     """
@@ -340,6 +354,7 @@ def abort(roll=None):
         return result
 
 
+@deskfleet_store.guard
 @_guard
 def tick():
     """

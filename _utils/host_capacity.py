@@ -109,30 +109,42 @@ def _size_key(request):
     return (needs.get("MEMORY_MB", 0), needs.get("VCPU", 0), needs.get("DISK_GB", 0), sorted(needs.items()))
 
 
-def place(hosts, requests):
+def place(hosts, requests, apart=None):
     """
     First-fit-decreasing placement of ``requests`` (each with an ``"id"``) on the enabled ``hosts``, consuming
     capacity (the inputs are not changed). Largest first (RAM, then vCPU, then disk); hosts in the given order.
 
-    Returns ``{"placed": {id: host name}, "unplaced": [ids], "shortfall": {rc: amount}, "free": {host: {rc: free}}}``
-    where ``shortfall`` sums what the unplaced requests need per class (what must be found elsewhere) and
-    ``free`` is what is left on each enabled host.
+    Anti-affinity: a request with a ``"group"`` never lands on a host in ``apart[group]`` (hosts already holding
+    a member of that server group) nor beside another request of the same group placed here.
+
+    Returns ``{"placed": {id: host name}, "unplaced": [ids], "shortfall": {rc: amount}, "free": {host: {rc: free}},
+    "blocked": {id: group}}`` where ``shortfall`` sums what the unplaced requests need per class (what must be
+    found elsewhere; blocked requests not counted), ``blocked`` (also in ``unplaced``) names the requests that would fit on capacity alone but only on hosts their
+    group rules out, and ``free`` is what is left on each enabled host.
     """
     pool = [
         {"name": h["name"], "free": dict(h.get("free") or {}), "max_unit": dict(h.get("max_unit") or {})}
         for h in hosts
         if not h.get("disabled")
     ]
-    placed, unplaced, shortfall = {}, [], {}
+    taken_by = {g: set(names) for g, names in (apart or {}).items()}
+    placed, unplaced, shortfall, blocked = {}, [], {}, {}
     for request in sorted(requests, key=_size_key, reverse=True):
-        needs = _needs(request)
-        host = next((h for h in pool if fits(h, needs)), None)
+        needs, group = _needs(request), request.get("group")
+        ruled_out = taken_by.get(group, set()) if group is not None else set()
+        host = next((h for h in pool if h["name"] not in ruled_out and fits(h, needs)), None)
         if host is None:
             unplaced.append(request["id"])
+            if group is not None and any(fits(h, needs) for h in pool):
+                blocked[request["id"]] = group  # room enough; the group's rule is what refuses it
+                continue
             for rc, need in needs.items():
                 shortfall[rc] = shortfall.get(rc, 0) + need
             continue
         for rc, need in needs.items():
             host["free"][rc] -= need
         placed[request["id"]] = host["name"]
-    return {"placed": placed, "unplaced": unplaced, "shortfall": shortfall, "free": {h["name"]: h["free"] for h in pool}}
+        if group is not None:
+            taken_by.setdefault(group, set()).add(host["name"])
+    return {"placed": placed, "unplaced": unplaced, "shortfall": shortfall, "blocked": blocked,
+            "free": {h["name"]: h["free"] for h in pool}}

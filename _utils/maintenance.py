@@ -40,6 +40,9 @@ DEFAULTS = {
     "force": False,
     "migration_timeout": 900,  # seconds per live migration, then it is aborted
     "minion_timeout": 900,  # seconds for a host to answer again after its reboot
+    # wait-for-logoff: pool desktops in use wait for their user to log off (then they are recycled like
+    # spares) until this many seconds before the deadline, then move; None: move at once
+    "wait_logoff": None,
     "poll": 2.0,
 }
 MAX_REASON = 200
@@ -91,7 +94,7 @@ def validate_request(request, now):
     Check and normalise a maintenance request (the orchestration's pillar or the
     runner's arguments): ``hosts`` (list, required), ``reason`` (required),
     ``batch``, ``max_failures``, ``deadline``, ``force``, ``migration_timeout``,
-    ``minion_timeout``. Raises :class:`RequestError` naming the field.
+    ``minion_timeout``, ``wait_logoff``. Raises :class:`RequestError` naming the field.
     """
     if not isinstance(request, dict):
         raise RequestError("the request must be a mapping")
@@ -118,7 +121,11 @@ def validate_request(request, now):
         raise RequestError(f"force must be true or false, got {out['force']!r}")
     if isinstance(out["poll"], bool) or not isinstance(out["poll"], (int, float)) or not 0 < out["poll"] <= 60:
         raise RequestError(f"poll must be seconds in (0, 60], got {out['poll']!r}")
+    wait = out["wait_logoff"]
+    if wait is not None and (isinstance(wait, bool) or not isinstance(wait, int) or wait < 0):
+        raise RequestError(f"wait_logoff must be seconds before the deadline (an integer >= 0) or null, got {wait!r}")
     return {
+        "wait_logoff": wait,
         "hosts": list(hosts),
         "reason": reason.strip(),
         "batch": _int("batch", out["batch"], 1),
@@ -216,19 +223,44 @@ def _candidates(others, requests):
     return picked
 
 
-def check_capacity(hosts_capacity, batch, servers_by_host, flavors=None, exclude=()):
+def anti_affinity(groups, batch, servers_by_host):
+    """
+    ``(group_of, apart, names)`` for the hard anti-affinity server groups: the group of each member
+    {server id: group id}, the hosts outside ``batch`` already holding a member {group id: {host}}
+    and the group names. ``groups``: [{id, name, policy, members: {server id: host}}] (Nova).
+    Soft anti-affinity is a preference to Nova, not a refusal: ignored here.
+    """
+    group_of, apart, names = {}, {}, {}
+    moving = {s["id"] for h in batch for s in servers_by_host.get(h) or []}
+    for group in groups or ():
+        if group.get("policy") != "anti-affinity":
+            continue
+        names[group["id"]] = group.get("name") or group["id"]
+        for sid, host in (group.get("members") or {}).items():
+            if sid in moving:
+                group_of[sid] = group["id"]
+            elif host and host not in batch:
+                apart.setdefault(group["id"], set()).add(host)
+    return group_of, apart, names
+
+
+def check_capacity(hosts_capacity, batch, servers_by_host, flavors=None, exclude=(), groups=None):
     """
     Can the enabled hosts outside ``batch`` (and ``exclude``) take the batch's
     taken desktops, each on ONE host? ``hosts_capacity`` from
     ``host_capacity.hosts_from_placement``; ``servers_by_host`` {host: [server]}
-    with each server's ``flavor`` ({ram, vcpus, disk}).
+    with each server's ``flavor`` ({ram, vcpus, disk}); ``groups`` Nova's server
+    groups (:func:`anti_affinity`): a member of an anti-affinity group never goes
+    to a host that holds another member.
 
-    Returns ``{"ok", "placed": {id: host}, "unplaced": {host: [ids]}, "shortfall": {rc: n}, "spares": n}``.
+    Returns ``{"ok", "placed": {id: host}, "unplaced": {host: [ids]}, "shortfall": {rc: n}, "spares": n,
+    "blocked": {host: {id: group name}}}``.
     Spares are not counted: they are deleted and the keeper refills them where it can.
     """
     flavors = flavors or {}
     skip = set(batch) | set(exclude)
     others = [h for h in hosts_capacity if h["name"] not in skip and not h.get("disabled")]
+    group_of, apart, group_names = anti_affinity(groups, batch, servers_by_host)
     requests, owner, spares = [], {}, 0
     for host in batch:
         servers = servers_by_host.get(host) or []
@@ -236,27 +268,43 @@ def check_capacity(hosts_capacity, batch, servers_by_host, flavors=None, exclude
         spares += len(spare_ids)
         for request in _requests(servers, taken, flavors):
             owner[request["id"]] = host
+            if request["id"] in group_of:
+                request["group"] = group_of[request["id"]]
             requests.append(request)
-    result = host_capacity.place(_candidates(others, requests), requests)
+    result = host_capacity.place(_candidates(others, requests), requests, apart)
     if result["unplaced"]:
-        result = host_capacity.place(others, requests)
-    unplaced = {}
+        result = host_capacity.place(others, requests, apart)
+    unplaced, blocked = {}, {}
     for sid in result["unplaced"]:
         unplaced.setdefault(owner[sid], []).append(sid)
+    for sid, group in result["blocked"].items():
+        blocked.setdefault(owner[sid], {})[sid] = group_names[group]
     return {
         "ok": not result["unplaced"],
         "placed": result["placed"],
         "unplaced": unplaced,
         "shortfall": {rc: round(n, 2) for rc, n in result["shortfall"].items()},
         "spares": spares,
+        "blocked": blocked,
     }
 
 
-def shortfall_text(check):
-    """One line naming what does not fit, for the refusal."""
-    parts = [f"{rc} {n:g}" for rc, n in sorted(check["shortfall"].items())]
-    hosts = ", ".join(f"{h}: {len(ids)} desktop(s)" for h, ids in sorted(check["unplaced"].items()))
-    return f"the other hosts cannot take {hosts}; short by {', '.join(parts)}"
+def shortfall_text(check, host=None, names=None):
+    """One line naming what does not fit (``host``: only its desktops), for the refusal."""
+    names = names or {}
+    unplaced = check["unplaced"] if host is None else {host: check["unplaced"].get(host, [])}
+    blocked = check.get("blocked") or {}
+    parts = []
+    for h, ids in sorted(unplaced.items()):
+        grouped = blocked.get(h) or {}
+        short = [sid for sid in ids if sid not in grouped]
+        if short:
+            parts.append(f"the other hosts cannot take {h}: {len(short)} desktop(s); short by "
+                         + ", ".join(f"{rc} {n:g}" for rc, n in sorted(check["shortfall"].items())))
+        for sid, group in sorted(grouped.items()):
+            parts.append(f"{names.get(sid) or sid} on {h} is in anti-affinity server group {group!r}: "
+                         "every other host with room already holds a member")
+    return "; ".join(parts)
 
 
 # ---- the plan --------------------------------------------------------------------
@@ -269,7 +317,7 @@ def group_by_host(servers):
     return out
 
 
-def plan(request, providers, servers, now, flavors=None, services=None):
+def plan(request, providers, servers, now, flavors=None, services=None, groups=None):
     """
     The whole roll, touching nothing: per batch and host the steps, the spares
     to delete, the desktops to migrate, the capacity verdict, the notice times.
@@ -278,6 +326,7 @@ def plan(request, providers, servers, now, flavors=None, services=None):
     providers  placement per compute host (``host_capacity.hosts_from_placement`` input)
     servers    [{id, name, host, status, metadata, flavor}]
     services   {host: {"disabled": bool, "reason": str, "up": bool}} from nova (optional)
+    groups     Nova's server groups [{id, name, policy, members: {server id: host}}] (optional)
 
     Each batch is checked against the hosts outside it, the earlier batches back
     in service (their desktops moved away is not assumed: current usage counts).
@@ -289,7 +338,7 @@ def plan(request, providers, servers, now, flavors=None, services=None):
     out = {"batches": [], "hosts": {}, "refused": [], "deadline": request["deadline"]}
     for index, batch in enumerate(batches(request["hosts"], request["batch"])):
         out["batches"].append(batch)
-        check = check_capacity(capacity, batch, by_host, flavors)
+        check = check_capacity(capacity, batch, by_host, flavors, groups=groups)
         for host in batch:
             spares, taken = split_desktops(by_host.get(host) or [])
             problems = []
@@ -299,7 +348,7 @@ def plan(request, providers, servers, now, flavors=None, services=None):
             elif svc and svc.get("disabled") and not is_ours(svc.get("reason")):
                 problems.append(f"nova-compute already disabled by someone else: {svc.get('reason') or 'no reason'}")
             if host in check["unplaced"]:
-                problems.append(shortfall_text({"unplaced": {host: check["unplaced"][host]}, "shortfall": check["shortfall"]}))
+                problems.append(shortfall_text(check, host, {s["id"]: s.get("name") for s in by_host.get(host) or []}))
             out["hosts"][host] = {
                 "batch": index,
                 "steps": list(STEPS),
@@ -312,6 +361,8 @@ def plan(request, providers, servers, now, flavors=None, services=None):
             if problems:
                 out["refused"].append(host)
     out["notify_at"] = [t.isoformat() for t in notify_times(now, deadline)]
+    if request.get("wait_logoff") is not None:  # in-use pool desktops wait for a logoff until then
+        out["wait_logoff_until"] = max(now, deadline - datetime.timedelta(seconds=request["wait_logoff"])).isoformat()
     out["ok"] = not out["refused"]
     return out
 

@@ -61,6 +61,19 @@ class NovaCloud:
     def delete(self, sid):
         self.conn.compute.delete_server(sid, ignore_missing=True)
 
+    def server_groups(self):
+        """Server groups with a hard policy: [{id, name, policy, members: {server id: host}}]."""
+        groups = []
+        for g in self.conn.compute.server_groups(all_projects=True):
+            policy = g.policy or next(iter(g.policies or []), None)  # ``policies`` before microversion 2.64
+            if policy in ("anti-affinity", "affinity") and g.member_ids:
+                groups.append({"id": g.id, "name": g.name, "policy": policy, "members": list(g.member_ids)})
+        if groups:
+            hosts = {s["id"]: s["host"] for s in self.servers()}
+            for group in groups:
+                group["members"] = {sid: hosts.get(sid) for sid in group["members"]}
+        return groups
+
     # ---- placement -----------------------------------------------------------------
 
     def providers(self):

@@ -6,6 +6,7 @@ Nova lab, a real cloud, simulated or real hosts, and a fake clock:
 
 cloud    service(host) -> {disabled, reason, up} | None; disable(host, reason); enable(host);
          servers_on(host) -> [server]; server(id) -> server | None; providers() -> placement;
+         server_groups() -> [{id, name, policy, members: {server id: host}}];
          delete(id); live_migrate(id); migration(id) -> {id, status, dest} | None (newest);
          abort_migration(id, migration_id)
 hosts    ping(host) -> bool; boot_id(host) -> str | None; stop(host) -> dict; reboot(host);
@@ -24,6 +25,7 @@ import maintenance_journal as journal
 TAG = "deskfleet/maintenance/{host}/{step}"
 MIGRATION_FAILED = ("error", "failed", "cancelled", "aborted")
 DRAIN_TIMEOUT = 300
+WAIT_POLL = 15.0  # seconds between looks while desktops wait for their users to log off
 
 
 class StepFailed(Exception):
@@ -134,9 +136,10 @@ class Roll:
             raise StepFailed(f"nova-compute already disabled by someone else: {svc.get('reason') or 'no reason'}")
         servers = {h: self.cloud.servers_on(h) for h in self.batch}
         capacity = host_capacity.hosts_from_placement(self.cloud.providers())
-        check = plan_mod.check_capacity(capacity, self.batch, servers)
+        check = plan_mod.check_capacity(capacity, self.batch, servers, groups=self.cloud.server_groups())
         if host in check["unplaced"]:
-            raise StepFailed("refused: " + plan_mod.shortfall_text({"unplaced": {host: check["unplaced"][host]}, "shortfall": check["shortfall"]}))
+            names = {s["id"]: s.get("name") for s in servers[host]}
+            raise StepFailed("refused: " + plan_mod.shortfall_text(check, host, names))
         spares, taken = plan_mod.split_desktops(servers[host])
         journal.set_host(self.db, self.roll_id, host, self._ts(), desktops_left=len(taken), spares=len(spares))
         return {"taken": len(taken), "spares": len(spares)}
@@ -180,15 +183,40 @@ class Roll:
                 if not self.request["force"]:
                     raise StepFailed(f"deadline passed with {len(taken)} desktop(s) still on the host: {names}")
                 return {"migrations": moved, "recycled": sorted(recycled), "forced": [s["id"] for s in taken]}
-            server = taken[0]
+            self._tell(taken, notices, now)
+            journal.note(self.db, self.roll_id, host, "migrate", {"recycled": sorted(recycled),
+                         "notices": {k: [t.isoformat() for t in v] for k, v in notices.items()}})
+            # wait-for-logoff: a pool desktop in use waits until its user logs off (then it is
+            # recycled) or the policy's end; everything else moves now, one at a time
+            waiting = [s for s in taken if self._may_log_off(s)] if not self._wait_over(now) else []
+            movable = [s for s in taken if s not in waiting]
+            if not movable:
+                journal.note(self.db, self.roll_id, host, "migrate", {"waiting": [s["id"] for s in waiting]})
+                if self._aborted():
+                    raise Aborted()
+                self.clock.sleep(max(self.request["poll"], WAIT_POLL))
+                continue
+            moved.append(self._migrate_one(host, movable[0], detail))
+            journal.note(self.db, self.roll_id, host, "migrate", {"migrations": moved, "moving": None})
+
+    def _tell(self, taken, notices, now):
+        """Every user still on the host is told at once, then again at each lead time before the deadline."""
+        for server in taken:
             sent = notices.setdefault(server["id"], [])
             if plan_mod.notice_due(sent, now, self.deadline):
                 self.notify(server, plan_mod.notice_text(self.request["reason"], self.deadline, now))
                 sent.append(now)
-            journal.note(self.db, self.roll_id, host, "migrate", {"recycled": sorted(recycled),
-                         "notices": {k: [t.isoformat() for t in v] for k, v in notices.items()}})
-            moved.append(self._migrate_one(host, server, detail))
-            journal.note(self.db, self.roll_id, host, "migrate", {"migrations": moved, "moving": None})
+
+    def _wait_over(self, now):
+        lead = self.request.get("wait_logoff")
+        return lead is None or now >= self.deadline - datetime.timedelta(seconds=lead)
+
+    def _may_log_off(self, server):
+        """A pool desktop whose fresh session report says a user is on it: worth waiting for."""
+        if self.sessions is None or "deskfleet_pool" not in (server.get("metadata") or {}):
+            return False
+        info = self.sessions(server) or {}
+        return bool(info.get("fresh")) and info.get("logged_on") is True
 
     def _logged_off(self, server):
         """A pool desktop whose own fresh, signed session report says nobody is logged on."""

@@ -54,9 +54,11 @@ def make_roller(root, lab, **maintenance):
     return MaintenanceRunner(root, lab, pools, **maintenance)
 
 
-def boot(conn, lab, name, host, state=None, pool="sales", group=None):
+def boot(conn, lab, name, host, state=None, pool="sales", group=None, zone=False):
     meta = {POOL: pool, STATE: state} if state else {}
-    kwargs = {"scheduler_hints": {"group": group}} if group else {"availability_zone": f"nova:{host}"}
+    kwargs = {"scheduler_hints": {"group": group}} if group else {}
+    if zone or not group:
+        kwargs["availability_zone"] = f"nova:{host}"
     return conn.compute.create_server(name=name, flavor_id=lab.flavor_id, image_id=lab.image_id,
                                       networks=[{"uuid": lab.network_id}], metadata=meta, **kwargs)
 
@@ -158,26 +160,92 @@ def test_precheck_refuses_when_the_others_cannot_take_the_load(tmp_path, lab3, c
     assert roller("status") == {"roll": None, "message": "no maintenance roll yet"}
 
 
-def test_a_failed_migration_stops_the_roll_with_the_host_disabled(tmp_path, lab3, conn):
-    # an anti-affinity group with a member on every host: the one on compute1 can go nowhere.
-    # The capacity pre-check (memory per host) passes; Nova's scheduler refuses the move.
+def test_precheck_refuses_an_anti_affinity_member_with_the_group_named(tmp_path, lab3, conn):
+    # an anti-affinity group with a member on every host: the one on compute1 can go nowhere,
+    # although memory is plenty. Refused before anything is touched, the group named.
     group = conn.compute.create_server_group(name="apart", policy="anti-affinity")
     try:
         members = wait_all_active(conn, [boot(conn, lab3, f"apart-{i}", None, "taken", group=group.id) for i in range(3)])
         stuck = next(s for s in members if s.compute_host == "compute1")
         roller = make_roller(tmp_path, lab3)
+        refused = roller("plan", **roll_request())
+        assert refused["retcode"] == 1, refused
+        problem = " ".join(refused["plan"]["hosts"]["compute1"]["problems"])
+        assert f"{stuck.name} on compute1 is in anti-affinity server group 'apart'" in problem, problem
+        started = roller("start", **roll_request())
+        assert started["retcode"] == 1 and "anti-affinity server group 'apart'" in started["error"]
+        assert service(conn, "compute1").status == "enabled" and not live_migrations(conn, stuck.id)
+        assert roller("status") == {"roll": None, "message": "no maintenance roll yet"}
+    finally:
+        clear_servers(conn)
+        conn.compute.delete_server_group(group, ignore_missing=True)
+
+
+def test_a_failed_migration_stops_the_roll_with_the_host_disabled(tmp_path, lab3, conn):
+    # two members of an AFFINITY group on compute1: one cannot move without the other, so Nova's
+    # scheduler refuses the live migration (the pre-check knows anti-affinity only: it passes).
+    group = conn.compute.create_server_group(name="together", policy="affinity")
+    try:
+        members = wait_all_active(conn, [boot(conn, lab3, f"together-{i}", "compute1", "taken", group=group.id,
+                                              zone=True) for i in range(2)])
+        assert {s.compute_host for s in members} == {"compute1"}
+        roller = make_roller(tmp_path, lab3)
         result = roller("start", **roll_request(hosts=["compute1", "compute2"]))
         assert result["retcode"] == 1 and result["state"] == "failed"
         host = result["hosts"]["compute1"]
         assert host["state"] == "failed" and host["step"] == "migrate"
-        assert "No valid host" in host["error"] and stuck.name in host["error"]
+        assert "No valid host" in host["error"] and "together-" in host["error"]
         assert result["hosts"]["compute2"]["state"] == "pending"  # the roll stopped there
         svc = service(conn, "compute1")
         assert svc.status == "disabled" and svc.disabled_reason == f"deskfleet-maintenance: {REASON}"
-        assert conn.compute.get_server(stuck.id).compute_host == "compute1"
+        assert {conn.compute.get_server(s.id).compute_host for s in members} == {"compute1"}
         assert "compute1" not in roller.hosts_state()  # never stopped nor rebooted
         aborted = roller("abort")
         assert aborted["state"] == "aborted" and aborted["left_disabled"] == ["compute1"]
     finally:
         clear_servers(conn)
         conn.compute.delete_server_group(group, ignore_missing=True)
+
+
+def report_session(roller, name, logged_on, seq):
+    """What the vm master's desktop_sessions engine stores from a desktop's signed beacon report."""
+    import deskfleet_store  # pylint: disable=import-outside-toplevel
+    import desktop_sessions  # pylint: disable=import-outside-toplevel
+
+    db = desktop_sessions.open_store(deskfleet_store.default_path(roller.opts, "vm"))
+    try:
+        sessions = [{"user": "agent7", "state": "active", "idle_seconds": 5.0}] if logged_on else []
+        now = time.time()
+        desktop_sessions.record(db, {"desktop": name, "logged_on": int(logged_on), "sessions": json.dumps(sessions),
+                                     "idle_seconds": 5.0, "seq": seq, "reported_at": now, "heartbeat": 600.0,
+                                     "received_at": now})
+    finally:
+        db.close()
+
+
+def test_wait_for_logoff_recycles_the_desktop_whose_user_left_and_moves_the_other(tmp_path, lab3, conn):
+    stay, leave = wait_all_active(conn, [boot(conn, lab3, name, "compute1", "taken") for name in ("desk-stay", "desk-leave")])
+    roller = make_roller(tmp_path, lab3)
+    for name in ("desk-stay", "desk-leave"):
+        report_session(roller, name, True, 1)
+    # deadline in an hour; users may log off until 150 s from now, then whoever is left moves
+    started_at = time.monotonic()
+    proc = roller.spawn("start", **roll_request(deadline="+1h", wait_logoff=3600 - 150))
+    try:
+        wait_for("migrate step", lambda: roller("status").get("hosts", {}).get("compute1", {}).get("step") == "migrate")
+        assert not live_migrations(conn, stay.id) and not live_migrations(conn, leave.id)  # both wait
+        report_session(roller, "desk-leave", False, 2)  # the user logs off
+        wait_for("desk-leave recycled", lambda: conn.compute.find_server(leave.id, ignore_missing=True) is None, 120)
+        assert not live_migrations(conn, stay.id) and time.monotonic() - started_at < 150  # still waiting
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    result = roller.result(out)
+    assert result["state"] == "done", out.decode()[-3000:]
+    host = result["hosts"]["compute1"]
+    assert host["recycled"] == [leave.id] and [m["server"] for m in host["migrations"]] == [stay.id]
+    assert not live_migrations(conn, leave.id) and len(live_migrations(conn, stay.id)) == 1
+    assert time.monotonic() - started_at >= 150  # desk-stay moved only once the wait was over
+    assert conn.compute.get_server(stay.id).compute_host in ("compute2", "compute3")

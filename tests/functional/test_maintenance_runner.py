@@ -74,3 +74,15 @@ def test_tick_leaves_finished_and_busy_rolls_alone(tmp_path):
         assert loaded["maintenance.tick"]() == {"roll": rid, "action": "none"}  # failed rolls wait for ops
     finally:
         db.close()
+
+
+def test_a_damaged_store_is_a_store_fault_not_a_traceback(tmp_path):
+    import deskfleet_store  # pylint: disable=import-outside-toplevel
+
+    loaded, opts = runners(tmp_path, "vm")
+    assert loaded["maintenance.status"]() == {"roll": None, "message": "no maintenance roll yet"}
+    path = deskfleet_store.default_path(opts, "vm")
+    with open(path, "wb"):
+        pass  # truncated to 0 bytes while its marker says it existed
+    result = loaded["maintenance.status"]()
+    assert result["retcode"] == 1 and result["store_fault"] and loaded.pack["__context__"]["retcode"] == 1, result

@@ -30,7 +30,8 @@ def nova():
 def mt_master(salt_factories, nova, tmp_path_factory):
     conf = saltconf.lab_master_config("vm", tmp_path_factory.mktemp("mt-etc"))
     conf["deskfleet"]["vm"].update(
-        cloud=nova.cloud, clouds_yaml=nova.clouds_yaml, maintenance={"host_actions": "simulated"}
+        cloud=nova.cloud, clouds_yaml=nova.clouds_yaml,
+        maintenance={"host_actions": "simulated", "simulated_failures": {"compute2": "verify"}},
     )
     conf["schedule"] = {}  # no pool keeper passes in this test
     factory = salt_factories.salt_master_daemon("mt-master", overrides=conf)
@@ -47,7 +48,7 @@ class Bus:
     def run(self):
         while not self.stop.is_set():
             ev = self.bus.get_event(wait=0.2, full=True)
-            if ev and ev["tag"].startswith("deskfleet/maintenance/"):
+            if ev and ev["tag"].startswith(("deskfleet/maintenance/", "deskfleet/alert/maintenance")):
                 self.events.append((ev["tag"], ev["data"].get("state")))
 
     def __enter__(self):
@@ -79,12 +80,28 @@ def test_orchestration_rolls_a_host_and_exits_zero(mt_master):
 
 
 def test_orchestration_exits_non_zero_when_a_host_is_refused(mt_master):
-    ret = orch(mt_master, hosts=["compute9"], reason="kernel 6.1.0-28")
+    with Bus(mt_master) as bus:
+        ret = orch(mt_master, hosts=["compute9"], reason="kernel 6.1.0-28")
     assert ret.returncode != 0, ret
     assert "no nova-compute service on this host" in ret.stdout + json.dumps(ret.data or {})
+    assert ("deskfleet/alert/maintenance", "refused") in bus.events
 
 
 def test_orchestration_exits_non_zero_on_a_bad_request(mt_master):
     ret = orch(mt_master, hosts=["compute1"])  # no reason
     assert ret.returncode != 0, ret
     assert "reason is required" in ret.stdout + json.dumps(ret.data or {})
+
+
+def test_orchestration_exits_non_zero_when_a_host_fails_and_ops_get_the_alert(mt_master):
+    # compute2's (simulated) verify fails: the host stays disabled, the roll stops, exit non-zero
+    with Bus(mt_master) as bus:
+        ret = orch(mt_master, hosts=["compute2"], reason="kernel 6.1.0-28", poll=0.2)
+    assert ret.returncode != 0, ret
+    status = mt_master.salt_run_cli(timeout=120).run("maintenance.status")
+    host = status.data["hosts"]["compute2"]
+    assert status.data["state"] == "failed" and host["step"] == "verify" and host["disabled"], status
+    assert ("deskfleet/maintenance/compute2/verify", "failed") in bus.events
+    assert ("deskfleet/alert/maintenance", "failed") in bus.events
+    aborted = mt_master.salt_run_cli(timeout=120).run("maintenance.abort")
+    assert aborted.returncode == 0 and aborted.data["left_disabled"] == ["compute2"], aborted

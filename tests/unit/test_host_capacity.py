@@ -106,3 +106,19 @@ def test_take_consumes_in_place_and_counts():
     assert hc.take(hosts, D4, 5) == 3  # two on a, one on b, none on the disabled host
     assert hosts[0]["free"]["MEMORY_MB"] == 9000 - 8192 and hosts[2]["free"]["MEMORY_MB"] == 0
     assert hosts[1]["free"]["MEMORY_MB"] == 99999
+
+
+def test_anti_affinity_keeps_group_members_apart():
+    hosts = [host("a", 16384), host("b", 16384), host("c", 16384)]
+    reqs = [dict(D4, id="m1", group="g"), dict(D4, id="m2", group="g"), dict(D4, id="free")]
+    out = hc.place(hosts, reqs, apart={"g": {"a"}})  # a already holds a member of g
+    assert out["placed"]["m1"] != out["placed"]["m2"] and "a" not in (out["placed"]["m1"], out["placed"]["m2"])
+    assert out["placed"]["free"] == "a" and out["blocked"] == {}
+    without = hc.place(hosts, [{k: v for k, v in r.items() if k != "group"} for r in reqs])
+    assert without["placed"]["m1"] == without["placed"]["m2"] == "a"  # no group: first fit stacks them
+
+
+def test_anti_affinity_member_with_room_but_no_allowed_host_is_blocked_not_short():
+    hosts = [host("a", 16384), host("b", 16384)]
+    out = hc.place(hosts, [dict(D4, id="m1", group="g")], apart={"g": {"a", "b"}})
+    assert out["unplaced"] == ["m1"] and out["blocked"] == {"m1": "g"} and out["shortfall"] == {}

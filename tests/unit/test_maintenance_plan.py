@@ -183,3 +183,42 @@ def test_service_disabled_by_someone_else_is_refused():
 def test_unknown_host_is_refused_when_services_are_known():
     result = mt.plan(request(hosts=["cmp-09"]), [provider("cmp-01")], [], NOW, services={"cmp-01": {}})
     assert result["refused"] == ["cmp-09"]
+
+
+def group(name, policy, members):
+    return {"id": f"uuid-{name}", "name": name, "policy": policy, "members": members}
+
+
+def test_anti_affinity_member_is_refused_with_the_group_named():
+    # one member of "apart" on every host: the one on cmp-01 can go nowhere, memory is plenty
+    providers = [provider("cmp-01"), provider("cmp-02"), provider("cmp-03")]
+    servers = [server("m1", "cmp-01"), server("m2", "cmp-02"), server("m3", "cmp-03"), server("t1", "cmp-01")]
+    groups = [group("apart", "anti-affinity", {"m1": "cmp-01", "m2": "cmp-02", "m3": "cmp-03"})]
+    result = mt.plan(request(), providers, servers, NOW, groups=groups)
+    assert result["refused"] == ["cmp-01"]
+    problem = result["hosts"]["cmp-01"]["problems"][0]
+    assert "m1 on cmp-01 is in anti-affinity server group 'apart'" in problem and "short by" not in problem
+    assert result["hosts"]["cmp-01"]["moves"]["t1"] in ("cmp-02", "cmp-03")
+    # soft anti-affinity is Nova's preference, not a refusal; without the group the plan passes
+    assert mt.plan(request(), providers, servers, NOW, groups=[dict(groups[0], policy="soft-anti-affinity")])["ok"]
+    assert mt.plan(request(), providers, servers, NOW)["ok"]
+
+
+def test_anti_affinity_members_in_one_batch_go_to_different_hosts():
+    providers = [provider("cmp-01"), provider("cmp-02"), provider("cmp-03"), provider("cmp-04")]
+    servers = [server("m1", "cmp-01"), server("m2", "cmp-02"), server("m3", "cmp-03")]
+    groups = [group("apart", "anti-affinity", {"m1": "cmp-01", "m2": "cmp-02", "m3": "cmp-03"})]
+    # batch of cmp-01 + cmp-02: m3 holds cmp-03, so m1 and m2 cannot both go to cmp-04
+    result = mt.plan(request(hosts=["cmp-01", "cmp-02"], batch=2), providers, servers, NOW, groups=groups)
+    assert not result["ok"] and len(result["refused"]) == 1
+    assert "anti-affinity server group 'apart'" in result["hosts"][result["refused"][0]]["problems"][0]
+    providers.append(provider("cmp-05"))
+    moves = mt.plan(request(hosts=["cmp-01", "cmp-02"], batch=2), providers, servers, NOW, groups=groups)
+    assert moves["ok"] and {moves["hosts"]["cmp-01"]["moves"]["m1"], moves["hosts"]["cmp-02"]["moves"]["m2"]} == {"cmp-04", "cmp-05"}
+
+
+def test_plan_shows_until_when_desktops_wait_for_a_logoff():
+    providers = [provider("cmp-01"), provider("cmp-02")]
+    assert "wait_logoff_until" not in mt.plan(request(), providers, [], NOW)
+    planned = mt.plan(request(deadline="+2h", wait_logoff=1800), providers, [], NOW)
+    assert planned["wait_logoff_until"] == (NOW + datetime.timedelta(minutes=90)).isoformat()

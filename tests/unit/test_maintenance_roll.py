@@ -34,6 +34,11 @@ class Cloud:
         self.migrations = {}
         self.fail, self.hang = set(), set()
         self.calls = []
+        self.groups = []  # [{id, name, policy, members: [server ids]}]
+
+    def server_groups(self):
+        return [dict(g, members={sid: self.servers[sid]["host"] for sid in g["members"] if sid in self.servers})
+                for g in self.groups]
 
     def service(self, host):
         return dict(self.services[host]) if host in self.services else None
@@ -160,6 +165,15 @@ def test_precheck_refuses_naming_the_shortfall(world):
     assert "precheck" in host["error"] and "MEMORY_MB 4096" in host["error"] and "2 desktop(s)" in host["error"]
     assert world.cloud.calls == []  # nothing touched
     assert ("deskfleet/maintenance/cmp-01/precheck", "failed") in [(t, d["state"]) for t, d in world.events]
+
+
+def test_precheck_refuses_an_anti_affinity_member_with_the_group_named(world):
+    for h in ("cmp-02", "cmp-03"):
+        world.cloud.servers[f"m-{h}"] = desk(f"m-{h}", h)
+    world.cloud.groups = [{"id": "g1", "name": "apart", "policy": "anti-affinity", "members": ["t1", "m-cmp-02", "m-cmp-03"]}]
+    host = world.start().run()["hosts"]["cmp-01"]
+    assert host["state"] == "failed" and "t1 on cmp-01 is in anti-affinity server group 'apart'" in host["error"]
+    assert world.cloud.calls == []  # nothing touched
 
 
 def test_failed_migration_stops_the_roll_with_the_host_disabled(world):
@@ -308,8 +322,8 @@ class Minion:
     def __init__(self, answers):
         self.answers, self.calls = answers, []
 
-    def __call__(self, host, fun, args, timeout):
-        self.calls.append((host, fun, list(args)))
+    def __call__(self, host, fun, args, timeout, kwargs=None):
+        self.calls.append((host, fun, list(args)) + ((kwargs,) if kwargs else ()))
         answer = self.answers.get(fun)
         return answer(args) if callable(answer) else answer
 
@@ -359,6 +373,16 @@ def test_salt_hosts_verify(ovs, dnsmasq, memory, bad):
     assert ("cmp-01", "state.apply", ["host.ovs_ports"]) in minion.calls
 
 
+def test_salt_hosts_verify_passes_each_checks_keyword_arguments():
+    minion = Minion({"state.apply": {"a": {"result": True}}, "host_dnsmasq.audit": {"ok": True},
+                     "host_overcommit.commit_ratio": {"verdict": "ok"}})
+    hosts = maintenance_hosts.SaltHosts(minion, {"dnsmasq": {"pidfiles": ["/run/dnsmasq-deskfleet/br-int.pid"]}})
+    assert hosts.verify("cmp-01")["ok"]
+    assert ("cmp-01", "host_dnsmasq.audit", [], {"pidfiles": ["/run/dnsmasq-deskfleet/br-int.pid"]}) in minion.calls
+    with pytest.raises(ValueError, match="unknown check.*dnsmaq"):
+        maintenance_hosts.SaltHosts(minion, {"dnsmaq": {}})
+
+
 def test_a_desktop_whose_user_logged_off_is_recycled_not_moved(world):
     reports = {"t1": {"logged_on": False, "fresh": True}, "t2": {"logged_on": False, "fresh": False}}
     world.cloud.servers["pet"] = dict(desk("pet", "cmp-01"), metadata={})  # not a pool desktop: never deleted
@@ -369,3 +393,60 @@ def test_a_desktop_whose_user_logged_off_is_recycled_not_moved(world):
     assert ("delete", "t1") in world.cloud.calls and "t1" not in world.cloud.servers
     moved = [c[1] for c in world.cloud.calls if c[0] == "live_migrate"]
     assert moved == ["t2", "pet"]  # a stale report is not trusted; a pet VM always moves
+
+
+# ---- wait-for-logoff -----------------------------------------------------------------
+
+
+def timed(world, roll, reports):
+    """Record when each user was told and when each migration started; sessions from ``reports(sid, now)``."""
+    told, started = [], []
+    roll.notify = lambda server, text: told.append((server["id"], world.clock.now()))
+    roll.sessions = lambda server: reports(server["id"], world.clock.now())
+    live_migrate = world.cloud.live_migrate
+
+    def recorded(sid):
+        started.append((sid, world.clock.now()))
+        live_migrate(sid)
+
+    world.cloud.live_migrate = recorded
+    return told, started
+
+
+def test_wait_for_logoff_recycles_a_desktop_whose_user_logs_off_before_the_policy_ends(world):
+    roll = world.start(deadline="+2h", wait_logoff=1800)  # wait until T-30min
+    # t1's user logs off 20 minutes in; t2's user stays on
+    told, started = timed(world, roll, lambda sid, now: {
+        "fresh": True, "logged_on": not (sid == "t1" and now >= T0 + datetime.timedelta(minutes=20))})
+    result = roll.run()
+    host = result["hosts"]["cmp-01"]
+    assert result["state"] == "done" and host["recycled"] == ["t1"]
+    assert ("delete", "t1") in world.cloud.calls and [sid for sid, _ in started] == ["t2"]
+    # t2 moved only once the wait was over (T-30min = T0 + 90 min), not at once
+    assert started[0][1] >= T0 + datetime.timedelta(minutes=90)
+    # both users told at once, t2 again 60 minutes before the deadline, while it waited
+    assert [sid for sid, at in told if at == T0] == ["t1", "t2"]
+    assert ("t2", T0 + datetime.timedelta(minutes=60)) in [(sid, at.replace(second=0, microsecond=0)) for sid, at in told]
+
+
+def test_wait_for_logoff_never_holds_a_pet_or_a_desktop_without_a_fresh_report(world):
+    world.cloud.servers["pet"] = dict(desk("pet", "cmp-01"), metadata={})
+    roll = world.start(deadline="+2h", wait_logoff=1800)
+    told, started = timed(world, roll, lambda sid, now: {"fresh": sid != "t2", "logged_on": True})
+    assert roll.run()["state"] == "done"
+    at = dict(started)
+    assert at["t2"] < T0 + datetime.timedelta(minutes=5) and at["pet"] < T0 + datetime.timedelta(minutes=5)
+    assert at["t1"] >= T0 + datetime.timedelta(minutes=90)  # the only one worth waiting for
+
+
+def test_without_the_policy_desktops_move_at_once(world):
+    roll = world.start(deadline="+2h")
+    _, started = timed(world, roll, lambda sid, now: {"fresh": True, "logged_on": True})
+    assert roll.run()["state"] == "done"
+    assert all(at < T0 + datetime.timedelta(minutes=5) for _, at in started) and len(started) == 2
+
+
+@pytest.mark.parametrize("bad", [-1, True, "30m", 1.5])
+def test_wait_logoff_must_be_whole_seconds(bad):
+    with pytest.raises(mt.RequestError, match="wait_logoff"):
+        mt.validate_request({"hosts": ["cmp-01"], "reason": "k", "wait_logoff": bad}, T0)
