@@ -31,8 +31,8 @@ _spec = importlib.util.spec_from_file_location("repro_forged_job_return", CHECKO
 repro = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(repro)
 
-TC_FILES = ["_beacons/tc_status.py", "tc/init.sls", "top.sls"]
-TC_DIRS = ["_beacons", "tc"]
+TC_FILES = ["_beacons/tc_status.py", "_modules/seat_notice.py", "tc/init.sls", "top.sls"]
+TC_DIRS = ["_beacons", "_modules", "tc"]
 HOST_STATES = [
     f"host/{formula}/{name}"
     for formula, names in {
@@ -48,9 +48,9 @@ HOST_STATES = [
 ] + ["host/ovs_ports.sls"]
 VM_FILES = sorted(
     [f"_modules/{m}.py" for m in ("amqp_keepalive", "desktop_notice", "dnsmasq_audit", "filedist", "host_memory",
-                                   "host_net", "local_password", "software")]
+                                   "host_net", "local_password", "profile_file", "software")]
     + ["_beacons/desktop_session.py"]
-    + [f"_utils/{u}.py" for u in ("deskfleet_store", "escrow", "rollouts")]
+    + [f"_utils/{u}.py" for u in ("deskfleet_store", "escrow", "rollouts", "userdata_path")]
     + ["deskfleet-demo/deskfleet-demo-installer.sh", "orchestration/host_maintenance.sls",
        "orchestration/pool_vm_ready.sls", "top.sls", "win/init.sls"]
     + HOST_STATES
