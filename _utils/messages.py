@@ -41,6 +41,7 @@ MIGRATIONS = {
         """
     ]
 }
+NO_RETURN = "Minion did not return"
 COUNTED = ("sending", "delivered", "failed")  # what the rate limit counts (not offline, not refused)
 
 
@@ -115,7 +116,8 @@ def classify(targets, returns):
     out = {}
     for target in targets:
         got = returns.get(target)
-        if not isinstance(got, dict) or "ret" not in got:
+        # LocalClient fills in targets that did not answer with this text (Salt 3008)
+        if not isinstance(got, dict) or "ret" not in got or str(got["ret"]).startswith(NO_RETURN):
             out[target] = ("offline", "no answer within the timeout")
             continue
         ret, retcode = got.get("ret"), got.get("retcode", 0)

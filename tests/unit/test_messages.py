@@ -73,10 +73,11 @@ def test_classify_each_target():
         "err": {"ret": "ERROR: desktop_notice: msg failed (1): Error 5", "retcode": 1},
         "liar": {"ret": {"sent": True}, "retcode": 1},
         "odd": {"ret": ["sent"], "retcode": 0},
+        "quiet": {"ret": "Minion did not return. [No response]\nThe minions may not have all finished", "retcode": 1},
     }
-    got = messages.classify(["ok", "err", "liar", "odd", "gone"], returns)
+    got = messages.classify(["ok", "err", "liar", "odd", "gone", "quiet"], returns)
     assert {t: r for t, (r, _) in got.items()} == {
-        "ok": "delivered", "err": "failed", "liar": "failed", "odd": "failed", "gone": "offline"}
+        "ok": "delivered", "err": "failed", "liar": "failed", "odd": "failed", "gone": "offline", "quiet": "offline"}
     assert "Error 5" in got["err"][1]
 
 
