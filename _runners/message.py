@@ -29,6 +29,7 @@ FUNCTION = {"vm": "desktop_notice.send", "tc": "seat_notice.show"}
 try:
     import deskfleet_salt as glue
     import deskfleet_store
+    import job_returns
     import messages
 
     _MISSING = None
@@ -76,11 +77,9 @@ def _targets(tgt, tgt_type, site):
 
 
 def _publish(text, seconds, timeout, targets):
-    import salt.client  # pylint: disable=import-outside-toplevel
-
-    with salt.client.get_local_client(mopts=__opts__) as client:
-        return client.cmd(targets, FUNCTION[_role()], [text], tgt_type="list", timeout=timeout,
-                          kwarg={"seconds": seconds}, full_return=True)
+    """Full returns from the job cache (the authenticated path), never off the bus."""
+    return job_returns.run(__opts__, __salt__["jobs.list_job"], targets, FUNCTION[_role()], [text],
+                           kwarg={"seconds": seconds}, timeout=timeout)
 
 
 @deskfleet_store.guard

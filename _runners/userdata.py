@@ -22,6 +22,7 @@ ALERT_TAG = "deskfleet/alert/userdata"
 try:
     import deskfleet_salt as glue
     import deskfleet_store
+    import job_returns
     import userdata
 
     _MISSING = None
@@ -42,13 +43,10 @@ def _settings():
 
 
 def _ask(request, rid):
-    """The desktop's full return for ``profile_file.push``, or None when it did not answer."""
-    import salt.client  # pylint: disable=import-outside-toplevel
-
-    with salt.client.get_local_client(mopts=__opts__) as client:
-        found = client.cmd([request["desktop"]], "profile_file.push", [request["path"], rid, request["max_bytes"]],
-                           tgt_type="list", timeout=request["timeout"], kwarg={"roots": request["roots"]},
-                           full_return=True)
+    """The desktop's return for ``profile_file.push`` from the job cache, or None when it did not answer."""
+    found = job_returns.run(__opts__, __salt__["jobs.list_job"], [request["desktop"]], "profile_file.push",
+                            [request["path"], rid, request["max_bytes"]], kwarg={"roots": request["roots"]},
+                            timeout=request["timeout"])
     return found.get(request["desktop"])
 
 
