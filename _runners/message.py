@@ -59,6 +59,8 @@ def _targets(tgt, tgt_type, site):
 
     if not isinstance(tgt, str) or not tgt:
         raise messages.MessageError("tgt", "is required (a target expression)")
+    if tgt_type not in ("glob", "list", "pcre"):  # matched against accepted keys: grains are a minion's own claim
+        raise messages.MessageError("tgt_type", f"must be glob, list or pcre, got {str(tgt_type)[:40]!r}")
     found = salt.utils.minions.CkMinions(__opts__).check_minions(tgt, tgt_type).get("minions") or []
     if site is not None:
         if _role() != "tc":

@@ -81,6 +81,8 @@ def test_too_long_text_is_refused_and_nothing_sent(people):
     before = wall_lines(wall_log)
     code, got = run(master, "message.send", DESKTOP, "x" * 256)
     assert code == 1 and got["field"] == "text" and "the limit is 255" in got["error"], got
+    code, got = run(master, "message.send", "deskfleet_role:desktop", TEXT, "tgt_type=grain")
+    assert code == 1 and got["field"] == "tgt_type", got  # grains are what a minion says of itself
     assert wall_lines(wall_log) == before
 
 
