@@ -31,8 +31,8 @@ _spec = importlib.util.spec_from_file_location("repro_forged_job_return", CHECKO
 repro = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(repro)
 
-TC_FILES = ["_beacons/tc_status.py", "tc/init.sls", "top.sls"]
-TC_DIRS = ["_beacons", "tc"]
+TC_FILES = ["_beacons/tc_status.py", "_modules/seat_notice.py", "tc/init.sls", "top.sls"]
+TC_DIRS = ["_beacons", "_modules", "tc"]
 PARAMETERS = ["parameters/defaults.yaml", "parameters/os_family/Debian.yaml", "parameters/os_family/RedHat.yaml"]
 HOST_STATES = [
     f"host/{formula}/{name}"
@@ -51,9 +51,9 @@ HOST_STATES = [
 HOST_FORMULAS = ("boot_order", "dnsmasq", "overcommit", "ovs_ports", "rabbitmq")
 VM_FILES = sorted(
     [f"_modules/{m}.py" for m in ("desktop_notice", "filedist", "host_boot_order", "host_dnsmasq", "host_overcommit",
-                                   "host_ovs_ports", "host_rabbitmq", "local_password", "software")]
+                                   "host_ovs_ports", "host_rabbitmq", "local_password", "profile_file", "software")]
     + ["_beacons/desktop_session.py"]
-    + [f"_utils/{u}.py" for u in ("deskfleet_store", "escrow", "rollouts")]
+    + [f"_utils/{u}.py" for u in ("deskfleet_store", "escrow", "rollouts", "userdata_path")]
     + [f"_utils/host_{u}.py" for u in ("dnsmasq_instances", "dnsmasq_options", "errors", "formula", "keepalive", "ksm",
                                         "libvirt", "memory_commit", "nova_conf", "ovsdb", "port_classes", "port_repair",
                                         "ss", "systemd_order")]

@@ -1,0 +1,1 @@
+../../../_modules/seat_notice.py

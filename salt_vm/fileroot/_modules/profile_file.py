@@ -1,0 +1,1 @@
+../../../_modules/profile_file.py

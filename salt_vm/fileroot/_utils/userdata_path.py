@@ -1,0 +1,1 @@
+../../../_utils/userdata_path.py
