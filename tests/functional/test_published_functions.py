@@ -27,6 +27,7 @@ MODULES = {
 
 # runner -> (the master role it loads on, its functions)
 RUNNERS = {
+    "activity": ("tc", ["now", "plan", "plan_check", "plan_load", "report", "series", "tick"]),
     "enroll": ("tc", ["accept", "audit", "issue", "list", "pending", "revoke"]),
     "maintenance": ("vm", ["abort", "plan", "resume", "start", "status", "tick"]),
     "seat": ("tc", ["retire"]),
