@@ -177,6 +177,7 @@ def run_demo(lab, base, out, stack):
     table(tc.run("tc_inventory.list", "firmware=13.2.0"))
     summary = tc.run("tc_inventory.summary")
     say(f"\n   by firmware: {summary['by_firmware']}; ingest counters: {summary['ingest']}")
+    __import__("harness.demo_activity").demo_activity.show(tc, base, out, say)
     demo_vm(vm, nova, operator_key)
 
 
