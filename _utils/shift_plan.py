@@ -149,7 +149,7 @@ def parse(data, known=None):
     or raises :class:`PlanError` listing every broken row (nothing is partly used).
     """
     reader = _reader(data)
-    slots, errors = [], []
+    slots, errors, broken = [], [], set()
     for raw in reader:
         if reader.line_num > MAX_ROWS + 1:
             errors.append({"row": reader.line_num, "field": None, "error": f"more than {MAX_ROWS} rows"})
@@ -158,17 +158,20 @@ def parse(data, known=None):
             continue  # blank line
         slot, bad = _row(reader.line_num, raw, known)
         errors.extend(bad)
+        if bad:
+            broken.add(((raw.get("site") or "").strip(), (raw.get("department") or "").strip()))
         if slot:
             slots.append(slot)
     if not slots and not errors:
         errors.append({"row": None, "field": None, "error": "the plan has no slot"})
-    if slots and not errors:
+    if slots:  # coverage of the good rows too: one pass lists every kind of error
         span = (min(s[2] for s in slots), max(s[3] for s in slots))
         by_pair = {}
         for slot in sorted(slots, key=lambda s: (s[0], s[1], s[2], s[5])):
             by_pair.setdefault((slot[0], slot[1]), []).append(slot)
-        for pair_slots in by_pair.values():
-            errors.extend(_coverage(pair_slots, span))
+        for pair, pair_slots in by_pair.items():
+            if pair not in broken:  # a broken row would only show up again as a gap
+                errors.extend(_coverage(pair_slots, span))
     if errors:
         errors.sort(key=lambda e: (e["row"] or 0, e["field"] or ""))
         raise PlanError(errors)

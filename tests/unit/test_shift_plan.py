@@ -114,3 +114,10 @@ def test_every_error_is_listed_not_just_the_first():
 def test_without_a_reference_any_name_is_accepted():
     assert shift_plan.parse(csv("XYZ,anything,2026-11-30T08:00:00Z,2026-11-30T09:00:00Z,1"), None)["pairs"] == [
         ("XYZ", "anything")]
+
+
+def test_gaps_are_found_in_the_same_pass_as_bad_rows_but_a_bad_row_is_no_gap():
+    err = refused(csv("LON,sales,2026-11-30T08:00:00Z,2026-11-30T12:00:00Z,4",
+                      "LON,sales,2026-11-30T12:00:00Z,2026-11-30T18:00:00Z,-4",
+                      "LON,support,2026-11-30T08:00:00Z,2026-11-30T10:00:00Z,1"))
+    assert [(e["row"], e["field"]) for e in err.errors] == [(3, "expected"), (4, "end")]
