@@ -35,7 +35,8 @@ RUNNERS = {
     "password": ("vm", ["audit", "collect", "history", "rotate", "rotate_due", "show", "status"]),
     "software": ("vm", ["cancel", "schedule", "status", "tick"]),
     "tc_inventory": ("tc", ["list", "report", "show", "summary"]),
-    "vmpool": ("vm", ["drain", "mark_ready", "on_event", "reconcile", "replenish", "reset", "status"]),
+    "vmpool": ("vm", ["drain", "mark_ready", "on_event", "reclaim", "reclaimable", "reconcile", "replenish", "reset",
+                      "status"]),
 }
 
 
