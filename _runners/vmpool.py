@@ -520,6 +520,8 @@ def _reclaim(apply):
     try:
         raw = (deskfleet_salt.master_pillar(__opts__).get("deskfleet") or {}).get("pools") or {}
         good, errors = _pools()
+        if not errors and not any(isinstance(raw.get(n), dict) and raw[n].get("reclaim") is not None for n in good):
+            return {"reclaim": [], "keep": [], "deleted": [], "pool_errors": {}, "note": "no pool has a reclaim policy"}
         conn = _connect()
         try:
             result = pool_reclaim_pass.run(deskfleet_store.default_path(__opts__, "vm"), conn, good, raw,
