@@ -53,6 +53,8 @@ def run(db_path, conn, good, raw, prefix, apply, now, errors):  # pylint: disabl
                 db.executemany("INSERT INTO pool_reclaim_seen VALUES (?, ?, ?)",
                                [(n, s, t) for n, (s, t) in result["seen"].items()])
             result["deleted"] = _delete(db, conn, result["reclaim"], {d["name"]: d["id"] for d in taken})
+            result["keep"] += [e for e in result["reclaim"] if e["name"] not in result["deleted"]]
+            result["reclaim"] = [e for e in result["reclaim"] if e["name"] in result["deleted"]]
     finally:
         db.close()
     del result["seen"]
