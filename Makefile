@@ -6,7 +6,7 @@ PYTHON  := $(VENV)/bin/python
 T       ?=
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test bench bench-ingest bench-flood bench-filedist bench-vmpool bench-maintenance setup system-packages clean
+.PHONY: demo test bench bench-ingest bench-flood bench-filedist bench-vmpool bench-maintenance bench-active-users setup system-packages clean
 
 demo: setup
 	$(PYTHON) -m harness.demo
@@ -14,7 +14,7 @@ demo: setup
 test: setup
 	$(PYTHON) -m pytest $(T)
 
-bench: bench-ingest bench-flood bench-filedist bench-vmpool bench-maintenance
+bench: bench-ingest bench-flood bench-filedist bench-vmpool bench-maintenance bench-active-users
 
 bench-ingest: setup
 	$(PYTHON) -m bench.ingest
@@ -31,6 +31,9 @@ bench-vmpool: setup
 
 bench-maintenance: setup
 	$(PYTHON) -m bench.maintenance_plan && $(PYTHON) -m bench.maintenance_roll
+
+bench-active-users: setup
+	$(PYTHON) -m bench.active_users
 
 setup: system-packages $(STAMP)
 

@@ -506,3 +506,67 @@ def _is_member(server_name, pool):
         conn.close()
     meta = found["metadata"] if found is not None else {}
     return keeper.POOL_KEY in meta and (pool is None or meta[keeper.POOL_KEY] == pool)
+
+
+# ---- idle reclaim (issue 13 part 3): taken desktops back to the pool by its policy --------------------------
+# Policy: pillar deskfleet:pools:<pool>:reclaim; the pass is in _utils/pool_reclaim_pass.py, the planner in
+# _utils/pool_reclaim.py. Reclaim deletes the desktop and lets the keeper refill (see pool_reclaim_pass).
+
+
+def _reclaim(apply):
+    import deskfleet_salt  # pylint: disable=import-outside-toplevel
+    import pool_reclaim_pass  # pylint: disable=import-outside-toplevel
+
+    try:
+        raw = (deskfleet_salt.master_pillar(__opts__).get("deskfleet") or {}).get("pools") or {}
+        good, errors = _pools()
+        if not errors and not any(isinstance(raw.get(n), dict) and raw[n].get("reclaim") is not None for n in good):
+            return {"reclaim": [], "keep": [], "deleted": [], "pool_errors": {}, "note": "no pool has a reclaim policy"}
+        conn = _connect()
+        try:
+            result = pool_reclaim_pass.run(deskfleet_store.default_path(__opts__, "vm"), conn, good, raw,
+                                           _settings()["name_prefix"], apply, time.time(), errors)
+        finally:
+            conn.close()
+    except (keeper.PoolConfigError, deskfleet_salt.PillarError, *CLOUD_ERRORS) as exc:
+        return _error(f"reclaim: {exc}", kind="reclaim")
+    if result["pool_errors"]:
+        return _error(f"bad reclaim policy: {'; '.join(result['pool_errors'].values())[:500]}", kind="reclaim", **result)
+    return result
+
+
+@deskfleet_store.guard
+def reclaimable():
+    """
+    Dry run of idle reclaim: which taken desktops would go back to their pool
+    now (logged off, or disconnected past ``reclaim_after``, outside protected
+    hours) and why every other one stays. Changes nothing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run vmpool.reclaimable
+    """
+    return _reclaim(apply=False)
+
+
+@deskfleet_store.guard
+def reclaim():
+    """
+    Reclaim idle taken desktops by their pool's policy: each is deleted and the
+    keeper refills the pool. Never one with a connected user or without a fresh
+    session report. Idle time counts from the first pass that saw it: run it
+    from the master schedule.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run vmpool.reclaim
+    """
+    try:
+        with _lock(_settings()["lock_timeout"]):
+            return _reclaim(apply=True)
+    except KeeperBusy as exc:
+        return _error(f"reclaim: {exc}", kind="reclaim")

@@ -24,7 +24,7 @@ import time
 
 import yaml
 
-from harness import demo_maintenance, demo_messages, novalab, saltconf, tcroot
+from harness import demo_activity, demo_maintenance, demo_messages, novalab, saltconf, tcroot
 from harness.lab import Lab, wait_for
 
 HEARTBEAT = 15
@@ -177,6 +177,7 @@ def run_demo(lab, base, out, stack):
     table(tc.run("tc_inventory.list", "firmware=13.2.0"))
     summary = tc.run("tc_inventory.summary")
     say(f"\n   by firmware: {summary['by_firmware']}; ingest counters: {summary['ingest']}")
+    demo_activity.show(tc, base, out, say)
     demo_messages.main(tc, base / "tc-roots")
     demo_vm(vm, nova, operator_key)
 

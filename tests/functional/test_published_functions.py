@@ -30,6 +30,7 @@ MODULES = {
 
 # runner -> (the master role it loads on, its functions)
 RUNNERS = {
+    "activity": ("tc", ["now", "plan", "plan_check", "plan_load", "report", "series", "tick"]),
     "enroll": ("tc", ["accept", "audit", "issue", "list", "pending", "revoke"]),
     "message": ("tc vm", ["audit", "send"]),  # desktops on the vm master, seats on the tc master
     "maintenance": ("vm", ["abort", "plan", "resume", "start", "status", "tick"]),
@@ -39,7 +40,8 @@ RUNNERS = {
     "software": ("vm", ["cancel", "schedule", "status", "tick"]),
     "tc_inventory": ("tc", ["list", "report", "show", "summary"]),
     "userdata": ("vm", ["audit", "fetch"]),
-    "vmpool": ("vm", ["drain", "mark_ready", "on_event", "reconcile", "replenish", "reset", "status"]),
+    "vmpool": ("vm", ["drain", "mark_ready", "on_event", "reclaim", "reclaimable", "reconcile", "replenish", "reset",
+                      "status"]),
 }
 
 
