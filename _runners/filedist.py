@@ -1,6 +1,7 @@
 """
-Distribute one file to many minions in batches (vm master), via ``filedist.push``
-on each minion. The hash is checked on every minion before the file goes live.
+Distribute one file to many desktops or hosts (the minions a target matches) in
+batches (vm master), via ``filedist.push`` on each. The hash is checked on every
+minion before the file goes live.
 """
 
 import logging
