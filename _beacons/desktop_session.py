@@ -1,5 +1,5 @@
 """
-Desktop session beacon (on each desktop VM, reporting to the vm master): who is
+Desktop session beacon (on each desktop, reporting to the vm master): who is
 logged on, whether each session is active or disconnected, and seconds since
 the last input. Host maintenance reads it to know which desktops carry a user.
 

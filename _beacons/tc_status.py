@@ -20,7 +20,7 @@ Facts are read below ``root`` (default ``/``)::
     <root>/proc/uptime, proc/sys/kernel/random/boot_id
     <root>/etc/os-release                       IMAGE_VERSION (else VERSION_ID) is the firmware
     <root>/etc/deskfleet/asset.conf             site=, department=, asset_id= (written at enrollment)
-    <root>/run/deskfleet/session.json           {"target": "<vm>", "state": "connected"} from the SPICE launcher
+    <root>/run/deskfleet/session.json           {"target": "<desktop>", "state": "connected"} from the SPICE launcher
     <root>/dev/input/by-path/*-event-*          newest mtime = last user input
 
 Configuration (pillar ``beacons``; see ``pillar/tc.pillar.example``):

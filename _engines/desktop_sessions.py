@@ -24,21 +24,17 @@ log = logging.getLogger(__name__)
 __virtualname__ = "desktop_sessions"
 
 try:
+    import deskfleet_salt as glue
     import deskfleet_store
     import desktop_sessions
 
-    HAS_UTILS = True
+    _MISSING = None
 except ImportError as _exc:  # pragma: no cover - utils_dirs missing from the master config
-    HAS_UTILS = False
-    _IMPORT_ERROR = str(_exc)
+    glue, _MISSING = None, f"desktop_sessions: _utils not importable (utils_dirs?): {_exc}"
 
 
 def __virtual__():
-    if not HAS_UTILS:
-        return (False, f"desktop_sessions: _utils not importable (utils_dirs?): {_IMPORT_ERROR}")
-    if (__opts__.get("deskfleet") or {}).get("role") != "vm":
-        return (False, "desktop_sessions: runs on the vm master only")
-    return __virtualname__
+    return glue.virtual(__virtualname__, __opts__, role="vm") if glue else (False, _MISSING)
 
 
 def start(flush_interval=0.5, retry_delay=1.0):

@@ -15,6 +15,7 @@ engine is the only thing that accepts a thin client's key.
 """
 
 import asyncio
+import functools
 import logging
 
 import salt.utils.event
@@ -24,21 +25,20 @@ log = logging.getLogger(__name__)
 __virtualname__ = "enroll"
 
 try:
+    import deskfleet_salt as glue
     import enroll_guard
     import enroll_keys
     import enroll_store
     import enrollment
 
-    HAS_UTILS = True
+    _MISSING = None
 except ImportError as _exc:  # pragma: no cover - utils_dirs missing from the master config
-    HAS_UTILS = False
-    _IMPORT_ERROR = str(_exc)
+    glue, _MISSING = None, f"enroll: deskfleet utils not importable (utils_dirs?): {_exc}"
 
 
 def __virtual__():
-    if not HAS_UTILS:
-        return (False, f"enroll: deskfleet utils not importable (utils_dirs?): {_IMPORT_ERROR}")
-    return __virtualname__
+    # both masters: thin clients on the tc master, seeded desktop keys on the vm master
+    return glue.virtual(__virtualname__, __opts__) if glue else (False, _MISSING)
 
 
 def start():
@@ -48,19 +48,18 @@ def start():
 
 async def _run():
     loop = asyncio.get_running_loop()
-    role = (__opts__.get("deskfleet") or {}).get("role")
+    role = glue.conf(__opts__).get("role")
     settings = enrollment.settings(__opts__, role)
     bus = salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=True, io_loop=loop)
-    sender = salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False)
     conn = enroll_store.open_store(__opts__, role)
-    guard = enroll_guard.Guard(conn, enroll_keys.Keys(__opts__), settings, fire=lambda tag, data: sender.fire_event(data, tag))
+    guard = enroll_guard.Guard(conn, enroll_keys.Keys(__opts__), settings, fire=functools.partial(glue.alert, __opts__))
 
     def safely(what, fun, *args):
         try:
             return fun(*args)
         except Exception:  # pylint: disable=broad-except
             log.exception("enroll: %s failed", what)
-            sender.fire_event({"error": f"{what} failed; see the master log"}, enroll_guard.TAG + "error")
+            glue.alert(__opts__, enroll_guard.TAG + "error", {"error": f"{what} failed; see the master log"})
             return None
 
     def sweep():

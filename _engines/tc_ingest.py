@@ -38,18 +38,16 @@ log = logging.getLogger(__name__)
 __virtualname__ = "tc_ingest"
 
 try:
+    import deskfleet_salt as glue
     import tc_assets
 
-    HAS_ASSETS = True
+    _MISSING = None
 except ImportError as _exc:  # pragma: no cover - utils_dirs missing from the master config
-    HAS_ASSETS = False
-    _IMPORT_ERROR = str(_exc)
+    glue, _MISSING = None, f"tc_ingest: _utils/tc_assets.py not importable (utils_dirs?): {_exc}"
 
 
 def __virtual__():
-    if not HAS_ASSETS:
-        return (False, f"tc_ingest: _utils/tc_assets.py not importable (utils_dirs?): {_IMPORT_ERROR}")
-    return __virtualname__
+    return glue.virtual(__virtualname__, __opts__, role="tc") if glue else (False, _MISSING)
 
 
 def start(batch_size=500, flush_interval=0.25, retry_delay=1.0, rate_limit=64, rate_window=None):

@@ -42,7 +42,7 @@ def send(text, seconds=600):
 
     .. code-block:: bash
 
-        salt 'desk-0042' desktop_notice.send 'Your desktop moves to another server within 10 min.'
+        salt 'desk-0042' desktop_notice.send 'Your desktop moves to another host within 10 min.'
     """
     _check(text, seconds)
     if __grains__.get("kernel") == "Windows":

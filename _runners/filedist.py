@@ -1,6 +1,7 @@
 """
-Distribute one file to many minions in batches (vm master), via ``filedist.push``
-on each minion. The hash is checked on every minion before the file goes live.
+Distribute one file to many desktops or hosts (the minions a target matches) in
+batches (vm master), via ``filedist.push`` on each. The hash is checked on every
+minion before the file goes live.
 """
 
 import logging
@@ -12,19 +13,18 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "filedist"
 
+try:
+    import deskfleet_salt as glue
+
+    _MISSING = None
+except ImportError as _exc:  # pragma: no cover - utils_dirs missing from the master config
+    glue, _MISSING = None, f"filedist runner: deskfleet utils not importable (utils_dirs?): {_exc}"
+
 SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 
 
 def __virtual__():
-    role = (__opts__.get("deskfleet") or {}).get("role")
-    if role != "vm":
-        return (False, f"filedist runner: runs on the vm master only (deskfleet:role is {role!r})")
-    return __virtualname__
-
-
-def _error(message):
-    __context__["retcode"] = 1
-    return {"error": message, "retcode": 1}
+    return glue.virtual(__virtualname__, __opts__, role="vm") if glue else (False, _MISSING)
 
 
 def _progress(message):
@@ -78,16 +78,16 @@ def distribute(tgt, source, dest, sha256, batch=10, tgt_type="glob", user=None, 
         salt-run filedist.distribute 'desk-*' salt://files/policy.json /etc/deskfleet/policy.json sha256=… mode=0644 test=True
     """
     if not SHA256_RE.fullmatch(str(sha256 or "")):
-        return _error("sha256 must be 64 hex digits")
+        return glue.error(__context__, "sha256 must be 64 hex digits")
     bad = _bad_dest(dest)
     if bad:
-        return _error(bad)
+        return glue.error(__context__, bad)
     client = salt.client.LocalClient(mopts=__opts__)
     kwarg = {"user": user, "group": group, "mode": mode, "test": bool(test)}
     args = [source, dest, str(sha256).lower()]
     expected = client.gather_minions(tgt, tgt_type)
     if not expected:
-        return _error(f"target {tgt!r} matches no accepted minion")
+        return glue.error(__context__, f"target {tgt!r} matches no accepted minion")
     returns = {}
     for chunk in client.cmd_batch(
         tgt, "filedist.push", arg=args, kwarg=kwarg, tgt_type=tgt_type, batch=str(batch), timeout=timeout, raw=False
@@ -97,7 +97,6 @@ def distribute(tgt, source, dest, sha256, batch=10, tgt_type="glob", user=None, 
         _progress(f"filedist: {len(returns)}/{len(expected)} minions done")
     result = _summarize(returns, expected)
     if result["failed"]:
-        __context__["retcode"] = 1
-        result["retcode"] = 1
-        result["error"] = f"{len(result['failed'])} of {result['total']} minions failed: {', '.join(result['failed'][:20])}"
+        failed = ", ".join(result["failed"][:20])
+        return glue.error(__context__, f"{len(result['failed'])} of {result['total']} minions failed: {failed}", **result)
     return result

@@ -22,35 +22,26 @@ __virtualname__ = "tc_inventory"
 __func_alias__ = {"list_": "list"}
 
 try:
+    import deskfleet_salt as glue
     import deskfleet_store
     import tc_assets
     import tc_report
 
-    HAS_ASSETS = True
+    _MISSING = None
 except ImportError as _exc:  # pragma: no cover - utils_dirs missing from the master config
-    HAS_ASSETS = False
-    _IMPORT_ERROR = str(_exc)
+    glue, _MISSING = None, f"tc_inventory: deskfleet utils not importable (utils_dirs?): {_exc}"
     deskfleet_store = types.SimpleNamespace(guard=lambda func: func)  # __virtual__ reports the import error
+
+DEFAULTS = {"heartbeat": 300, "offline_after": 3}
 
 
 def __virtual__():
-    if not HAS_ASSETS:
-        return (False, f"tc_inventory: deskfleet utils not importable (utils_dirs?): {_IMPORT_ERROR}")
-    role = (__opts__.get("deskfleet") or {}).get("role")
-    if role != "tc":
-        return (False, f"tc_inventory: runs on the tc master only (deskfleet:role is {role!r})")
-    return __virtualname__
-
-
-def _error(message):
-    """An error return that also makes salt-run exit 1."""
-    __context__["retcode"] = 1
-    return {"error": message, "retcode": 1}
+    return glue.virtual(__virtualname__, __opts__, role="tc") if glue else (False, _MISSING)
 
 
 def _settings():
-    tc = (__opts__.get("deskfleet") or {}).get("tc") or {}
-    return float(tc.get("heartbeat", 300)), float(tc.get("offline_after", 3))
+    tc = glue.settings(__opts__, "tc", DEFAULTS)
+    return float(tc["heartbeat"]), float(tc["offline_after"])
 
 
 def _query(**filters):
@@ -87,7 +78,7 @@ def list_(status=None, firmware=None, site=None, idle_over=None):
     try:
         return _query(status=status, firmware=firmware, site=site, idle_over=idle_over)
     except ValueError as exc:
-        return _error(str(exc))
+        return glue.error(__context__, str(exc))
 
 
 @deskfleet_store.guard
@@ -107,7 +98,7 @@ def show(seat):
         found = tc_assets.seat(conn, str(seat), time.time(), heartbeat, offline_after)
     finally:
         conn.close()
-    return found if found is not None else _error(f"unknown seat {seat!r}")
+    return found if found is not None else glue.error(__context__, f"unknown seat {seat!r}")
 
 
 @deskfleet_store.guard

@@ -264,7 +264,8 @@ def guard(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        where = f"{func.__globals__.get('__virtualname__')}.{func.__name__}"
+        name = (func.__globals__.get("__func_alias__") or {}).get(func.__name__, func.__name__)  # list_ -> list
+        where = f"{func.__globals__.get('__virtualname__')}.{name}"
         try:
             return func(*args, **kwargs)
         except StoreError as exc:

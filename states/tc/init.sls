@@ -1,8 +1,8 @@
 # Thin-client baseline: keep deskfleet's beacon and modules current on every thin client.
-tc-sync-beacons:
-  saltutil.sync_beacons:
-    - refresh: True
+{%- from tpldir ~ "/map.jinja" import tc with context %}
+{%- for kind in tc.sync %}
 
-tc-sync-modules:
-  saltutil.sync_modules:
-    - refresh: True
+tc-sync-{{ kind }}:
+  saltutil.sync_{{ kind }}:
+    - refresh: {{ tc.refresh | json }}
+{%- endfor %}

@@ -31,8 +31,9 @@ _spec = importlib.util.spec_from_file_location("repro_forged_job_return", CHECKO
 repro = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(repro)
 
-TC_FILES = ["_beacons/tc_status.py", "_modules/seat_notice.py", "tc/init.sls", "top.sls"]
-TC_DIRS = ["_beacons", "_modules", "tc"]
+TC_FILES = ["_beacons/tc_status.py", "_modules/seat_notice.py", "tc/init.sls", "tc/map.jinja",
+            "tc/parameters/defaults.yaml", "tc/parameters/os_family/Debian.yaml", "top.sls"]
+TC_DIRS = ["_beacons", "_modules", "tc", "tc/parameters", "tc/parameters/os_family"]
 PARAMETERS = ["parameters/defaults.yaml", "parameters/os_family/Debian.yaml", "parameters/os_family/RedHat.yaml"]
 HOST_STATES = [
     f"host/{formula}/{name}"
@@ -110,12 +111,18 @@ def test_tc_master_serves_only_the_tc_allow_list(tc_master, thin_clients, stray_
     files, dirs = _served(tc_master, "tc-0001")
     assert files == TC_FILES
     assert dirs == TC_DIRS
-    for rel in stray_files + ["pillar/tc/tc_status.sls", "salt_vm/top.sls", "harness/demo.py", "_runners/vmpool.py"]:
+    for rel in stray_files + ["pillar/tc/tc_status.sls", "salt_vm/top.sls", "harness/demo.py", "_runners/vmpool.py",
+                              "tc/pillar.example"]:
         _refused(tc_master, "tc-0001", rel)
     # the beacon still syncs through the allow-list
     synced = _call(tc_master, "tc-0001", "saltutil.sync_all", "refresh=True")
     assert not synced.get("modules") and not synced.get("utils"), synced
     assert "tc_status" in _call(tc_master, "tc-0001", "beacons.list_available")
+    # the tc formula renders on the seat from what is served (map loader, parameters) and applies
+    applied = _call(tc_master, "tc-0001", "state.apply", "tc")
+    assert sorted(applied) == ["saltutil_|-tc-sync-beacons_|-tc-sync-beacons_|-sync_beacons",
+                               "saltutil_|-tc-sync-modules_|-tc-sync-modules_|-sync_modules"], applied
+    assert all(r["result"] is True for r in applied.values()), applied
     assert _call(tc_master, "tc-0001", "sys.list_functions", "host_ovs_ports") == []
 
 

@@ -3,10 +3,16 @@ Thin-client asset status end to end: beacon on real minions → tc master event
 bus → tc_ingest engine → SQLite store → tc_inventory runner.
 """
 
+import json
+import pathlib
 import time
 
+import pytest
+
+import deskfleet_store
 from harness import tcroot
 from harness.lab import wait_for
+from tests.integration.test_password_faults import Alerts
 
 
 def run(master, fun, *args):
@@ -116,3 +122,28 @@ def test_forged_and_malformed_events_are_counted_not_stored(tc_master, thin_clie
     assert after["serial"] == "TC000002"
     # the pipeline keeps going: tc-0002's own heartbeats still land
     wait_for(lambda: run(tc_master, "tc_inventory.show", "tc-0002")["last_seen"] > after["last_seen"], timeout=60, what="next heartbeat")
+
+
+@pytest.fixture
+def replaced_store(tc_master):
+    """The store's marker names another store (as after the file was swapped): every open is refused; restored after."""
+    path = deskfleet_store.default_path(tc_master.config, "tc")
+    marker = pathlib.Path(deskfleet_store.marker_path(path))
+    wait_for(marker.exists, timeout=120, what="the tc store's marker")
+    saved = marker.read_bytes()
+    marker.write_text(json.dumps({"store_id": "0" * 16, "created_at": 0}))
+    try:
+        yield path
+    finally:
+        marker.write_bytes(saved)
+
+
+@pytest.mark.parametrize("args", [["tc_inventory.list"], ["seat.retire", "tc-0002", "test=True"]], ids=lambda a: a[0])
+def test_a_store_fault_is_an_error_exit_1_and_an_alert_never_a_traceback(tc_master, thin_clients, replaced_store, args):
+    with Alerts(tc_master) as alerts:
+        ret = tc_master.salt_run_cli(timeout=120).run(*args)
+        wait_for(lambda: alerts.events, timeout=60, what="a deskfleet/alert/store event")
+    assert ret.returncode == 1, ret
+    assert "Traceback" not in ret.stdout + ret.stderr, ret
+    assert ret.data["retcode"] == 1 and ret.data["store_fault"] == "replaced" and replaced_store in ret.data["error"], ret
+    assert alerts.events[0]["runner"] == args[0] and alerts.events[0]["fault"] == "replaced", alerts.events
