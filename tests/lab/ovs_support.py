@@ -30,8 +30,10 @@ import tempfile
 import textwrap
 import time
 
-from harness.masterless import CHECKOUT, SALT_CALL, Masterless
+from harness.masterless import SALT_CALL, Masterless
 from harness.netns import missing, sh
+from harness.wait import poll as wait_for  # the value or, past the deadline, the last falsy one
+from tests.support.loading import load
 
 OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
 TOOLS = ("ovs-vsctl", "ovsdb-server", "ovs-vswitchd", "libvirtd", "qemu-system-x86_64", "unshare", "mount", "dnsmasq")
@@ -40,10 +42,7 @@ KVM_GET_API_VERSION = 0xAE00
 
 def load_host_net():
     """``_modules/host_net.py`` as a plain module (its parsers are used to read OVS state)."""
-    spec = importlib.util.spec_from_file_location("host_net_plain", CHECKOUT / "_modules" / "host_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("_modules/host_net.py", "host_net_plain")
 
 
 def lab_missing():
@@ -364,15 +363,6 @@ def start_dnsmasq(host, iface="br-int", cidr="10.77.0.1/24", first="10.77.0.100"
         ]
     )
     return log
-
-
-def wait_for(predicate, timeout, interval=0.3):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 __all__ = [

@@ -4,25 +4,19 @@ Unit tests for ``_modules/amqp_keepalive.py`` (issue 5): the keepalive-vs-firewa
 plus the formula's defaults and rabbitmq.conf template.
 """
 
-import importlib.util
 import pathlib
 
 import jinja2
 import pytest
 import yaml
 
+from tests.support.loading import load
+
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 FORMULA = CHECKOUT / "states/host/rabbitmq"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("amqp_keepalive", CHECKOUT / "_modules/amqp_keepalive.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ak = _load()
+ak = load("_modules/amqp_keepalive.py")
 
 # `ss -tnoepH` in the lab's RabbitMQ namespace, RabbitMQ on its defaults (no keepalive on the AMQP socket)
 SS_BEFORE = """\

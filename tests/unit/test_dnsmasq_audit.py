@@ -5,23 +5,15 @@ Salt loader, no processes: the module's public functions take the /proc root and
 the dnsmasq version as arguments.
 """
 
-import importlib.util
 import os
-import pathlib
 
 import pytest
 
-CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
+from tests.support.loading import load
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("dnsmasq_audit", CHECKOUT / "_modules" / "dnsmasq_audit.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-da = _load()
+da = load("_modules/dnsmasq_audit.py")
 
 
 class FakeProc:

@@ -5,7 +5,6 @@ the commit ratio and its verdict from fake meminfo + fake libvirt domains, KSM s
 defaults kept equal to the module's.
 """
 
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -14,18 +13,13 @@ import sys
 import pytest
 import yaml
 
+from tests.support.loading import load
+
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 FORMULA = CHECKOUT / "states/host/overcommit"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("host_memory", CHECKOUT / "_modules/host_memory.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-hm = _load()
+hm = load("_modules/host_memory.py")
 
 GIB_KB = 1024 * 1024
 # a 16 GiB host (trimmed /proc/meminfo; values in kB)
