@@ -125,7 +125,10 @@ class Master(Daemon):
         ids = set(ids)
 
         def answered():
-            got = self.salt(",".join(sorted(ids)), "test.ping", "-L", timeout=10) or {}
+            try:
+                got = self.salt(",".join(sorted(ids)), "test.ping", "-L", timeout=10) or {}
+            except RuntimeError:  # a master still starting on a loaded box
+                return False
             return ids <= {m for m, v in got.items() if v is True}
 
         return wait_for(answered, timeout, interval=1, what=f"{sorted(ids)} to answer on {self.name}")
