@@ -17,7 +17,7 @@ import yaml
 
 from harness import saltconf
 from harness.proc import spawn, stop_groups
-from harness.wait import wait_for  # noqa: F401  (also imported from here by tests and the demo)
+from harness.wait import wait_for  # tests and the demo import it from here too
 
 BIN = pathlib.Path(sys.executable).parent
 
