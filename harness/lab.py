@@ -127,7 +127,7 @@ class Master(Daemon):
         def answered():
             try:
                 got = self.salt(",".join(sorted(ids)), "test.ping", "-L", timeout=10) or {}
-            except RuntimeError:  # a master still starting on a loaded box
+            except (RuntimeError, subprocess.TimeoutExpired):  # a master still starting, a loaded box
                 return False
             return ids <= {m for m, v in got.items() if v is True}
 
