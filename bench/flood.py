@@ -20,7 +20,6 @@ Every daemon is stopped on exit; the last line is one JSON object.
 
 import argparse
 import json
-import os
 import pathlib
 import re
 import sqlite3
@@ -30,6 +29,8 @@ import sys
 import tempfile
 import threading
 import time
+
+from harness.proc import spawn
 
 CHECKOUT = pathlib.Path(__file__).resolve().parents[1]
 BIG_N, BIG_PAD, SMALL_N = 40, 900_000, 3000
@@ -110,48 +111,43 @@ def _store(master):
     return counters, by_sender
 
 
-def _wait_minions(master, ids, timeout=300):
-    from harness.lab import wait_for  # pylint: disable=import-outside-toplevel
+def _start(lab, max_event_size):
+    """The tc master from the shipped config (no pillar: no real beacons) and the two bench seats, answering."""
+    from harness import saltconf, tcroot  # pylint: disable=import-outside-toplevel
+    from harness.lab import Master  # pylint: disable=import-outside-toplevel
 
-    def answered():
-        try:
-            got = master.salt(",".join(ids), "test.ping", "-L", timeout=10) or {}
-        except RuntimeError:  # a master still starting on a loaded box
-            return False
-        return set(ids) <= {m for m, v in got.items() if v is True}
-
-    wait_for(answered, timeout, interval=2, what=f"{ids} to answer")
+    conf = saltconf.lab_master_config("tc", lab.base / "etc")
+    conf["pillar_roots"] = {"base": [str(lab.base / "pillar-empty")]}  # no real beacons: probe only
+    conf["max_event_size"] = max_event_size
+    master = Master(lab, "master", conf)
+    lab.daemons.append(master)
+    master.start()
+    minions = []
+    for i, seat in enumerate(("fl-bad", "fl-good")):
+        mconf = saltconf.tc_minion_config(tcroot.make(lab.base / "roots" / seat, i + 1))
+        mconf["module_dirs"] = [str(CHECKOUT / "bench" / "_modules")]
+        minion = lab.minion(seat, master, **mconf)
+        # the bench measures floods, not enrollment: keys accepted up front, as salt-cloud seeds them
+        saltconf.preseed_key(master.opts, seat, minion.root / "etc/salt/pki/minion")
+        minions.append(minion)
+    master.wait_ready()
+    for minion in minions:
+        minion.start()
+    master.wait_minions([m.name for m in minions], timeout=300)
+    return master
 
 
 def run_once(base, label, max_event_size):
-    from harness import saltconf, tcroot  # pylint: disable=import-outside-toplevel
-    from harness.lab import Lab, Master  # pylint: disable=import-outside-toplevel
+    from harness.lab import Lab  # pylint: disable=import-outside-toplevel
 
     with Lab(base / label) as lab:
-        conf = saltconf.lab_master_config("tc", lab.base / "etc")
-        conf["pillar_roots"] = {"base": [str(lab.base / "pillar-empty")]}  # no real beacons: probe only
-        conf["max_event_size"] = max_event_size
-        master = Master(lab, "master", conf)
-        lab.daemons.append(master)
-        master.start()
-        minions = []
-        for i, seat in enumerate(("fl-bad", "fl-good")):
-            mconf = saltconf.tc_minion_config(tcroot.make(lab.base / "roots" / seat, i + 1))
-            mconf["module_dirs"] = [str(CHECKOUT / "bench" / "_modules")]
-            minion = lab.minion(seat, master, **mconf)
-            # the bench measures floods, not enrollment: keys accepted up front, as salt-cloud seeds them
-            saltconf.preseed_key(master.opts, seat, minion.root / "etc/salt/pki/minion")
-            minions.append(minion)
-        master.wait_ready()
-        for minion in minions:
-            minion.start()
-        _wait_minions(master, [m.name for m in minions])
+        master = _start(lab, max_event_size)
         say(f"-- {label}: max_event_size {max_event_size}; master + 2 minions up")
         out = lab.base / "listen.json"
-        listener = subprocess.Popen(  # pylint: disable=consider-using-with
+        listener = spawn(
             [sys.executable, "-m", "bench.flood", "_listen", "--master-conf", str(master.conf_dir / "master"),
              "--out", str(out), "--stop", str(lab.base / "stop")],
-            cwd=str(CHECKOUT), start_new_session=True,
+            cwd=str(CHECKOUT),
         )
         time.sleep(3)  # listener subscribed
         rss = RSS(master.proc.pid)
@@ -168,7 +164,7 @@ def run_once(base, label, max_event_size):
         say(f"   small flood {t_end - t_big:.1f} s: {small.strip()[:200]}")
         time.sleep(2 * PROBE_INTERVAL_S)
         (lab.base / "stop").write_text("")
-        listener.wait(120)
+        listener.wait(120)  # it exits on the stop file
         rss.stop()
         time.sleep(2)  # the engine's last flush
         counters, by_sender = _store(master)

@@ -9,15 +9,15 @@ same ``lab_master_config``.
 import json
 import os
 import pathlib
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import yaml
 
 from harness import saltconf
+from harness.proc import spawn, stop_groups
+from harness.wait import wait_for  # tests and the demo import it from here too
 
 BIN = pathlib.Path(sys.executable).parent
 
@@ -26,18 +26,6 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def wait_for(fn, timeout=60, interval=0.5, what="condition"):
-    """Poll ``fn`` until it returns something truthy; return that, or raise TimeoutError."""
-    deadline = time.time() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.time() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def last_json(text):
@@ -67,39 +55,18 @@ class Daemon:
         self.proc = None
 
     def start(self):
-        log = open(self.root / f"{self.kind}.out", "ab")  # pylint: disable=consider-using-with
-        self.proc = subprocess.Popen(  # pylint: disable=consider-using-with
-            [str(BIN / f"salt-{self.kind}"), "-c", str(self.conf_dir), "-l", "warning"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        argv = [str(BIN / f"salt-{self.kind}"), "-c", str(self.conf_dir), "-l", "warning"]
+        self.proc = spawn(argv, self.root / f"{self.kind}.out")
         return self
 
-    def terminate(self):
-        """Send SIGTERM to the daemon's process group (without waiting)."""
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    def wait_stopped(self, timeout=20):
-        """Wait for the daemon to exit; SIGKILL its group past ``timeout``."""
-        if self.proc is None:
-            return
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(5)
-
     def stop(self, timeout=20):
-        self.terminate()
-        self.wait_stopped(timeout)
+        """SIGTERM the daemon's process group; SIGKILL it past ``timeout``."""
+        stop_daemons([self], timeout)
+
+
+def stop_daemons(daemons, timeout=20):
+    """Stop daemons all at once (a salt-minion takes 10-20 s to act on SIGTERM)."""
+    stop_groups([d.proc for d in daemons if d.proc is not None], grace=timeout)
 
 
 class Master(Daemon):
@@ -158,7 +125,10 @@ class Master(Daemon):
         ids = set(ids)
 
         def answered():
-            got = self.salt(",".join(sorted(ids)), "test.ping", "-L", timeout=10) or {}
+            try:
+                got = self.salt(",".join(sorted(ids)), "test.ping", "-L", timeout=10) or {}
+            except (RuntimeError, subprocess.TimeoutExpired):  # a master still starting, a loaded box
+                return False
             return ids <= {m for m, v in got.items() if v is True}
 
         return wait_for(answered, timeout, interval=1, what=f"{sorted(ids)} to answer on {self.name}")
@@ -211,11 +181,7 @@ class Lab:
         return minion
 
     def stop(self):
-        # all at once: a salt-minion takes 10-20 s to act on SIGTERM
-        for daemon in reversed(self.daemons):
-            daemon.terminate()
-        for daemon in reversed(self.daemons):
-            daemon.wait_stopped()
+        stop_daemons(list(reversed(self.daemons)))
 
     def __enter__(self):
         return self

@@ -17,6 +17,8 @@ import shutil
 import signal
 import subprocess
 
+from harness.proc import spawn, stop_groups
+
 _COUNTER = itertools.count()
 
 
@@ -51,7 +53,7 @@ class Netns:
         """Start a long-running process in this namespace; the topology stops it."""
         kw.setdefault("stdout", subprocess.DEVNULL)
         kw.setdefault("stderr", subprocess.DEVNULL)
-        proc = subprocess.Popen(self.argv(cmd), start_new_session=True, **kw)  # pylint: disable=consider-using-with
+        proc = spawn(self.argv(cmd), **kw)
         self.topology.procs.append(proc)
         return proc
 
@@ -93,16 +95,7 @@ class Topology:
             netns.run(["ip", "link", "set", ifname, "up"])
 
     def close(self):
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(10)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    try:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+        stop_groups(list(reversed(self.procs)), grace=10)
         for netns in reversed(self.namespaces):
             netns.delete()
 

@@ -11,10 +11,11 @@ import sys
 import pytest
 
 CHECKOUT = pathlib.Path(__file__).resolve().parents[1]
-# Plain imports of deskfleet's Salt-free logic, as Salt's loader makes them importable.
-for sub in ("_utils", "_beacons"):
-    sys.path.insert(0, str(CHECKOUT / sub))
 sys.path.insert(0, str(CHECKOUT))
+from tests.support.loading import add_code_paths  # noqa: E402  pylint: disable=wrong-import-position
+
+# Plain imports of deskfleet's Salt-free logic, as Salt's loader makes them importable.
+add_code_paths()
 
 TIERS = ("unit", "functional", "integration", "cloud", "lab")
 

@@ -5,18 +5,14 @@ no Windows here) and Linux ``wall`` (the argument list and stdin pinned here;
 ``wall`` itself is not run, it would write to every terminal of this box).
 """
 
-import pathlib
-import sys
 from unittest.mock import MagicMock
 
 import pytest
 from salt.exceptions import CommandExecutionError
 
-CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(CHECKOUT / "_modules"))
-import desktop_notice  # noqa: E402  pylint: disable=wrong-import-position
+from tests.support.loading import load
 
-sys.path.remove(str(CHECKOUT / "_modules"))
+desktop_notice = load("_modules/desktop_notice.py")
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import json
 import logging
 import pathlib
 import subprocess
-import sys
 import traceback
 from unittest.mock import MagicMock
 
@@ -24,15 +23,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from salt.exceptions import CommandExecutionError
 
 import escrow
+from tests.support.loading import load
 
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 MINION_ID = "desk-0042"
 
 # the module lives in _modules (a Salt extension dir, not a package)
-sys.path.insert(0, str(CHECKOUT / "_modules"))
-import local_password  # noqa: E402  pylint: disable=wrong-import-position
-
-sys.path.remove(str(CHECKOUT / "_modules"))
+local_password = load("_modules/local_password.py")
 
 
 @pytest.fixture(scope="module")

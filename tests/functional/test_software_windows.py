@@ -11,12 +11,13 @@ What is simulated: the answers of ``reg.read_value``, ``cp.cache_file``,
 the module code, the catalog rules, the version comparison.
 """
 
-import importlib.util
 import pathlib
 
 import pytest
 import salt.config
 import salt.loader
+
+from tests.support.loading import load
 
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 SHA = "ab" * 32
@@ -62,14 +63,7 @@ CATALOG = {
 }
 
 
-def _load_module():
-    spec = importlib.util.spec_from_file_location("deskfleet_software_module", CHECKOUT / "_modules" / "software.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-software = _load_module()
+software = load("_modules/software.py", "deskfleet_software_module")
 
 
 class FakeSalt:

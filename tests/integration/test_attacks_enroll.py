@@ -9,9 +9,7 @@ ops and the device do it (``enroll.issue`` + ``tools/deskfleet-enroll``).
 """
 
 import contextlib
-import os
 import pathlib
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +19,7 @@ import yaml
 
 from harness import saltconf, tcroot
 from harness.lab import wait_for
+from harness.proc import stop_group
 from tests.integration.conftest import HEARTBEAT, enrolled_minion
 from tests.support.minions import running as minions_running
 
@@ -114,14 +113,7 @@ def raw_minion(master, minion_id, work, grain=None, token_file=None, serial_of=9
         yield proc
     finally:
         # its whole process group (start_new_session): a salt-minion takes 10-20 s to act on SIGTERM
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop_group(proc, grace=10)
 
 
 def pending_age(master, minion_id):

@@ -13,7 +13,6 @@ shipped ``salt_tc/master.d`` and ``salt_vm/master.d`` (issue 9, items 1 and 5):
 
 import ast
 import fnmatch
-import importlib.util
 import json
 import pathlib
 import threading
@@ -25,11 +24,10 @@ import salt.utils.event
 import yaml
 
 from harness.lab import wait_for
+from tests.support.loading import load
 
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("repro_forged_job_return", CHECKOUT / "tools" / "repro_forged_job_return.py")
-repro = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(repro)
+repro = load("tools/repro_forged_job_return.py")
 
 TC_FILES = ["_beacons/tc_status.py", "_modules/seat_notice.py", "tc/init.sls", "tc/map.jinja",
             "tc/parameters/defaults.yaml", "tc/parameters/os_family/Debian.yaml", "top.sls"]

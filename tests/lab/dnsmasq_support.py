@@ -26,9 +26,10 @@ import shlex
 import signal
 import struct
 import subprocess
-import time
 
 from harness.masterless import SALT_CALL, Masterless, local_return  # noqa: F401  (SALT_CALL: the test's skip check)
+from harness.proc import stop_group as stop
+from harness.wait import wait_for
 
 DHCPREQUEST, DHCPACK = 3, 5
 BROADCAST = "255.255.255.255"
@@ -41,31 +42,6 @@ case "$1" in
 esac
 echo "$1 ${ip:-} ${serverid:-}" >> "$LAB_EVENTS"
 """
-
-
-def wait_for(predicate, timeout, what, interval=0.1):
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def stop(proc, timeout=15):
-    """Stop one process we started (SIGTERM, then SIGKILL) and reap it."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout)
 
 
 # ------------------------------------------------------------------ pcap → DHCP packets
@@ -198,7 +174,7 @@ class DhcpClient:
                  "udp port 67 or udp port 68"],
                 stderr=stderr,
             )
-        wait_for(lambda: "listening on" in err.read_text() or self.tcpdump.poll() is not None, 30,
+        wait_for(lambda: "listening on" in err.read_text() or self.tcpdump.poll() is not None, 30, 0.1,
                  f"tcpdump on {self.ifname}")
         assert self.tcpdump.poll() is None, err.read_text()
         with open(self.log, "w") as out:  # pylint: disable=unspecified-encoding
@@ -209,7 +185,7 @@ class DhcpClient:
             )
 
     def wait_bound(self, timeout=90):
-        wait_for(lambda: self.lease() or self.udhcpc.poll() is not None, timeout,
+        wait_for(lambda: self.lease() or self.udhcpc.poll() is not None, timeout, 0.1,
                  f"a lease on {self.ns.name}/{self.ifname}")
         assert self.udhcpc.poll() is None, self.log.read_text()
         return self.lease()
@@ -230,7 +206,7 @@ class DhcpClient:
         """One SIGUSR1 renewal; returns once udhcpc holds a lease again (answered or rescued)."""
         before = len(self._events())
         os.kill(self.udhcpc.pid, signal.SIGUSR1)
-        wait_for(lambda: any(e[0] in ("renew", "bound") for e in self._events()[before:]), timeout,
+        wait_for(lambda: any(e[0] in ("renew", "bound") for e in self._events()[before:]), timeout, 0.1,
                  f"udhcpc in {self.ns.name} to hold a lease again after a renewal")
 
     def packets(self):
@@ -242,7 +218,7 @@ class DhcpClient:
             self.renew()
         # every ACK the client acted on is on the wire already; wait until tcpdump has written it
         acks = sum(1 for e in self._events() if e[0] in ("bound", "renew"))
-        wait_for(lambda: sum(1 for p in self.packets() if p["type"] == DHCPACK and p["chaddr"] == self.mac) >= acks, 30,
+        wait_for(lambda: sum(1 for p in self.packets() if p["type"] == DHCPACK and p["chaddr"] == self.mac) >= acks, 30, 0.1,
                  f"tcpdump on {self.ifname} to write {acks} DHCPACKs")
         sent, answered = unicast_renewals(self.packets(), self.mac)
         log_sent, log_answered = log_renewals(self.log.read_text())
@@ -296,7 +272,7 @@ def start_dnsmasq(ns, argv, pid_file, log_path, timeout=60):
         except (OSError, ValueError, IndexError):
             return False
 
-    wait_for(ready, timeout, f"dnsmasq to write {pid_file}")
+    wait_for(ready, timeout, 0.1, f"dnsmasq to write {pid_file}")
     assert proc.poll() is None, f"dnsmasq exited: {pathlib.Path(log_path).read_text()}"
     return proc
 

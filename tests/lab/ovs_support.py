@@ -32,6 +32,7 @@ import time
 
 from harness.masterless import CHECKOUT, SALT_CALL, Masterless
 from harness.netns import missing, sh
+from harness.wait import poll as wait_for  # the value or, past the deadline, the last falsy one
 
 import host_libvirt  # _utils is on sys.path (tests/conftest.py)
 import host_ovsdb
@@ -360,15 +361,6 @@ def start_dnsmasq(host, iface="br-int", cidr="10.77.0.1/24", first="10.77.0.100"
         ]
     )
     return log
-
-
-def wait_for(predicate, timeout, interval=0.3):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 __all__ = [

@@ -198,10 +198,9 @@ class RabbitNode:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                from harness.proc import signal_group  # pylint: disable=import-outside-toplevel
+
+                signal_group(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
         self.proc = None
 
@@ -335,10 +334,9 @@ class AmqpClient:
 
     def close(self):
         if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            from harness.proc import signal_group  # pylint: disable=import-outside-toplevel
+
+            signal_group(self.proc.pid, signal.SIGKILL)
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:

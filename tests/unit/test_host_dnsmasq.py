@@ -5,26 +5,18 @@ Salt loader, no processes: the module's public functions take the /proc root and
 the dnsmasq version as arguments.
 """
 
-import importlib.util
 import os
-import pathlib
 
 import pytest
+
+from tests.support.loading import load
 
 import host_dnsmasq_instances
 import host_dnsmasq_options
 
-CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("host_dnsmasq", CHECKOUT / "_modules" / "host_dnsmasq.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-da = _load()
+da = load("_modules/host_dnsmasq.py")
 
 
 class FakeProc:

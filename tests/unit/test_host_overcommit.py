@@ -5,13 +5,14 @@ the commit ratio and its verdict from fake meminfo + fake libvirt domains, KSM s
 defaults kept equal to the module's.
 """
 
-import importlib.util
 import json
 import pathlib
 import subprocess
 import sys
 
 import pytest
+
+from tests.support.loading import load
 import yaml
 
 import host_formula
@@ -25,14 +26,7 @@ CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 FORMULA = CHECKOUT / "states/host/overcommit"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("host_overcommit", CHECKOUT / "_modules/host_overcommit.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-hm = _load()
+hm = load("_modules/host_overcommit.py")
 
 GIB_KB = 1024 * 1024
 # a 16 GiB host (trimmed /proc/meminfo; values in kB)

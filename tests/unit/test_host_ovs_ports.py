@@ -5,20 +5,17 @@ then desk-a (Nova-style tap) and desk-d (libvirt's vnetN) started again; desk-b 
 shut off.
 """
 
-import importlib.util
-import pathlib
 
 import pytest
+
+from tests.support.loading import load
 
 import host_libvirt
 import host_ovsdb
 import host_port_classes
 from host_fake_salt import fake_salt
 
-CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("host_ovs_ports", CHECKOUT / "_modules" / "host_ovs_ports.py")
-host_ovs_ports = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(host_ovs_ports)
+host_ovs_ports = load("_modules/host_ovs_ports.py")
 
 # ovs-vsctl --format=json --data=json -- list Bridge -- list Port -- list Interface (module columns)
 OVS_BRIDGES = '{"data":[[["uuid","424f261e-a197-4b09-9fc0-9a44e338bbe5"],"br-int",["set",[["uuid","2c17c257-fdd8-464f-ad95-a18931ff1068"],["uuid","3050754a-2789-44eb-bfc1-2546851dc0c7"],["uuid","7c63f4d0-4a9a-41ab-bf3d-e771bf509d24"],["uuid","8deb97b1-e128-4d87-9bb1-db2aa6551cee"],["uuid","bf1a7fec-37b4-4440-99a5-7c112be7890a"]]],"netdev"]],"headings":["_uuid","name","ports","datapath_type"]}'

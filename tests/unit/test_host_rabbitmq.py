@@ -4,11 +4,12 @@ Unit tests for ``_modules/host_rabbitmq.py`` (issue 5): the keepalive-vs-firewal
 plus the formula's defaults and rabbitmq.conf template.
 """
 
-import importlib.util
 import pathlib
 
 import jinja2
 import pytest
+
+from tests.support.loading import load
 import yaml
 
 import host_formula
@@ -23,14 +24,7 @@ DEFAULTS = host_formula.layers("rabbitmq", "Debian", READ)
 SYSCTL_DEFAULTS = {k: DEFAULTS["sysctl"][k] for k in ("tcp_keepalive_time", "tcp_keepalive_intvl", "tcp_keepalive_probes")}
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("host_rabbitmq", CHECKOUT / "_modules/host_rabbitmq.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ak = _load()
+ak = load("_modules/host_rabbitmq.py")
 
 
 def check(time, intvl, probes, timeout):

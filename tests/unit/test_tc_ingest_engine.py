@@ -8,7 +8,6 @@ hands events to the engine's handler the way Salt's does.
 
 import asyncio
 import base64
-import importlib.util
 import logging
 import os
 import signal
@@ -19,21 +18,14 @@ import salt.crypt
 
 import deskfleet_store as store
 import tc_assets
-from tests.conftest import CHECKOUT
+from tests.support.loading import load
 
 SEAT = "tc-0001"
 TAG = f"salt/beacon/{SEAT}/tc_status/status"
 DEADLINE = 20.0  # seconds; generous for a loaded 2-core box
 
 
-def _load_engine():
-    spec = importlib.util.spec_from_file_location("tc_ingest_engine", CHECKOUT / "_engines" / "tc_ingest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-engine = _load_engine()
+engine = load("_engines/tc_ingest.py", "tc_ingest_engine")
 
 
 class Bus:

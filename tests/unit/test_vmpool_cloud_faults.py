@@ -5,9 +5,7 @@ real openstacksdk Connection. The runner module is loaded as a plain module
 with its Salt dunders set by hand.
 """
 
-import importlib.util
 import json
-import pathlib
 
 import openstack
 import pytest
@@ -15,8 +13,8 @@ import requests
 import requests_mock
 
 import vmpool as keeper
+from tests.support.loading import load
 
-CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 NOVA = "http://nova.test/v2.1"
 PLACEMENT = "http://nova.test/placement"
 RP = "11111111-2222-3333-4444-555555555555"
@@ -24,9 +22,7 @@ RP = "11111111-2222-3333-4444-555555555555"
 
 @pytest.fixture
 def runner(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("vmpool_runner", CHECKOUT / "_runners" / "vmpool.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load("_runners/vmpool.py", "vmpool_runner")
     mod.__opts__ = {"id": "vm-master", "cachedir": str(tmp_path), "deskfleet": {"role": "vm", "vm": {"pool_keeper": {"backoff_base": 30}}}}
     mod.__context__ = {}
     pools = keeper.validate_pools(
