@@ -3,7 +3,6 @@ host_boot_order: systemd unit/drop-in parsing and the order check (``_utils/host
 on unit trees written under a temp root.
 """
 
-import importlib.util
 import pathlib
 import textwrap
 
@@ -11,11 +10,9 @@ import pytest
 
 import host_systemd_order
 from host_fake_salt import fake_salt
+from tests.support.loading import load
 
-CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("host_boot_order", CHECKOUT / "_modules" / "host_boot_order.py")
-host_boot_order = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(host_boot_order)
+host_boot_order = load("_modules/host_boot_order.py")
 
 
 @pytest.fixture(autouse=True)
