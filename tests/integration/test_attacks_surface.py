@@ -50,7 +50,7 @@ VM_FILES = sorted(
     [f"_modules/{m}.py" for m in ("amqp_keepalive", "desktop_notice", "dnsmasq_audit", "filedist", "host_memory",
                                    "host_net", "local_password", "software")]
     + ["_beacons/desktop_session.py"]
-    + [f"_utils/{u}.py" for u in ("deskfleet_store", "escrow", "rollouts")]
+    + [f"_utils/{u}.py" for u in ("deskfleet_salt", "escrow", "software_catalog", "software_versions")]
     + ["deskfleet-demo/deskfleet-demo-installer.sh", "orchestration/host_maintenance.sls",
        "orchestration/pool_vm_ready.sls", "top.sls", "win/init.sls"]
     + HOST_STATES
