@@ -47,7 +47,6 @@ try:
     _MISSING = None
 except ImportError as _exc:  # pragma: no cover - utils_dirs missing from the master config
     glue, _MISSING = None, f"software: deskfleet utils not importable (utils_dirs?): {_exc}"
-
     store = types.SimpleNamespace(guard=lambda func: func)  # __virtual__ reports the import error
 
 

@@ -1,5 +1,5 @@
 """
-Pool keeper logic: pure functions from (pool config, cloud listing, placement
+Pool keeper plan: pure functions from (pool config, cloud listing, placement
 capacity, keeper health) to a plan of boots and deletes. No I/O here; the
 ``vmpool`` runner lists the cloud, calls :func:`plan`, and carries it out.
 
