@@ -43,20 +43,20 @@ log = logging.getLogger(__name__)
 __virtualname__ = "local_password"
 
 try:
+    import deskfleet_salt as glue
     import escrow
 
-    HAS_ESCROW = True
+    _MISSING = None
 except ImportError as _exc:  # pragma: no cover - utils not synced to this minion
-    HAS_ESCROW = False
-    _IMPORT_ERROR = str(_exc)
+    glue, _MISSING = None, f"local_password: deskfleet utils not synced (saltutil.sync_utils): {_exc}"
 
 LOCK_STALE_SECONDS = 600
 CHPASSWD_TIMEOUT = 60
 
 
 def __virtual__():
-    if not HAS_ESCROW:
-        return (False, f"local_password: deskfleet utils not synced (saltutil.sync_utils): {_IMPORT_ERROR}")
+    if glue is None:
+        return (False, _MISSING)
     try:
         escrow._crypto()  # pylint: disable=protected-access
     except ImportError as exc:  # pragma: no cover - cryptography ships with Salt 3008
@@ -64,11 +64,12 @@ def __virtual__():
     kernel = __grains__.get("kernel")
     if kernel not in ("Windows", "Linux"):
         return (False, f"local_password: Windows and Linux only (kernel is {kernel!r})")
-    return __virtualname__
+    return glue.virtual(__virtualname__, __opts__)
 
 
 def _settings():
-    return ((__pillar__.get("deskfleet") or {}).get("passwords")) or {}
+    """Pillar ``deskfleet:passwords`` (accounts, policy, escrow key)."""
+    return glue.conf(__pillar__, "passwords")
 
 
 def _allowed_accounts(settings):
@@ -79,7 +80,7 @@ def _allowed_accounts(settings):
 
 
 def _linux_root(settings):
-    mine = ((__opts__.get("deskfleet") or {}).get("passwords") or {}).get("linux_root")
+    mine = glue.conf(__opts__, "passwords").get("linux_root")
     root = mine or settings.get("linux_root") or "/"
     if not isinstance(root, str) or not os.path.isabs(root):
         raise CommandExecutionError(f"local_password: linux_root must be an absolute path, got {root!r}")
@@ -426,7 +427,7 @@ def last(account=None):
         with open(_cache_path(account), encoding="utf-8") as fh:
             return json.load(fh)
     except FileNotFoundError:
-        return {"error": f"no rotation of {account} recorded on this machine"}
+        return glue.error(__context__, f"no rotation of {account} recorded on this machine")
 
 
 def policy():
@@ -445,7 +446,7 @@ def policy():
         pol = escrow.policy_from(settings.get("policy"))
         accounts = _allowed_accounts(settings)
     except escrow.EscrowError as exc:
-        return {"error": str(exc)}
+        return glue.error(__context__, str(exc))
     try:
         key = escrow.fingerprint(escrow.load_public_key(settings.get("escrow_pubkey")))
     except escrow.EscrowError as exc:

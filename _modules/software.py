@@ -45,18 +45,17 @@ OUTPUT_TAIL = 2000
 
 try:
     # Salt puts the synced utils (extension_modules/utils) on sys.path while it loads modules.
-    import rollouts
+    import deskfleet_salt as glue
+    import software_catalog as catalog
+    import software_versions
 
-    HAS_ROLLOUTS = True
+    _MISSING = None
 except ImportError as _exc:  # pragma: no cover - utils not synced to this minion
-    HAS_ROLLOUTS = False
-    _IMPORT_ERROR = str(_exc)
+    glue, _MISSING = None, f"software: deskfleet utils not importable (saltutil.sync_utils?): {_exc}"
 
 
 def __virtual__():
-    if not HAS_ROLLOUTS:
-        return (False, f"software: deskfleet utils not importable (saltutil.sync_utils?): {_IMPORT_ERROR}")
-    return __virtualname__
+    return glue.virtual(__virtualname__, __opts__) if glue else (False, _MISSING)
 
 
 # ---- helpers -----------------------------------------------------------------------
@@ -79,11 +78,11 @@ def _catalog():
 
 def _entry(name):
     """(validated entry, this platform's variant) or raise CatalogError."""
-    entry = rollouts.catalog_entry(_catalog(), name)
+    entry = catalog.catalog_entry(_catalog(), name)
     platform = _platform()
     variant = entry.get(platform) if platform in ("windows", "linux") else None
     if variant is None:
-        raise rollouts.CatalogError(f"{name}: the catalog has no {platform} installer")
+        raise catalog.CatalogError(f"{name}: the catalog has no {platform} installer")
     return entry, variant
 
 
@@ -133,7 +132,7 @@ def _detect(variant):
 def _state(installed, wanted):
     if installed is None:
         return "missing"
-    cmp = rollouts.compare_versions(installed, wanted)
+    cmp = software_versions.compare(installed, wanted)
     return "current" if cmp == 0 else ("newer" if cmp > 0 else "outdated")
 
 
@@ -175,20 +174,43 @@ def _run(cmd, variant, ret):
     if code not in variant["success_codes"]:
         ret["stdout"], ret["stderr"] = _tail(out.get("stdout")), _tail(out.get("stderr"))
         return False
-    if code in rollouts.REBOOT_CODES:
+    if code in catalog.REBOOT_CODES:
         ret["reboot_required"] = True
     return True
 
 
 def _refuse(ret, comment):
-    ret["result"] = False
-    ret["comment"] = comment
-    __context__["retcode"] = 1
+    """A failed install/remove: exit 1; the return keeps its shape (``retcode`` is the installer's own)."""
+    ret.update(result=False, comment=comment)
+    glue.error(__context__, comment)
     return ret
 
 
 def _is_test(test):
     return bool(test) or bool(__opts__.get("test", False))
+
+
+def _requested(ret, name, version, sha256, not_after):
+    """(entry, variant) the job may install, or :class:`CatalogError` naming why not (``ret`` filled in)."""
+    if not_after is not None:
+        try:
+            closed = time.time() > float(not_after)
+        except (TypeError, ValueError):
+            raise catalog.CatalogError(f"not_after must be epoch seconds, got {str(not_after)[:40]!r}") from None
+        if closed:
+            ret["window_closed"] = True
+            end = datetime.datetime.fromtimestamp(float(not_after), datetime.timezone.utc).isoformat(timespec="seconds")
+            raise catalog.CatalogError(f"not installed: the job arrived after its window closed at {end}")
+    entry, variant = _entry(name)
+    if sha256 is not None:
+        sha256 = catalog.check_sha256(sha256)
+    ret["version"] = entry["version"]
+    if version is not None and str(version) != entry["version"]:
+        raise catalog.CatalogError(f"the catalog has {name} {entry['version']}, not {version}; refused")
+    if sha256 is not None and sha256 != variant["sha256"]:
+        raise catalog.CatalogError(
+            f"sha256 {sha256} does not match the catalog's {variant['sha256']} for {name}; refused")
+    return entry, variant
 
 
 # ---- public ---------------------------------------------------------------------------
@@ -221,27 +243,11 @@ def install(name, version=None, sha256=None, test=False, not_after=None):
         salt 'desk-*' software.install 7zip version=23.01 test=True
     """
     ret = {"name": name, "version": version, "installed": None, "result": False, "changes": {}, "comment": ""}
-    if not_after is not None:
-        try:
-            closed = time.time() > float(not_after)
-        except (TypeError, ValueError):
-            return _refuse(ret, f"not_after must be epoch seconds, got {str(not_after)[:40]!r}")
-        if closed:
-            ret["window_closed"] = True
-            end = datetime.datetime.fromtimestamp(float(not_after), datetime.timezone.utc).isoformat(timespec="seconds")
-            return _refuse(ret, f"not installed: the job arrived after its window closed at {end}")
     try:
-        entry, variant = _entry(name)
-        if sha256 is not None:
-            sha256 = rollouts.check_sha256(sha256)
-    except rollouts.CatalogError as exc:
+        entry, variant = _requested(ret, name, version, sha256, not_after)
+    except catalog.CatalogError as exc:
         return _refuse(ret, str(exc))
     wanted = entry["version"]
-    ret["version"] = wanted
-    if version is not None and str(version) != wanted:
-        return _refuse(ret, f"the catalog has {name} {wanted}, not {version}; refused")
-    if sha256 is not None and sha256 != variant["sha256"]:
-        return _refuse(ret, f"sha256 {sha256} does not match the catalog's {variant['sha256']} for {name}; refused")
     before = _detect(variant)
     ret["installed"] = before
     state = _state(before, wanted)
@@ -265,7 +271,7 @@ def install(name, version=None, sha256=None, test=False, not_after=None):
         return _refuse(ret, f"the {name} installer exited with {ret['retcode']}")
     after = _detect(variant)
     ret["installed"] = after
-    if after is None or rollouts.compare_versions(after, wanted) != 0:
+    if after is None or software_versions.compare(after, wanted) != 0:
         found = after or "not installed"
         return _refuse(ret, f"the {name} installer succeeded but detection reports {found}, not {wanted}")
     ret.update(
@@ -292,7 +298,7 @@ def remove(name, test=False):
     ret = {"name": name, "installed": None, "result": False, "changes": {}, "comment": ""}
     try:
         variant = _entry(name)[1]
-    except rollouts.CatalogError as exc:
+    except catalog.CatalogError as exc:
         return _refuse(ret, str(exc))
     before = _detect(variant)
     ret["installed"] = before
@@ -342,8 +348,8 @@ def list_():
     found = {}
     for key, raw in sorted(_catalog().items(), key=lambda kv: str(kv[0])):
         try:
-            entry = rollouts.validate_entry(key, raw)
-        except rollouts.CatalogError as exc:
+            entry = catalog.validate_entry(key, raw)
+        except catalog.CatalogError as exc:
             found[key] = {"error": str(exc)}
             continue
         variant = entry.get(platform)
@@ -376,7 +382,7 @@ def status(name=None):
     for key in names:
         try:
             entry, variant = _entry(key)
-        except rollouts.CatalogError as exc:
+        except catalog.CatalogError as exc:
             found[key] = {"error": str(exc)}
             continue
         installed = _detect(variant)

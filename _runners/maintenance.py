@@ -17,8 +17,6 @@ told on ``deskfleet/maintenance/notice`` before their desktop moves.
 """
 
 import contextlib
-import errno
-import fcntl
 import functools
 import logging
 import os
@@ -86,26 +84,9 @@ def _store():
     return journal.connect(deskfleet_store.default_path(__opts__, "vm"))
 
 
-class _Busy(journal.JournalError if glue else Exception):
-    """Another process on this master holds the roll lock."""
-
-
-@contextlib.contextmanager
 def _lock():
     """One roll driver per master; a second one is refused, not queued (a roll runs for hours)."""
-    path = os.path.join(__opts__["cachedir"], "deskfleet", "maintenance.lock")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise _Busy("a maintenance roll is being driven by another process on this master") from exc
-            raise
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return glue.master_lock(__opts__, "maintenance", 0, "a maintenance roll is being driven by another process on this master")
 
 
 def _fire(tag, data):
@@ -220,7 +201,7 @@ def _guard(fun):
             return fun(*args, **kwargs)
         except mt.RequestError as exc:
             return _error(f"bad request: {exc}")
-        except journal.JournalError as exc:
+        except (journal.JournalError, glue.Busy) as exc:
             return _error(str(exc))
         except CLOUD_ERRORS as exc:
             return _error(f"cloud error: {exc}")
@@ -374,5 +355,5 @@ def tick():
             return {"roll": found["id"] if found else None, "action": "none"}
         try:
             return dict(_drive(s["db"], found["id"], s["connect"]), action="resumed")
-        except _Busy:
+        except glue.Busy:
             return {"roll": found["id"], "action": "none", "reason": "driven by another process"}

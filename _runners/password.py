@@ -16,6 +16,7 @@ same key, or returns are refused. ``deskfleet:vm:passwords:history`` (default 12
 ciphertexts are kept per machine and account.
 """
 
+import contextlib
 import functools
 import getpass
 import logging
@@ -32,15 +33,16 @@ log = logging.getLogger(__name__)
 __virtualname__ = "password"
 
 try:
+    import deskfleet_salt as glue
     import deskfleet_store as store
     import escrow
+    import escrow_check
     import escrow_rotation
     import escrow_store
 
-    HAS_ESCROW = True
+    _MISSING = None
 except ImportError as _exc:  # pragma: no cover - utils_dirs missing from the master config
-    HAS_ESCROW = False
-    _IMPORT_ERROR = str(_exc)
+    glue, _MISSING = None, f"password: deskfleet utils not importable (utils_dirs?): {_exc}"
     store = types.SimpleNamespace(guard=lambda func: func)  # __virtual__ reports the import error
 
 DEFAULT_PUBKEY_FILE = "/etc/deskfleet/password-escrow.pub"
@@ -50,16 +52,11 @@ SALT_RUN_CLI = re.compile(r"(cli_)?salt[-_]run(\.py)?")
 
 
 def __virtual__():
-    if not HAS_ESCROW:
-        return (False, f"password: deskfleet utils not importable (utils_dirs?): {_IMPORT_ERROR}")
-    role = (__opts__.get("deskfleet") or {}).get("role")
-    if role != "vm":
-        return (False, f"password: runs on the vm master only (deskfleet:role is {role!r})")
-    return __virtualname__
+    return glue.virtual(__virtualname__, __opts__, role="vm") if glue else (False, _MISSING)
 
 
 def _settings():
-    return ((__opts__.get("deskfleet") or {}).get("vm") or {}).get("passwords") or {}
+    return glue.conf(__opts__, "vm", "passwords")
 
 
 def _escrow_key():
@@ -91,10 +88,18 @@ def _jid():
     return globals().get("__jid__")
 
 
-def _fail(result):
-    __context__["retcode"] = 1
-    result["retcode"] = 1
-    return result
+def _outcome(result):
+    """Exit 1 (``error`` names it) on an error or any machine refused, failed, in doubt or silent."""
+    problems = [f"{k}: {', '.join(sorted(result[k]))}" for k in ("refused", "failed", "in_doubt", "no_return")
+                if result.get(k)]
+    if "error" not in result and not problems:
+        return result
+    return glue.error(__context__, result.pop("error", None) or "; ".join(problems)[:1000], **result)
+
+
+def _store():
+    """The escrow store, closed when the ``with`` ends."""
+    return contextlib.closing(escrow_store.open_store(__opts__))
 
 
 def _audit(conn, **fields):
@@ -120,7 +125,7 @@ def _rotate(conn, target, account, tgt_type, timeout):
     import salt.client  # pylint: disable=import-outside-toplevel
 
     fp = escrow.fingerprint(_escrow_key())
-    keep = int(_settings().get("history", escrow.DEFAULT_HISTORY))
+    keep = int(_settings().get("history", escrow_store.DEFAULT_HISTORY))
     with salt.client.get_local_client(mopts=__opts__) as client:
         run = escrow_rotation.Rotation(conn, functools.partial(_gather, client, timeout), _audit, account, fp, keep)
         result = run.run(target, tgt_type)
@@ -128,15 +133,14 @@ def _rotate(conn, target, account, tgt_type, timeout):
         result["error"] = f"nothing published: no minion matched {target!r}, or the master refused the job"
     if run.fault:
         result.update(store.store_fault(globals(), run.fault, "password.rotate"))
-    bad = result["refused"] or result["failed"] or result["in_doubt"] or result["no_return"] or "error" in result
-    return _fail(result) if bad else result
+    return _outcome(result)
 
 
 def _collect(conn, target, account, tgt_type, timeout):
     import salt.client  # pylint: disable=import-outside-toplevel
 
     fp = escrow.fingerprint(_escrow_key())
-    keep = int(_settings().get("history", escrow.DEFAULT_HISTORY))
+    keep = int(_settings().get("history", escrow_store.DEFAULT_HISTORY))
     rotated, refused, failed = {}, {}, {}
     with salt.client.get_local_client(mopts=__opts__) as client:
         pub, found = _gather(client, timeout, target, "local_password.last", [account], {}, tgt_type)
@@ -147,7 +151,7 @@ def _collect(conn, target, account, tgt_type, timeout):
             _audit(conn, action="collect", vm=vm, account=account, outcome="failed", reason=error)
             continue
         try:
-            row = escrow.check_return(ret, vm, account, fp)
+            row = escrow_check.check_return(ret, vm, account, fp)
         except escrow.Refused as exc:
             refused[vm] = f"{exc}; the machine may have changed its password: fix and rotate again"
             _audit(conn, action="collect", vm=vm, account=account, outcome="refused", reason=str(exc),
@@ -168,7 +172,17 @@ def _collect(conn, target, account, tgt_type, timeout):
               "failed": failed, "no_return": sorted(set(pub.get("minions") or []) - set(found))}
     if not pub.get("jid"):
         result["error"] = f"nothing published: no minion matched {target!r}, or the master refused the job"
-    return _fail(result) if refused or failed or result["no_return"] or "error" in result else result
+    return _outcome(result)
+
+
+def _with_store(body, target, account, tgt_type, timeout):
+    """``body(conn, target, account, tgt_type, timeout)`` with the account checked; escrow and Salt faults returned."""
+    try:
+        account = escrow.check_account(account)
+        with _store() as conn:
+            return body(conn, target, account, tgt_type, timeout)
+    except (escrow.EscrowError, SaltClientError) as exc:
+        return glue.error(__context__, str(exc))
 
 
 @store.guard
@@ -193,17 +207,7 @@ def rotate(target, account=DEFAULT_ACCOUNT, tgt_type="glob", timeout=120):
         salt-run password.rotate 'desk-*' localadmin
         salt-run password.rotate deskfleet_role:desktop localadmin tgt_type=grain
     """
-    try:
-        account = escrow.check_account(account)
-    except escrow.EscrowError as exc:
-        return _fail({"error": str(exc)})
-    conn = escrow_store.open_store(__opts__)
-    try:
-        return _rotate(conn, target, account, tgt_type, timeout)
-    except (escrow.EscrowError, SaltClientError) as exc:
-        return _fail({"error": str(exc)})
-    finally:
-        conn.close()
+    return _with_store(_rotate, target, account, tgt_type, timeout)
 
 
 @store.guard
@@ -219,23 +223,13 @@ def collect(target, account=DEFAULT_ACCOUNT, tgt_type="glob", timeout=60):
 
         salt-run password.collect desk-0001 localadmin
     """
-    try:
-        account = escrow.check_account(account)
-    except escrow.EscrowError as exc:
-        return _fail({"error": str(exc)})
-    conn = escrow_store.open_store(__opts__)
-    try:
-        return _collect(conn, target, account, tgt_type, timeout)
-    except (escrow.EscrowError, SaltClientError) as exc:
-        return _fail({"error": str(exc)})
-    finally:
-        conn.close()
+    return _with_store(_collect, target, account, tgt_type, timeout)
 
 
 def _refuse(conn, vm, account, reason, **fields):
     audit_id = _audit(conn, action="read", vm=vm, account=account, outcome="refused", reason=reason, **fields)
     log.warning("password: refused a read of %s/%s by %s: %s", vm, account, _who(), reason)
-    return _fail({"shown": False, "vm": vm, "account": account, "error": reason, "audit_id": audit_id})
+    return glue.error(__context__, reason, shown=False, vm=vm, account=account, audit_id=audit_id)
 
 
 def _load_operator_key(path):
@@ -275,6 +269,52 @@ def _label(row):
     return f"escrow id {row['id']}, rotated {when}, {what}"
 
 
+def _opened(conn, vm, account, rows, key):
+    """(key fingerprint, [plaintext per row]) with the operator's key, or the audited refusal as the 2nd item."""
+    path = os.path.expanduser(str(key))
+    try:
+        private_key = _load_operator_key(path)
+    except OSError as exc:
+        return None, _refuse(conn, vm, account, f"cannot read key {path}: {exc.strerror}", escrow_id=rows[0]["id"])
+    except escrow.EscrowError as exc:
+        return None, _refuse(conn, vm, account, f"key {path}: {exc}", escrow_id=rows[0]["id"])
+    key_fp = escrow.fingerprint(private_key)
+    for row in rows:
+        if key_fp != row["fingerprint"]:
+            return None, _refuse(
+                conn, vm, account,
+                f"key fingerprint mismatch: {path} is {key_fp}, the password of {vm}/{account}"
+                f" (escrow id {row['id']}) is sealed to {row['fingerprint']}",
+                escrow_id=row["id"], key_fingerprint=key_fp,
+            )  # fmt: skip
+    secrets_ = []
+    for row in rows:
+        try:
+            secrets_.append(escrow.decrypt(private_key, row["envelope"]))
+        except escrow.Refused as exc:
+            return None, _refuse(conn, vm, account, str(exc), escrow_id=row["id"], key_fingerprint=key_fp)
+    return key_fp, secrets_
+
+
+def _print(vm, account, rows, secrets_):
+    """The plaintext to this terminal only (never into the return)."""
+    if len(rows) == 1:
+        sys.stdout.write(secrets_[0] + "\n")
+    else:
+        sys.stdout.write(f"IN DOUBT: {vm}/{account} is on one of these; salt-run password.rotate_due repairs it\n")
+        for row, secret in zip(rows, secrets_):
+            sys.stdout.write(f"{_label(row)}: {secret}\n")
+    sys.stdout.flush()
+
+
+def _shown(vm, account, rows, audit_ids):
+    if len(rows) == 1:
+        return {"shown": True, "vm": vm, "account": account, "rotated_at": rows[0]["rotated_at"],
+                "escrow_id": rows[0]["id"], "audit_id": audit_ids[0]}
+    return {"shown": True, "vm": vm, "account": account, "in_doubt": True, "audit_ids": audit_ids,
+            "candidates": [{"escrow_id": r["id"], "state": r["state"], "rotated_at": r["rotated_at"]} for r in rows]}
+
+
 @store.guard
 def show(vm, account=DEFAULT_ACCOUNT, key=None, escrow_id=None):
     """
@@ -309,10 +349,9 @@ def show(vm, account=DEFAULT_ACCOUNT, key=None, escrow_id=None):
     try:
         account = escrow.check_account(account)
     except escrow.EscrowError as exc:
-        return _fail({"shown": False, "error": str(exc)})
-    conn = escrow_store.open_store(__opts__)
+        return glue.error(__context__, str(exc), shown=False)
     vm = str(vm)
-    try:
+    with _store() as conn:
         refused = _show_refusal(conn, vm, account, key, escrow_id)
         if refused:
             return refused
@@ -323,53 +362,49 @@ def show(vm, account=DEFAULT_ACCOUNT, key=None, escrow_id=None):
         if not rows:
             which = f"escrow id {escrow_id}" if escrow_id is not None else "any escrowed password"
             return _refuse(conn, vm, account, f"no {which} for {account} on {vm}")
-        path = os.path.expanduser(str(key))
-        try:
-            private_key = _load_operator_key(path)
-        except OSError as exc:
-            return _refuse(conn, vm, account, f"cannot read key {path}: {exc.strerror}", escrow_id=rows[0]["id"])
-        except escrow.EscrowError as exc:
-            return _refuse(conn, vm, account, f"key {path}: {exc}", escrow_id=rows[0]["id"])
-        key_fp = escrow.fingerprint(private_key)
-        for row in rows:
-            if key_fp != row["fingerprint"]:
-                return _refuse(
-                    conn, vm, account,
-                    f"key fingerprint mismatch: {path} is {key_fp}, the password of {vm}/{account}"
-                    f" (escrow id {row['id']}) is sealed to {row['fingerprint']}",
-                    escrow_id=row["id"], key_fingerprint=key_fp,
-                )  # fmt: skip
-        secrets_ = []
-        for row in rows:
-            try:
-                secrets_.append(escrow.decrypt(private_key, row["envelope"]))
-            except escrow.Refused as exc:
-                return _refuse(conn, vm, account, str(exc), escrow_id=row["id"], key_fingerprint=key_fp)
+        key_fp, secrets_ = _opened(conn, vm, account, rows, key)
+        if key_fp is None:
+            return secrets_  # the audited refusal
         # Audited before it is revealed: no audit record, no password.
         audit_ids = [
             _audit(conn, action="read", vm=vm, account=account, outcome="ok", escrow_id=row["id"],
                    key_fingerprint=key_fp, reason=None if len(rows) == 1 else "in doubt: every candidate shown")
             for row in rows
         ]  # fmt: skip
-    finally:
-        conn.close()
     try:
-        if len(rows) == 1:
-            sys.stdout.write(secrets_[0] + "\n")
-        else:
-            sys.stdout.write(f"IN DOUBT: {vm}/{account} is on one of these; salt-run password.rotate_due repairs it\n")
-            for row, secret in zip(rows, secrets_):
-                sys.stdout.write(f"{_label(row)}: {secret}\n")
-        sys.stdout.flush()
+        _print(vm, account, rows, secrets_)
     finally:
         del secrets_
     log.info("password: %s read the password of %s/%s (escrow id %s, audit id %s)", _who(), vm, account,
              [r["id"] for r in rows], audit_ids)  # fmt: skip
-    if len(rows) == 1:
-        return {"shown": True, "vm": vm, "account": account, "rotated_at": rows[0]["rotated_at"],
-                "escrow_id": rows[0]["id"], "audit_id": audit_ids[0]}
-    return {"shown": True, "vm": vm, "account": account, "in_doubt": True, "audit_ids": audit_ids,
-            "candidates": [{"escrow_id": r["id"], "state": r["state"], "rotated_at": r["rotated_at"]} for r in rows]}
+    return _shown(vm, account, rows, audit_ids)
+
+
+def _due(target, account, tgt_type, max_age_days):
+    """Which targeted machines need a rotation (``password.status`` without its exit code)."""
+    import salt.utils.minions  # pylint: disable=import-outside-toplevel
+
+    account = escrow.check_account(account)
+    in_doubt_after = float(_settings().get("in_doubt_after", escrow_store.DEFAULT_IN_DOUBT_AFTER))
+    with _store() as conn:
+        try:
+            current = escrow.fingerprint(_escrow_key())
+            key_error = None
+        except escrow.EscrowError as exc:
+            current, key_error = None, str(exc)
+        minions = salt.utils.minions.CkMinions(__opts__).check_minions(target, tgt_type)["minions"]
+        machines = escrow_store.due(conn, minions, account, time.time(), current, max_age_days, in_doubt_after)
+    result = {
+        "account": account,
+        "checked": len(machines),
+        "due": {vm: m["reason"] for vm, m in machines.items() if m["due"]},
+        "in_doubt": {vm: m["in_doubt"] for vm, m in machines.items() if m.get("in_doubt")},
+        "ok": sorted(vm for vm, m in machines.items() if not m["due"]),
+        "machines": machines,
+    }
+    if key_error:
+        result["escrow_key_error"] = key_error
+    return result
 
 
 @store.guard
@@ -393,37 +428,13 @@ def status(target="*", account=DEFAULT_ACCOUNT, tgt_type="glob",
         salt-run password.status
         salt-run password.status 'desk-*' localadmin max_age_days=7
     """
-    import salt.utils.minions  # pylint: disable=import-outside-toplevel
-
     try:
-        account = escrow.check_account(account)
+        return _outcome(_due(target, account, tgt_type, max_age_days))
     except escrow.EscrowError as exc:
-        return _fail({"error": str(exc)})
-    in_doubt_after = float(_settings().get("in_doubt_after", escrow_store.DEFAULT_IN_DOUBT_AFTER))
-    conn = escrow_store.open_store(__opts__)
-    try:
-        try:
-            current = escrow.fingerprint(_escrow_key())
-            key_error = None
-        except escrow.EscrowError as exc:
-            current, key_error = None, str(exc)
-        minions = salt.utils.minions.CkMinions(__opts__).check_minions(target, tgt_type)["minions"]
-        machines = escrow_store.due(conn, minions, account, time.time(), current, max_age_days, in_doubt_after)
-    finally:
-        conn.close()
-    result = {
-        "account": account,
-        "checked": len(machines),
-        "due": {vm: m["reason"] for vm, m in machines.items() if m["due"]},
-        "in_doubt": {vm: m["in_doubt"] for vm, m in machines.items() if m.get("in_doubt")},
-        "ok": sorted(vm for vm, m in machines.items() if not m["due"]),
-        "machines": machines,
-    }
-    if key_error:
-        result["escrow_key_error"] = key_error
-    return _fail(result) if result["in_doubt"] else result
+        return glue.error(__context__, str(exc))
 
 
+@store.guard
 def rotate_due(target="*", account=DEFAULT_ACCOUNT, tgt_type="glob",
                max_age_days=None, timeout=120):  # fmt: skip
     """
@@ -438,10 +449,10 @@ def rotate_due(target="*", account=DEFAULT_ACCOUNT, tgt_type="glob",
         salt-run password.rotate_due
         salt-run password.rotate_due 'desk-*' localadmin max_age_days=7
     """
-    found = status(target, account, tgt_type, max_age_days)
-    if "error" in found:
-        return found
-    __context__.pop("retcode", None)  # machines in doubt are what this repairs
+    try:
+        found = _due(target, account, tgt_type, max_age_days)  # machines in doubt are what this repairs
+    except escrow.EscrowError as exc:
+        return glue.error(__context__, str(exc))
     if not found["due"]:
         return {"account": account, "due": {}, "rotated": {}, "refused": {}, "failed": {}, "in_doubt": {},
                 "no_return": []}
@@ -463,13 +474,11 @@ def history(vm, account=DEFAULT_ACCOUNT):
 
         salt-run password.history desk-0001 localadmin
     """
-    conn = escrow_store.open_store(__opts__)
-    try:
-        return escrow_store.history(conn, str(vm), escrow.check_account(account))
-    except escrow.EscrowError as exc:
-        return _fail({"error": str(exc)})
-    finally:
-        conn.close()
+    with _store() as conn:
+        try:
+            return escrow_store.history(conn, str(vm), escrow.check_account(account))
+        except escrow.EscrowError as exc:
+            return glue.error(__context__, str(exc))
 
 
 @store.guard
@@ -485,8 +494,5 @@ def audit(vm=None, action=None, limit=50):
         salt-run password.audit
         salt-run password.audit vm=desk-0001 action=read
     """
-    conn = escrow_store.open_store(__opts__)
-    try:
+    with _store() as conn:
         return escrow_store.audit_log(conn, None if vm is None else str(vm), action, int(limit))
-    finally:
-        conn.close()

@@ -37,44 +37,47 @@ log = logging.getLogger(__name__)
 __virtualname__ = "software"
 
 try:
+    import deskfleet_salt as glue
     import deskfleet_store as store
-    import rollouts
+    import rollout_engine
+    import rollout_schedule as schedules
+    import rollout_store
+    import software_catalog as catalog
 
-    HAS_ROLLOUTS = True
+    _MISSING = None
 except ImportError as _exc:  # pragma: no cover - utils_dirs missing from the master config
-    HAS_ROLLOUTS = False
-    _IMPORT_ERROR = str(_exc)
+    glue, _MISSING = None, f"software: deskfleet utils not importable (utils_dirs?): {_exc}"
     store = types.SimpleNamespace(guard=lambda func: func)  # __virtual__ reports the import error
 
 
+# deskfleet:vm:rollouts (README, "Software pushes")
+DEFAULTS = {"tick_wait": 30, "grace": 30, "job_timeout": 1800, "max_attempts": 3, "lease_ttl": None,
+            "find_job_timeout": 10}
+
+
 def __virtual__():
-    if not HAS_ROLLOUTS:
-        return (False, f"software: deskfleet utils not importable (utils_dirs?): {_IMPORT_ERROR}")
-    role = (__opts__.get("deskfleet") or {}).get("role")
-    if role != "vm":
-        return (False, f"software: runs on the vm master only (deskfleet:role is {role!r})")
-    return __virtualname__
+    return glue.virtual(__virtualname__, __opts__, role="vm") if glue else (False, _MISSING)
 
 
 def _settings():
-    conf = (((__opts__.get("deskfleet") or {}).get("vm") or {}).get("rollouts")) or {}
+    conf = glue.settings(__opts__, "vm:rollouts", DEFAULTS)
     return {
-        "wait": float(conf.get("tick_wait", 30)),
-        "grace": float(conf.get("grace", 30)),
-        "job_timeout": float(conf.get("job_timeout", 1800)),
-        "max_attempts": int(conf.get("max_attempts", 3)),
-        "lease_ttl": conf.get("lease_ttl"),
-        "find_job_timeout": float(conf.get("find_job_timeout", 10)),
+        "wait": float(conf["tick_wait"]),
+        "grace": float(conf["grace"]),
+        "job_timeout": float(conf["job_timeout"]),
+        "max_attempts": int(conf["max_attempts"]),
+        "lease_ttl": conf["lease_ttl"],
+        "find_job_timeout": float(conf["find_job_timeout"]),
     }
 
 
-def _error(message):
-    __context__["retcode"] = 1
-    return {"error": message, "retcode": 1}
+def _store():
+    """The vm master's store, closed when the ``with`` ends."""
+    return contextlib.closing(rollout_store.open_store(__opts__))
 
 
 class _SaltDriver:
-    """The Salt side of :class:`rollouts.Engine`: LocalClient publish, job cache, find_job."""
+    """The Salt side of :class:`rollout_engine.Engine`: LocalClient publish, job cache, find_job."""
 
     def __init__(self, opts, find_job_timeout):
         import salt.client  # pylint: disable=import-outside-toplevel
@@ -93,15 +96,15 @@ class _SaltDriver:
         with contextlib.redirect_stdout(io.StringIO()) as said:
             try:
                 pub = self.client.run_job(
-                    list(minions), rollouts.INSTALL_FUNCTION, arg=list(args), kwarg=dict(kwargs),
+                    list(minions), rollout_engine.INSTALL_FUNCTION, arg=list(args), kwarg=dict(kwargs),
                     tgt_type="list", jid=jid, listen=False,
                 )
             except Exception as exc:  # pylint: disable=broad-except
-                raise rollouts.DispatchError(str(exc)) from exc
+                raise rollout_engine.DispatchError(str(exc)) from exc
         if not pub:
             if "No minions matched" in said.getvalue():
                 return []
-            raise rollouts.DispatchError(said.getvalue().strip() or "the master did not take the job")
+            raise rollout_engine.DispatchError(said.getvalue().strip() or "the master did not take the job")
         return list(pub.get("minions") or [])
 
     def close(self):
@@ -123,15 +126,8 @@ class _SaltDriver:
 
 
 def _catalog():
-    """``software:catalog`` from the vm master's pillar, rendered as the master itself (top ``'*'``)."""
-    import salt.pillar  # pylint: disable=import-outside-toplevel
-
-    master_id = __opts__["id"]
-    pillar = salt.pillar.Pillar(__opts__, {"id": master_id}, master_id, "base").compile_pillar()
-    errors = pillar.get("_errors")
-    if errors:
-        raise rollouts.CatalogError(f"the vm pillar does not render: {'; '.join(map(str, errors))[:500]}")
-    software = pillar.get("software") or {}
+    """``software:catalog`` from the vm master's own pillar (top ``'*'``)."""
+    software = glue.master_pillar(__opts__).get("software") or {}
     return software.get("catalog") if isinstance(software, dict) else None
 
 
@@ -139,7 +135,7 @@ def _resolve(target, tgt_type):
     import salt.utils.minions  # pylint: disable=import-outside-toplevel
 
     if target is None or (isinstance(target, (str, list, tuple)) and not target):
-        raise rollouts.ScheduleError("target is empty: name minions (a glob, a list, or tgt_type=compound)")
+        raise schedules.ScheduleError("target is empty: name minions (a glob, a list, or tgt_type=compound)")
     if isinstance(target, (list, tuple)):
         expr = [str(t).strip() for t in target if str(t).strip()]
         tgt_type = tgt_type or "list"
@@ -147,20 +143,20 @@ def _resolve(target, tgt_type):
         expr = str(target).strip()
         if tgt_type is None:
             tgt_type = "list" if "," in expr and not any(c in expr for c in "*?[@ ") else "glob"
-    if tgt_type not in rollouts.TARGET_TYPES:
-        raise rollouts.ScheduleError(f"tgt_type must be one of {', '.join(rollouts.TARGET_TYPES)}, got {tgt_type!r}")
+    if tgt_type not in schedules.TARGET_TYPES:
+        raise schedules.ScheduleError(f"tgt_type must be one of {', '.join(schedules.TARGET_TYPES)}, got {tgt_type!r}")
     if tgt_type == "list" and isinstance(expr, str):
         expr = [m.strip() for m in expr.split(",") if m.strip()]
     if not expr:
-        raise rollouts.ScheduleError("target is empty: name minions (a glob, a list, or tgt_type=compound)")
+        raise schedules.ScheduleError("target is empty: name minions (a glob, a list, or tgt_type=compound)")
     found = salt.utils.minions.CkMinions(__opts__).check_minions(expr, tgt_type=tgt_type, greedy=False)
     minions = sorted(set(found.get("minions") or []))
     if tgt_type == "list":
         unknown = sorted(set(expr) - set(minions))
         if unknown:
-            raise rollouts.ScheduleError(f"not accepted minions: {', '.join(unknown[:20])}")
+            raise schedules.ScheduleError(f"not accepted minions: {', '.join(unknown[:20])}")
     if not minions:
-        raise rollouts.ScheduleError(f"target {target!r} ({tgt_type}) matches no accepted minion")
+        raise schedules.ScheduleError(f"target {target!r} ({tgt_type}) matches no accepted minion")
     return minions, tgt_type, expr
 
 
@@ -211,41 +207,44 @@ def schedule(target=None, software=None, version=None, start="now", end=None, ba
     """
     now = time.time()
     try:
-        if not software:
-            raise rollouts.ScheduleError("software is required: a key of the catalog (pillar software:catalog)")
-        if end is None:
-            raise rollouts.ScheduleError("end is required: the maintenance window must end (e.g. end=+2h)")
-        start_at = rollouts.parse_time(start, now, "start")
-        end_at = rollouts.parse_time(end, now, "end")
-        rollouts.check_window(start_at, end_at, now)
-        pinned = rollouts.check_sha256(sha256, "sha256") if sha256 is not None else None
-        rollouts.batch_size(batch, 1)
-        rollouts.fail_limit(max_fail, 1)
-        entry = rollouts.catalog_entry(_catalog(), str(software))
-        if version is not None and str(version) != entry["version"]:
-            raise rollouts.ScheduleError(
-                f"the catalog has {software} {entry['version']}; version {version} is not in the catalog"
-            )
-        if pinned is not None and pinned not in rollouts.hashes(entry).values():
-            raise rollouts.ScheduleError(
-                f"sha256 {pinned} does not match the catalog's installer for {software}"
-                f" ({', '.join(f'{p}: {h}' for p, h in rollouts.hashes(entry).items())})"
-            )
+        start_at, end_at, entry, pinned = _checked(software, version, start, end, batch, max_fail, sha256, now)
         minions, tgt_type, expr = _resolve(target, tgt_type)
-    except ValueError as exc:  # CatalogError, ScheduleError
-        return _error(str(exc))
-    conn = rollouts.open_store(__opts__)
-    try:
-        rollout_id = rollouts.create(
+    except ValueError as exc:  # CatalogError, ScheduleError, PillarError
+        return glue.error(__context__, str(exc))
+    with _store() as conn:
+        rollout_id = rollout_store.create(
             conn, software=entry["key"], version=entry["version"], entry=entry, target=expr, tgt_type=tgt_type,
             minions=minions, batch=batch, max_fail=max_fail, start=max(start_at, now), end=end_at, now=now,
             sha256=pinned, created_by=_who(),
         )
-        result = rollouts.detail(conn, rollout_id)
-    finally:
-        conn.close()
+        result = rollout_store.detail(conn, rollout_id)
     log.info("software: rollout %s: %s %s on %d minions", rollout_id, software, entry["version"], len(minions))
     return result
+
+
+def _checked(software, version, start, end, batch, max_fail, sha256, now):
+    """The request checked before anything is stored: (start, end, catalog entry, sha256 pin or None)."""
+    if not software:
+        raise schedules.ScheduleError("software is required: a key of the catalog (pillar software:catalog)")
+    if end is None:
+        raise schedules.ScheduleError("end is required: the maintenance window must end (e.g. end=+2h)")
+    start_at = schedules.parse_time(start, now, "start")
+    end_at = schedules.parse_time(end, now, "end")
+    schedules.check_window(start_at, end_at, now)
+    pinned = catalog.check_sha256(sha256, "sha256") if sha256 is not None else None
+    schedules.batch_size(batch, 1)
+    schedules.fail_limit(max_fail, 1)
+    entry = catalog.catalog_entry(_catalog(), str(software))
+    if version is not None and str(version) != entry["version"]:
+        raise schedules.ScheduleError(
+            f"the catalog has {software} {entry['version']}; version {version} is not in the catalog"
+        )
+    if pinned is not None and pinned not in catalog.hashes(entry).values():
+        raise schedules.ScheduleError(
+            f"sha256 {pinned} does not match the catalog's installer for {software}"
+            f" ({', '.join(f'{p}: {h}' for p, h in catalog.hashes(entry).items())})"
+        )
+    return start_at, end_at, entry, pinned
 
 
 @store.guard
@@ -264,17 +263,13 @@ def status(id=None, state=None):  # pylint: disable=redefined-builtin
         salt-run software.status state=running
         salt-run software.status 20250601-3fa9c1
     """
-    conn = rollouts.open_store(__opts__)
-    try:
-        if id is None:
-            try:
-                return rollouts.listing(conn, state=state)
-            except ValueError as exc:
-                return _error(str(exc))
-        found = rollouts.detail(conn, str(id), time.time())
-    finally:
-        conn.close()
-    return found if found is not None else _error(f"unknown rollout {id!r}")
+    with _store() as conn:
+        try:
+            found = rollout_store.listing(conn, state=state) if id is None else rollout_store.detail(
+                conn, str(id), time.time())
+        except ValueError as exc:
+            return glue.error(__context__, str(exc))
+    return found if found is not None else glue.error(__context__, f"unknown rollout {id!r}")
 
 
 @store.guard
@@ -290,14 +285,11 @@ def cancel(id):  # pylint: disable=redefined-builtin
 
         salt-run software.cancel 20250601-3fa9c1
     """
-    conn = rollouts.open_store(__opts__)
-    try:
+    with _store() as conn:
         try:
-            return rollouts.cancel(conn, str(id), time.time(), who=_who())
+            return rollout_store.cancel(conn, str(id), time.time(), who=_who())
         except ValueError as exc:
-            return _error(str(exc))
-    finally:
-        conn.close()
+            return glue.error(__context__, str(exc))
 
 
 @store.guard
@@ -319,29 +311,25 @@ def tick(id=None, wait=None):  # pylint: disable=redefined-builtin
     settings = _settings()
     if wait is not None:
         settings["wait"] = float(wait)
-    conn = rollouts.open_store(__opts__)
-    driver = None
-    try:
-        if not rollouts.due(conn, time.time()):
-            return {"at": rollouts.iso(time.time()), "rollouts": []}  # the usual case: no LocalClient needed
+    with _store() as conn:
+        if not rollout_store.due(conn, time.time()):
+            return {"at": schedules.iso(time.time()), "rollouts": []}  # the usual case: no LocalClient needed
         driver = _SaltDriver(__opts__, settings["find_job_timeout"])
-        engine = rollouts.Engine(
-            conn,
-            driver,
-            wait=settings["wait"],
-            grace=settings["grace"],
-            job_timeout=settings["job_timeout"],
-            max_attempts=settings["max_attempts"],
-            lease_ttl=settings["lease_ttl"],
-        )
-        reports = engine.tick(only=None if id is None else str(id))
-    finally:
-        if driver is not None:
+        try:
+            engine = rollout_engine.Engine(
+                conn,
+                driver,
+                wait=settings["wait"],
+                grace=settings["grace"],
+                job_timeout=settings["job_timeout"],
+                max_attempts=settings["max_attempts"],
+                lease_ttl=settings["lease_ttl"],
+            )
+            reports = engine.tick(only=None if id is None else str(id))
+        finally:
             driver.close()
-        conn.close()
-    result = {"at": rollouts.iso(time.time()), "rollouts": reports}
+    result = {"at": schedules.iso(time.time()), "rollouts": reports}
     errors = [f"{r['id']}: {r['comment']}" for r in reports if r.get("action") == "error"]
     if errors:  # one rollout's trouble does not stop the others, but reaches the exit code
-        __context__["retcode"] = 1
-        result.update(error="; ".join(errors)[:1000], retcode=1)
+        return glue.error(__context__, "; ".join(errors)[:1000], **result)
     return result

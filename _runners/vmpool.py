@@ -2,40 +2,39 @@
 Pool keeper: keeps pools of pre-booted desktop VMs topped up (vm master).
 
 Pools live in pillar (``deskfleet:pools``, see ``pillar/vm.pools.pillar.example``); the cloud is the
-source of truth (server metadata, see ``_utils/vmpool.py``), reached through openstacksdk and
+source of truth (server metadata, see ``_utils/pool_plan.py``), reached through openstacksdk and
 clouds.yaml only (``_utils/pool_cloud.py``). Reactor events and the master schedule call
 :func:`replenish` / :func:`reconcile`: level-triggered, one lock per master, bounded cloud calls;
 every error exits 1 and fires ``deskfleet/alert/pool``.
 """
 
-import contextlib
-import errno
-import fcntl
 import logging
-import os
 import re
 import sqlite3
 import time
+import types
 
 log = logging.getLogger(__name__)
 
 __virtualname__ = "vmpool"
 
 try:
+    import deskfleet_salt as glue
     import deskfleet_store
     import desktop_probe
     import desktop_seed
     import pool_cloud
-    import pool_health
     import pool_config
-    import vmpool as keeper
+    import pool_health
+    import pool_plan
+    import pool_reclaim_pass
 
     from pool_cloud import CLOUD_ERRORS
 
-    HAS_DEPS = True
+    _MISSING = None
 except ImportError as _exc:  # pragma: no cover
-    HAS_DEPS = False
-    _IMPORT_ERROR = str(_exc)
+    glue, _MISSING = None, f"vmpool: missing dependency: {_exc}"
+    deskfleet_store = types.SimpleNamespace(guard=lambda func: func)  # __virtual__ reports the import error
 
 ALERT_TAG = "deskfleet/alert/pool"
 # bounded cloud calls: a hung API costs at most (retries + 1) x timeout per call, and a pass sends
@@ -43,93 +42,52 @@ ALERT_TAG = "deskfleet/alert/pool"
 CLOUD_DEFAULTS = {"cloud_timeout": 10, "cloud_retries": 1, "pass_timeout": 120, "lock_timeout": 180, "start_ping_timeout": 30}
 
 
-class KeeperBusy(Exception):
-    """Another keeper pass holds the lock for longer than lock_timeout."""
+KeeperBusy = glue.Busy if glue else Exception  # another keeper pass holds the lock past lock_timeout
 
 
 def __virtual__():
-    if not HAS_DEPS:
-        return (False, f"vmpool: missing dependency: {_IMPORT_ERROR}")
-    role = (__opts__.get("deskfleet") or {}).get("role")
-    if role != "vm":
-        return (False, f"vmpool: runs on the vm master only (deskfleet:role is {role!r})")
-    return __virtualname__
+    return glue.virtual(__virtualname__, __opts__, role="vm") if glue else (False, _MISSING)
 
 
 # ---- plumbing -------------------------------------------------------------------
 
 
-def _error(message, **extra):
-    """An error return that also makes salt-run (and orchestration) fail, and an alert on the bus."""
-    __context__["retcode"] = 1  # orchestration sees the failure
-    _alert({"pool": extra.get("pool"), "kind": extra.pop("kind", "error"), "message": message})
-    return dict(extra, error=message, retcode=1)  # salt-run exits 1
-
-
-def _alert(data):
-    """Fire ``deskfleet/alert/pool`` on the master bus (best effort: the return carries it too)."""
-    import salt.utils.event  # pylint: disable=import-outside-toplevel
-
-    try:
-        with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as bus:
-            bus.fire_event(data, ALERT_TAG)
-    except Exception as exc:  # pylint: disable=broad-except
-        log.warning("vmpool: could not fire %s: %s", ALERT_TAG, exc)
-
-
-def _vm_conf():
-    return (__opts__.get("deskfleet") or {}).get("vm") or {}
+def _error(message, kind="error", **extra):
+    """The error return (salt-run and orchestration fail) plus ``deskfleet/alert/pool`` for ops."""
+    glue.alert(__opts__, ALERT_TAG, {"pool": extra.get("pool"), "kind": kind, "message": message})
+    return glue.error(__context__, message, **extra)
 
 
 def _connect():
     settings = _settings()
-    return pool_cloud.connect(_vm_conf(), settings["cloud_timeout"], settings["cloud_retries"])
+    return pool_cloud.connect(glue.conf(__opts__, "vm"), settings["cloud_timeout"], settings["cloud_retries"])
 
 
 def _store():
-    return deskfleet_store.connect(deskfleet_store.default_path(__opts__, "vm"), pool_health.MIGRATIONS)
+    return deskfleet_store.open_role(__opts__, "vm", pool_health.MIGRATIONS)
 
 
-@contextlib.contextmanager
 def _lock(timeout):
     """One keeper at a time on this master: concurrent events queue here, then see fresh state."""
-    path = os.path.join(__opts__["cachedir"], "deskfleet", "vmpool.lock")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a+") as fh:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() > deadline:
-                    raise KeeperBusy(f"another keeper pass held the lock for over {timeout} s") from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return glue.master_lock(__opts__, "vmpool", timeout, f"another keeper pass held the lock for over {timeout} s")
 
 
 def _pools():
     """``(good pools, {bad pool: message})`` from the pillar; one bad pool never hides the others."""
-    import salt.pillar  # pylint: disable=import-outside-toplevel
-
-    pillar = salt.pillar.get_pillar(__opts__, {}, __opts__["id"], saltenv="base").compile_pillar()
-    if pillar.get("_errors"):
-        raise keeper.PoolConfigError(f"pillar does not render: {'; '.join(map(str, pillar['_errors']))[:500]}")
+    try:
+        pillar = glue.master_pillar(__opts__)
+    except glue.PillarError as exc:
+        raise pool_plan.PoolConfigError(str(exc)) from None
     return pool_config.validate((pillar.get("deskfleet") or {}).get("pools"))
 
 
 def _settings():
-    settings = {**keeper.DEFAULTS, **CLOUD_DEFAULTS, **((_vm_conf().get("pool_keeper")) or {})}
+    settings = glue.settings(__opts__, "vm:pool_keeper", {**pool_plan.DEFAULTS, **CLOUD_DEFAULTS})
     for key, value in settings.items():
         if key != "name_prefix" and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-            raise keeper.PoolConfigError(f"deskfleet:vm:pool_keeper:{key} must be a number >= 0, got {value!r}")
+            raise pool_plan.PoolConfigError(f"deskfleet:vm:pool_keeper:{key} must be a number >= 0, got {value!r}")
     if not isinstance(settings["name_prefix"], str) or not pool_config.NAME_RE.fullmatch(settings["name_prefix"]):
-        raise keeper.PoolConfigError("deskfleet:vm:pool_keeper:name_prefix must be lower-case letters, digits, '-'")
+        raise pool_plan.PoolConfigError("deskfleet:vm:pool_keeper:name_prefix must be lower-case letters, digits, '-'")
     return settings
 
 
@@ -179,7 +137,7 @@ def _alerts(db, decision, health, settings):
     """Track shortages; a pool short for longer than short_alert_after fires an alert."""
     out, now = [], time.time()
     for name, entry in decision["pools"].items():
-        since, alert = keeper.shortage(entry, (health.get(name) or {}).get("short_since"), now, settings)
+        since, alert = pool_plan.shortage(entry, (health.get(name) or {}).get("short_since"), now, settings)
         pool_health.record(db, name, short_since=since)
         if alert:
             out.append(dict(alert, pool=name))
@@ -198,12 +156,12 @@ def _pass(conn, db, only):
     drained = {p for p, h in health.items() if h.get("drained")}
     flavors = pool_cloud.flavors(conn, [p["flavor"] for p in pools.values()])
     servers, providers = pool_cloud.servers(conn, settings["name_prefix"]), pool_cloud.providers(conn)
-    decision = keeper.plan(pools, servers, providers, flavors, health, keeper.utcnow(), settings, only, drained)
+    decision = pool_plan.plan(pools, servers, providers, flavors, health, pool_plan.utcnow(), settings, only, drained)
     decision["pools"] = {k: v for k, v in decision["pools"].items() if k in pools_run}
     decision.update(_execute(conn, db, pools, decision, flavors, health, deadline))
     health, now = pool_health.read(db), time.time()  # after this pass's failures and recoveries
     for name, entry in decision["pools"].items():
-        entry["health"] = keeper.pool_health(health.get(name), now, settings)
+        entry["health"] = pool_plan.pool_health(health.get(name), now, settings)
         if entry["health"] == "degraded":  # a standing failure: every pass says so until ops reset it
             last = (health.get(name) or {}).get("last_error") or "?"
             decision["errors"].append(f"pool {name}: degraded (last error: {last[:300]}); fix it, then salt-run vmpool.reset {name}")
@@ -215,13 +173,12 @@ def _pass(conn, db, only):
 def _finish(decision):
     """Alerts on the bus for every problem; any error makes the run fail (retcode 1)."""
     for alert in decision.get("alerts", []):
-        _alert(alert)
+        glue.alert(__opts__, ALERT_TAG, alert)
     for err in decision.get("errors", []):
         named = re.match(r"pool ([a-z0-9][a-z0-9-]*): ", err)
-        _alert({"pool": named and named.group(1), "kind": "error", "message": err})
+        glue.alert(__opts__, ALERT_TAG, {"pool": named and named.group(1), "kind": "error", "message": err})
     if decision.get("errors"):
-        __context__["retcode"] = 1
-        decision.update(error="; ".join(decision["errors"])[:2000], retcode=1)
+        return glue.error(__context__, "; ".join(decision["errors"])[:2000], **decision)
     return decision
 
 
@@ -235,7 +192,7 @@ def _guarded(body, locked):
             return body(conn, db)
         with _lock(_settings()["lock_timeout"]):
             return body(conn, db)
-    except keeper.PoolConfigError as exc:
+    except pool_plan.PoolConfigError as exc:
         return _error(f"pool pillar: {exc}", kind="config")
     except CLOUD_ERRORS as exc:
         log.warning("vmpool: cloud error: %s", exc)
@@ -259,32 +216,19 @@ def _run(only=None):
 def _status(conn, db):
     pools, bad = _pools()
     health, settings = pool_health.read(db), _settings()
-    now = keeper.utcnow()
-    counts, stray = keeper.census(pool_cloud.servers(conn, settings["name_prefix"]), pools, now.timestamp(), settings)
-    out = {}
-    for name, pool in pools.items():
-        h = health.get(name) or {}
-        out[name] = {
-            "target": 0 if h.get("drained") else keeper.target_spares(pool, now),
-            "max_size": pool["max_size"],
-            **{k: len(v) for k, v in counts[name].items()},
-            "health": keeper.pool_health(h, now.timestamp(), settings),
-            "failures": h.get("failures", 0),
-            "last_error": h.get("last_error") if h.get("failures") else None,
-            "drained": bool(h.get("drained")),
-            "short_for": int(now.timestamp() - h["short_since"]) if h.get("short_since") else 0,
-        }
-    result = {"pools": out, "stray": stray}
+    now = pool_plan.utcnow()
+    counts, stray = pool_plan.census(pool_cloud.servers(conn, settings["name_prefix"]), pools, now.timestamp(), settings)
+    result = {"pools": pool_plan.status_rows(pools, health, counts, now, settings), "stray": stray}
     if bad:
         result["errors"] = list(bad.values())
-        __context__["retcode"] = 1
-        result.update(error="; ".join(result["errors"])[:2000], retcode=1)
+        return glue.error(__context__, "; ".join(result["errors"])[:2000], **result)
     return result
 
 
 # ---- public runner functions --------------------------------------------------------
 
 
+@deskfleet_store.guard
 def reconcile():
     """
     Bring every pool to its target (the master schedule runs this periodically,
@@ -299,6 +243,7 @@ def reconcile():
     return _run()
 
 
+@deskfleet_store.guard
 def replenish(pool):
     """
     Top up one pool now (what the reactor calls on a "taken" event).
@@ -312,6 +257,7 @@ def replenish(pool):
     return _run(only={str(pool)})
 
 
+@deskfleet_store.guard
 def status():
     """
     Per pool: target, ready, in flight, stuck, taken, errors, health (ok, backoff,
@@ -327,6 +273,7 @@ def status():
     return _guarded(_status, locked=False)
 
 
+@deskfleet_store.guard
 def drain(pool, undo=False):
     """
     Stop refilling a pool and delete its spare (not taken) desktops; ``undo=True``
@@ -341,7 +288,7 @@ def drain(pool, undo=False):
     """
     try:
         pools, bad = _pools()
-    except keeper.PoolConfigError as exc:
+    except pool_plan.PoolConfigError as exc:
         return _error(f"pool pillar: {exc}", kind="config")
     if pool in bad:
         return _error(f"pool {pool}: config: {bad[pool]}", kind="config", pool=pool)
@@ -356,6 +303,7 @@ def drain(pool, undo=False):
     return _run(only={pool})
 
 
+@deskfleet_store.guard
 def reset(pool):
     """
     Clear a degraded pool's failure count after ops fixed the cause.
@@ -390,16 +338,16 @@ def mark_ready(server):
     try:
         conn = _connect()
         found = conn.compute.find_server(str(server), ignore_missing=True)
-        if found is None or keeper.POOL_KEY not in (found.metadata or {}):
+        if found is None or pool_plan.POOL_KEY not in (found.metadata or {}):
             return _error(f"{server} is not a pool desktop")
         meta = dict(found.metadata)
-        if meta.get(keeper.STATE_KEY) == "taken":
+        if meta.get(pool_plan.STATE_KEY) == "taken":
             return _error(f"{server} is already taken by a user; not marking it ready")
-        conn.compute.set_server_metadata(found, **{keeper.STATE_KEY: "ready"})
-        return {"server": found.name, "pool": meta[keeper.POOL_KEY], "state": "ready"}
+        conn.compute.set_server_metadata(found, **{pool_plan.STATE_KEY: "ready"})
+        return {"server": found.name, "pool": meta[pool_plan.POOL_KEY], "state": "ready"}
     except CLOUD_ERRORS as exc:
         return _error(f"cloud error: {exc}", kind="cloud", server=str(server))
-    except keeper.PoolConfigError as exc:
+    except pool_plan.PoolConfigError as exc:
         return _error(f"keeper settings: {exc}", kind="config", server=str(server))
     finally:
         if conn is not None:
@@ -408,10 +356,11 @@ def mark_ready(server):
 
 # Events are only triggers: the keeper re-reads the cloud, so a dropped, duplicated or forged
 # "taken" event costs one bounded keeper pass. A start event leads to a baseline and a ready
-# mark, so its subject is checked against what a desktop cannot forge (keeper.check_start).
+# mark, so its subject is checked against what a desktop cannot forge (pool_plan.check_start).
 TAKEN_TAG = "deskfleet/pool/taken"
 
 
+@deskfleet_store.guard
 def on_event(tag, data):
     """
     Validate a pool event from the reactor and act on it:
@@ -436,9 +385,9 @@ def on_event(tag, data):
         pools, _bad = _pools()
         if tag == TAKEN_TAG:
             return _on_taken(tag, data, pools)
-        if keeper.START_TAG_RE.fullmatch(str(tag)):
+        if pool_plan.START_TAG_RE.fullmatch(str(tag)):
             return _on_start(tag, data, pools)
-    except keeper.PoolConfigError as exc:
+    except pool_plan.PoolConfigError as exc:
         return _refuse(tag, f"pool pillar: {exc}")
     except CLOUD_ERRORS as exc:
         return _refuse(tag, f"cloud error while checking the event: {exc}")
@@ -457,68 +406,43 @@ def _on_taken(tag, data, pools):
 
 
 def _on_start(tag, data, pools):
-    vm = keeper.START_TAG_RE.fullmatch(str(tag)).group(1)
-    server = None
-    if _key_accepted(vm):
-        conn = _connect()
-        try:
-            server = pool_cloud.find(conn, vm)
-        finally:
-            conn.close()
-    reason = keeper.check_start(tag, data, server, _key_accepted(vm), pools)
-    if not reason and not _answers(vm):
+    vm = pool_plan.START_TAG_RE.fullmatch(str(tag)).group(1)
+    accepted = desktop_probe.key_accepted(__opts__, vm)
+    server = _find(vm) if accepted else None
+    reason = pool_plan.check_start(tag, data, server, accepted, pools)
+    lookup = lambda jid: __salt__["jobs.lookup_jid"](jid, display_progress=False)  # noqa: E731 - the job cache
+    if not reason and not desktop_probe.answers_ping(__opts__, lookup, vm, _settings()["start_ping_timeout"]):
         reason = f"{vm} did not answer a ping over the authenticated return path (a forged start event?)"
     if reason:
         return _refuse(tag, reason)
-    return {"server": vm, "pool": server["metadata"][keeper.POOL_KEY], "pool_member": True}
-
-
-def _answers(minion_id):
-    """The desktop itself answers ``test.ping`` (read from the job cache, not the bus)."""
-    lookup = lambda jid: __salt__["jobs.lookup_jid"](jid, display_progress=False)  # noqa: E731
-    publish = desktop_probe.salt_publisher(__opts__)
-    return desktop_probe.answers(publish, lookup, minion_id, timeout=_settings()["start_ping_timeout"])
-
-
-def _key_accepted(minion_id):
-    """The minion key for ``minion_id`` is accepted on this master (what a desktop cannot grant itself)."""
-    import salt.exceptions  # pylint: disable=import-outside-toplevel
-    import salt.key  # pylint: disable=import-outside-toplevel
-
-    try:
-        key = salt.key.get_key(__opts__).cache.fetch("keys", str(minion_id))
-    except (salt.exceptions.SaltCacheError, OSError):
-        return False
-    return bool(key) and key.get("state") == "accepted"
+    return {"server": vm, "pool": server["metadata"][pool_plan.POOL_KEY], "pool_member": True}
 
 
 def _refuse(tag, reason):
     log.warning("vmpool: refused event %s: %s", str(tag)[:120], reason)
-    __context__["retcode"] = 1
-    return {"refused": True, "tag": str(tag)[:120], "reason": reason, "retcode": 1}
+    return glue.error(__context__, reason, refused=True, tag=str(tag)[:120], reason=reason)
+
+
+def _find(server_name):
+    conn = _connect()
+    try:
+        return pool_cloud.find(conn, server_name)
+    finally:
+        conn.close()
 
 
 def _is_member(server_name, pool):
-    conn = _connect()
-    try:
-        found = pool_cloud.find(conn, server_name)
-    finally:
-        conn.close()
+    found = _find(server_name)
     meta = found["metadata"] if found is not None else {}
-    return keeper.POOL_KEY in meta and (pool is None or meta[keeper.POOL_KEY] == pool)
+    return pool_plan.POOL_KEY in meta and (pool is None or meta[pool_plan.POOL_KEY] == pool)
 
 
-# ---- idle reclaim (issue 13 part 3): taken desktops back to the pool by its policy --------------------------
-# Policy: pillar deskfleet:pools:<pool>:reclaim; the pass is in _utils/pool_reclaim_pass.py, the planner in
-# _utils/pool_reclaim.py. Reclaim deletes the desktop and lets the keeper refill (see pool_reclaim_pass).
+# ---- idle reclaim: pillar deskfleet:pools:<pool>:reclaim; _utils/pool_reclaim_pass.py (delete, keeper refills)
 
 
 def _reclaim(apply):
-    import deskfleet_salt  # pylint: disable=import-outside-toplevel
-    import pool_reclaim_pass  # pylint: disable=import-outside-toplevel
-
     try:
-        raw = (deskfleet_salt.master_pillar(__opts__).get("deskfleet") or {}).get("pools") or {}
+        raw = (glue.master_pillar(__opts__).get("deskfleet") or {}).get("pools") or {}
         good, errors = _pools()
         if not errors and not any(isinstance(raw.get(n), dict) and raw[n].get("reclaim") is not None for n in good):
             return {"reclaim": [], "keep": [], "deleted": [], "pool_errors": {}, "note": "no pool has a reclaim policy"}
@@ -528,7 +452,7 @@ def _reclaim(apply):
                                            _settings()["name_prefix"], apply, time.time(), errors)
         finally:
             conn.close()
-    except (keeper.PoolConfigError, deskfleet_salt.PillarError, *CLOUD_ERRORS) as exc:
+    except (pool_plan.PoolConfigError, glue.PillarError, *CLOUD_ERRORS) as exc:
         return _error(f"reclaim: {exc}", kind="reclaim")
     if result["pool_errors"]:
         return _error(f"bad reclaim policy: {'; '.join(result['pool_errors'].values())[:500]}", kind="reclaim", **result)
@@ -538,9 +462,8 @@ def _reclaim(apply):
 @deskfleet_store.guard
 def reclaimable():
     """
-    Dry run of idle reclaim: which taken desktops would go back to their pool
-    now (logged off, or disconnected past ``reclaim_after``, outside protected
-    hours) and why every other one stays. Changes nothing.
+    Dry run of idle reclaim: which taken desktops would go back to their pool now (logged off, or
+    disconnected past ``reclaim_after``, outside protected hours) and why every other one stays.
 
     CLI Example:
 
@@ -554,10 +477,9 @@ def reclaimable():
 @deskfleet_store.guard
 def reclaim():
     """
-    Reclaim idle taken desktops by their pool's policy: each is deleted and the
-    keeper refills the pool. Never one with a connected user or without a fresh
-    session report. Idle time counts from the first pass that saw it: run it
-    from the master schedule.
+    Reclaim idle taken desktops by their pool's policy: each is deleted and the keeper refills the
+    pool. Never one with a connected user or without a fresh session report. Idle time counts from
+    the first pass that saw it: the master schedule runs it (``salt_vm/master.d/20-pools.conf``).
 
     CLI Example:
 

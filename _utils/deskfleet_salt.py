@@ -18,11 +18,15 @@ A shell uses it like this::
         return glue.virtual(__virtualname__, __opts__, role="vm") if glue else (False, _MISSING)
 """
 
+import contextlib
+import errno
 import logging
+import os
+import time
 
 log = logging.getLogger(__name__)
 
-__all__ = ["virtual", "error", "alert", "conf", "settings", "master_pillar", "PillarError"]
+__all__ = ["virtual", "error", "alert", "conf", "settings", "master_pillar", "PillarError", "master_lock", "Busy"]
 
 
 def virtual(name, opts, role=None):
@@ -78,3 +82,35 @@ def master_pillar(opts, minion_id=None):
     if pillar.get("_errors"):
         raise PillarError(f"pillar does not render: {'; '.join(map(str, pillar['_errors']))[:500]}")
     return pillar
+
+
+class Busy(RuntimeError):
+    """Another process on this master holds the named lock past the timeout."""
+
+
+@contextlib.contextmanager
+def master_lock(opts, name, timeout=0.0, busy=None):
+    """
+    One holder of ``<cachedir>/deskfleet/<name>.lock`` per master; others wait up to ``timeout`` s
+    (0: refused at once), then raise ``busy`` (a message) as :class:`Busy`.
+    """
+    import fcntl  # pylint: disable=import-outside-toplevel  (masters only; desktops sync this file, Windows too)
+
+    path = os.path.join(opts["cachedir"], "deskfleet", f"{name}.lock")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a+") as fh:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise Busy(busy or f"{name}: another process on this master holds the lock") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

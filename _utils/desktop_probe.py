@@ -3,7 +3,8 @@ Proof that a desktop is really up: it answers a ping, read back from the master'
 job cache. A return reaches the job cache only through the request channel, which
 authenticates the minion (per-minion session key); the event bus does not (any
 desktop can put a forged ``salt/minion/<other>/start`` or ``salt/job/.../ret/<other>``
-on it). The pool keeper asks this before it believes a start event.
+on it), nor is a start event's sender: only an accepted key proves who a desktop is.
+The pool keeper asks both before it believes a start event.
 """
 
 import time
@@ -41,3 +42,20 @@ def salt_publisher(master_opts):
             client.destroy()
 
     return publish
+
+
+def answers_ping(master_opts, lookup, minion_id, timeout):
+    """:func:`answers` through this master's LocalClient; ``lookup(jid)`` reads the job cache (``jobs.lookup_jid``)."""
+    return answers(salt_publisher(master_opts), lookup, minion_id, timeout=timeout)
+
+
+def key_accepted(master_opts, minion_id):
+    """The minion key for ``minion_id`` is accepted on this master (what a desktop cannot grant itself)."""
+    import salt.exceptions  # pylint: disable=import-outside-toplevel
+    import salt.key  # pylint: disable=import-outside-toplevel
+
+    try:
+        key = salt.key.get_key(master_opts).cache.fetch("keys", str(minion_id))
+    except (salt.exceptions.SaltCacheError, OSError):
+        return False
+    return bool(key) and key.get("state") == "accepted"

@@ -1,20 +1,17 @@
 """
-Local password escrow in the style of Windows LAPS: plain functions for the
-``local_password`` execution module (on each machine) and the ``password``
-runner (on the vm master). No Salt imports here, so it is tested without Salt.
+Local password escrow in the style of Windows LAPS, the half that runs on each
+machine (the ``local_password`` execution module; synced to desktops). No Salt
+imports here, so it is tested without Salt.
 
-Minion side
-    ``policy_from`` validates the pillar policy, ``generate`` makes the password
-    with :mod:`secrets`, ``encrypt`` seals it to the escrow PUBLIC key (hybrid:
-    a random AES-256-GCM key wrapped with RSA-OAEP-SHA256) and ``sha512_crypt``
-    makes the ``$6$`` hash fed to ``chpasswd -e`` on Linux.
+``policy_from`` validates the pillar policy, ``generate`` makes the password
+with :mod:`secrets`, ``encrypt`` seals it to the escrow PUBLIC key (hybrid:
+a random AES-256-GCM key wrapped with RSA-OAEP-SHA256) and ``sha512_crypt``
+makes the ``$6$`` hash fed to ``chpasswd -e`` on Linux. ``decrypt`` opens an
+envelope: a machine its own prepared password, the master (``password.show``)
+an escrowed one with the operator's private key.
 
-Master side
-    ``check_return`` vets what a minion sent (only ciphertext + metadata, sealed
-    to the escrow key the master trusts, labelled with the returning minion);
-    :mod:`escrow_store` keeps every escrowed ciphertext (history) and an audit log
-    of every read; ``decrypt`` runs only in ``password.show`` with the operator's
-    private key.
+The master half: ``escrow_check`` vets what a machine returns; ``escrow_store``,
+``escrow_rotation`` keep and drive it.
 
 Nothing in here logs, and no exception raised here carries a password.
 """
@@ -33,7 +30,6 @@ MIN_LENGTH = 14  # Windows LAPS default length
 MAX_LENGTH = 127  # longest password NetUserSetInfo takes
 MIN_RSA_BITS = 2048
 DEFAULT_MAX_AGE_DAYS = 30  # Windows LAPS default
-DEFAULT_HISTORY = 12  # escrowed ciphertexts kept per machine and account
 # No quotes, backslash, backtick, pipe or space: safe to type, paste and quote.
 DEFAULT_SPECIAL = "!#$%&()*+,-./:;<=>?@[]^_{}~"
 CLASSES = {
@@ -51,16 +47,6 @@ DEFAULT_POLICY = {
 }
 PLACEHOLDER_MARK = "REPLACE"
 ACCOUNT_CHARS = set(string.ascii_letters + string.digits + "._-$")
-RETURN_KEYS = {
-    "account",
-    "rotated_at",
-    "length",
-    "max_age_days",
-    "fingerprint",
-    "ciphertext",
-    "verified",
-    "platform",
-}
 
 class EscrowError(Exception):
     """A configuration, key or ciphertext problem. Messages never hold a password."""
@@ -324,7 +310,7 @@ def encrypt(public_key, password, aad):
     }
 
 
-def _check_envelope(envelope):
+def check_envelope(envelope):
     if not isinstance(envelope, dict):
         raise Refused("ciphertext is not an escrow envelope")
     if envelope.get("format") != FORMAT or envelope.get("alg") != ALGORITHM:
@@ -351,7 +337,7 @@ def _check_envelope(envelope):
 def decrypt(private_key, envelope):
     """The password sealed in ``envelope``; :class:`Refused` if the key or the data do not match."""
     invalid_tag, _, _, _, _, aesgcm = _crypto()
-    raw = _check_envelope(envelope)
+    raw = check_envelope(envelope)
     if envelope.get("kid") != fingerprint(private_key):
         raise Refused("key fingerprint mismatch")
     try:
@@ -360,57 +346,3 @@ def decrypt(private_key, envelope):
     except (ValueError, invalid_tag):
         raise Refused("decryption failed: the ciphertext or its labels were altered") from None
     return plain.decode("utf-8")
-
-
-# ---- vetting a minion's return (master) ---------------------------------------------
-
-
-def check_return(ret, vm, account, expected_fingerprint):
-    """
-    What the vm master accepts from ``vm`` for ``account``: exactly the
-    documented keys, sealed to the escrow key the master is configured with,
-    and labelled (AES-GCM associated data) with this machine, account and
-    rotation time. Returns the row to store, or raises :class:`Refused`.
-    """
-    if not isinstance(ret, dict):
-        raise Refused(f"return is not a mapping: {str(ret)[:200]!r}")
-    extra = set(ret) - RETURN_KEYS
-    if extra:
-        raise Refused(f"return carries unexpected keys: {', '.join(sorted(map(str, extra)))[:200]}")
-    missing = {"account", "rotated_at", "length", "fingerprint", "ciphertext"} - set(ret)
-    if missing:
-        raise Refused(f"return lacks {', '.join(sorted(missing))}")
-    if ret["fingerprint"] != expected_fingerprint:
-        raise Refused(
-            f"escrow key fingerprint mismatch: the minion sealed to {str(ret['fingerprint'])[:64]},"
-            f" the master's escrow key is {expected_fingerprint}"
-        )
-    envelope = ret["ciphertext"]
-    _check_envelope(envelope)
-    if envelope.get("kid") != expected_fingerprint:
-        raise Refused("escrow key fingerprint mismatch inside the ciphertext")
-    if ret["account"] != account:
-        raise Refused(f"return is for account {str(ret['account'])[:64]!r}, not {account!r}")
-    rotated_at = ret["rotated_at"]
-    if isinstance(rotated_at, bool) or not isinstance(rotated_at, (int, float)) or not 0 < rotated_at < 1e11:
-        raise Refused("rotated_at is not an epoch time")
-    if envelope["aad"] != {"vm": vm, "account": account, "rotated_at": rotated_at}:
-        raise Refused("ciphertext is labelled for another machine, account or rotation")
-    length = ret["length"]
-    if isinstance(length, bool) or not isinstance(length, int) or not MIN_LENGTH <= length <= MAX_LENGTH:
-        raise Refused("length is not a policy length")
-    max_age = ret.get("max_age_days", DEFAULT_MAX_AGE_DAYS)
-    if isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or not 0 < max_age <= 3650:
-        raise Refused("max_age_days is not a number of days")
-    verified = ret.get("verified")
-    return {
-        "vm": vm,
-        "account": account,
-        "rotated_at": float(rotated_at),
-        "fingerprint": expected_fingerprint,
-        "length": length,
-        "max_age_days": float(max_age),
-        "verified": None if verified is None else int(bool(verified)),
-        "platform": str(ret.get("platform") or "")[:32] or None,
-        "envelope": json.dumps(envelope, sort_keys=True),
-    }

@@ -17,7 +17,7 @@ than ``in_doubt_after``. Salt is injected (``gather``), so this is tested withou
 import logging
 
 import deskfleet_store as store
-import escrow
+import escrow_check
 import escrow_store
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class Rotation:
     ``audit(conn, **fields)`` appends an audit record.
     """
 
-    def __init__(self, conn, gather, audit, account, fingerprint, keep=escrow.DEFAULT_HISTORY):
+    def __init__(self, conn, gather, audit, account, fingerprint, keep=escrow_store.DEFAULT_HISTORY):
         self.conn, self.gather, self.audit_fn = conn, gather, audit
         self.account, self.fp, self.keep = account, fingerprint, keep
         self.out = {"rotated": {}, "refused": {}, "failed": {}, "in_doubt": {}}
@@ -79,8 +79,8 @@ class Rotation:
             self._audit(vm=vm, outcome="failed", reason=error)
             return
         try:
-            row = escrow.check_return(ret, vm, self.account, self.fp)
-        except escrow.Refused as exc:
+            row = escrow_check.check_return(ret, vm, self.account, self.fp)
+        except escrow_check.Refused as exc:
             self.out["refused"][vm] = f"{exc}; nothing was set on the machine"
             self._audit(vm=vm, outcome="refused", reason=str(exc), key_fingerprint=self.fp)
             log.warning("password: refused the escrow return of %s: %s", vm, exc)

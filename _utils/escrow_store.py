@@ -1,7 +1,7 @@
 """
 The escrow store (vm master): every escrowed ciphertext of every machine, with
 its state in the two-phase rotation, and the audit log of reads and rotations.
-The crypto and the checks of a minion's return are in :mod:`escrow`; the
+The crypto is in :mod:`escrow`, the checks of a minion's return in :mod:`escrow_check`; the
 rotation protocol in :mod:`escrow_rotation`.
 """
 
@@ -10,7 +10,9 @@ import time
 
 # Salt puts utils_dirs on sys.path while it loads runners.
 import deskfleet_store as store
-from escrow import DEFAULT_HISTORY, EscrowError
+from escrow import EscrowError
+
+DEFAULT_HISTORY = 12  # escrowed ciphertexts kept per machine and account
 
 COMPONENT = "password_escrow"
 MIGRATIONS = {

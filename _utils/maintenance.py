@@ -7,7 +7,7 @@ the plan out and ``maintenance_journal`` records every step.
 
 A host is a nova-compute host name (as Nova's ``services()`` and a server's
 ``OS-EXT-SRV-ATTR:host`` spell it). A desktop is a server on a host; a pool
-spare is a desktop of a pool that nobody took (``_utils/vmpool.py`` metadata).
+spare is a desktop of a pool that nobody took (``_utils/pool_plan.py`` metadata).
 """
 
 import datetime

@@ -1,5 +1,5 @@
 """
-Pool keeper decision benchmark: one reconcile decision (``vmpool.plan``) for a
+Pool keeper decision benchmark: one reconcile decision (``pool_plan.plan``) for a
 synthetic fleet of 10,000 servers across 200 pools, CPU seconds per decision.
 
     python -m bench.vmpool_plan [--servers 10000] [--pools 200] [--rounds 20]
@@ -13,12 +13,12 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "_utils"))
-import vmpool  # noqa: E402
+import pool_plan  # noqa: E402
 
 
 def fleet(n_servers, n_pools, seed=7):
     rng = random.Random(seed)
-    pools = vmpool.validate_pools(
+    pools = pool_plan.validate_pools(
         {
             f"pool-{i:03d}": {
                 "flavor": "d2.medium",
@@ -37,9 +37,9 @@ def fleet(n_servers, n_pools, seed=7):
     servers = []
     for i in range(n_servers):
         state, status = rng.choices(weights, (30, 64, 0.4, 0.6, 5))[0]
-        meta = {vmpool.POOL_KEY: rng.choice(names), "department": "sales"}
+        meta = {pool_plan.POOL_KEY: rng.choice(names), "department": "sales"}
         if state:
-            meta[vmpool.STATE_KEY] = state
+            meta[pool_plan.STATE_KEY] = state
         servers.append({"id": f"srv-{i:05d}", "status": status, "metadata": meta})
     providers = [
         {
@@ -66,11 +66,11 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args(argv)
     pools, servers, providers, flavors = fleet(args.servers, args.pools)
-    now = vmpool.utcnow()
+    now = pool_plan.utcnow()
     cpu = []
     for _ in range(args.rounds):
         t0 = time.process_time()
-        decision = vmpool.plan(pools, servers, providers, flavors, {}, now, {"max_in_flight_total": CAP})
+        decision = pool_plan.plan(pools, servers, providers, flavors, {}, now, {"max_in_flight_total": CAP})
         cpu.append(time.process_time() - t0)
     cpu.sort()
     median = cpu[len(cpu) // 2]

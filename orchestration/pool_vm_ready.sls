@@ -13,7 +13,7 @@ check-sender:
     - failhard: True
 
 # A fresh desktop has none of deskfleet's code: the execution modules import _utils
-# (escrow, rollouts), so sync everything (utils included), not only the modules.
+# (escrow, software_catalog, ...), so sync everything (utils included), not only the modules.
 desktop-sync:
   salt.function:
     - name: saltutil.sync_all

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from salt.exceptions import CommandExecutionError
 
 import escrow
+import escrow_check
 from tests.support.loading import load
 
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
@@ -76,6 +77,7 @@ def configure_loader_modules(tmp_path, pillar, fake_salt):
             "__grains__": {"kernel": "Windows", "os": "Windows"},
             "__pillar__": pillar,
             "__salt__": fake_salt,
+            "__context__": {},
         }
     }
 
@@ -116,7 +118,7 @@ def test_rotate_pins_the_win_useradd_and_win_shadow_calls(fake_salt, escrow_key,
     assert any(c.isdigit() for c in password) and any(c in escrow.DEFAULT_SPECIAL for c in password)
 
     # only ciphertext + metadata come back, and the escrow key opens it
-    assert set(ret) == escrow.RETURN_KEYS
+    assert set(ret) == escrow_check.RETURN_KEYS
     assert ret["account"] == "localadmin" and ret["platform"] == "windows" and ret["verified"] is True
     assert ret["length"] == 20 and ret["max_age_days"] == 14
     assert ret["fingerprint"] == escrow.fingerprint(escrow_key)
@@ -124,7 +126,7 @@ def test_rotate_pins_the_win_useradd_and_win_shadow_calls(fake_salt, escrow_key,
     assert escrow.decrypt(escrow_key, ret["ciphertext"]) == password
     assert password not in json.dumps(ret)
     # the master accepts it as desk-0042's
-    escrow.check_return(json.loads(json.dumps(ret)), MINION_ID, "localadmin", escrow.fingerprint(escrow_key))
+    escrow_check.check_return(json.loads(json.dumps(ret)), MINION_ID, "localadmin", escrow.fingerprint(escrow_key))
     # and not a word of it in any log record, at debug
     assert caplog.records, "the module logs the rotation"
     assert all(password not in r.getMessage() for r in caplog.records)
@@ -182,7 +184,9 @@ def test_setpassword_failure_is_an_error_without_the_password(fake_salt, tmp_pat
     assert "user.setpassword failed" in str(info.value)
     assert password not in "".join(traceback.format_exception(info.value))
     fake_salt["shadow.verify_password"].assert_not_called()
-    assert local_password.last("localadmin") == {"error": "no rotation of localadmin recorded on this machine"}
+    assert local_password.last("localadmin") == {"error": "no rotation of localadmin recorded on this machine",
+                                                  "retcode": 1}
+    assert local_password.__context__["retcode"] == 1  # the job exits 1
 
 
 def test_an_exception_carrying_the_password_is_scrubbed(fake_salt):
@@ -356,7 +360,7 @@ def test_prepare_changes_nothing_and_commit_sets_exactly_the_escrowed_password(f
     local_password.__opts__["pki_dir"] = str(pki)
     ret = local_password.prepare("localadmin")
     fake_salt["user.setpassword"].assert_not_called()
-    assert set(ret) == escrow.RETURN_KEYS and ret["verified"] is None
+    assert set(ret) == escrow_check.RETURN_KEYS and ret["verified"] is None
     escrowed = escrow.decrypt(escrow_key, ret["ciphertext"])
     pending = next((tmp_path / "cache").rglob("localadmin.pending.json"))
     assert oct(pending.stat().st_mode & 0o777) == "0o600" and escrowed not in pending.read_text()

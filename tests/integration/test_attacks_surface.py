@@ -52,7 +52,7 @@ VM_FILES = sorted(
     [f"_modules/{m}.py" for m in ("desktop_notice", "filedist", "host_boot_order", "host_dnsmasq", "host_overcommit",
                                    "host_ovs_ports", "host_rabbitmq", "local_password", "profile_file", "software")]
     + ["_beacons/desktop_session.py"]
-    + [f"_utils/{u}.py" for u in ("deskfleet_store", "escrow", "rollouts", "userdata_path")]
+    + [f"_utils/{u}.py" for u in ("deskfleet_salt", "escrow", "software_catalog", "software_versions", "userdata_path")]
     + [f"_utils/host_{u}.py" for u in ("dnsmasq_instances", "dnsmasq_options", "errors", "formula", "keepalive", "ksm",
                                         "libvirt", "memory_commit", "nova_conf", "ovsdb", "port_classes", "port_repair",
                                         "ss", "systemd_order")]

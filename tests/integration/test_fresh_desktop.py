@@ -4,8 +4,9 @@ exactly the minion-side steps of the shipped ``orchestration/pool_vm_ready.sls``
 (rendered for it; the runner steps, check-sender and mark-ready, need the cloud
 and are covered in tests/integration/test_pool_reactor.py), and afterwards a
 password rotation and a software install work on it. The modules import
-``_utils`` (escrow, rollouts): a baseline that syncs only the modules leaves
-them unloadable, and this test fails.
+``_utils`` (escrow, software_catalog, ...): a baseline that syncs only the modules leaves
+them unloadable, and this test fails. The ``win`` baseline state alone brings a never-synced
+desktop the same code (utils, modules, the session beacon).
 """
 
 import json
@@ -21,6 +22,7 @@ from tests.integration.test_password_escrow import ACCOUNT, make_root, shadow_ha
 
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 DESK = "dfp-fresh-0001"
+DESK_WIN = "dfp-fresh-0002"
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +51,14 @@ def desk(master, root):
     # a pool desktop boots with the key the keeper seeded (pending dfp-* keys are deleted by the enroll engine)
     saltconf.seed_desktop(master.config, DESK, minion.config["pki_dir"])
     with minion.started(start_timeout=120):  # started only: no sync_all, as a new pool desktop
+        yield minion
+
+
+@pytest.fixture(scope="module")
+def desk_win(master):
+    minion = master.salt_minion_daemon(DESK_WIN, overrides={"grains": {"deskfleet_role": "desktop"}})
+    saltconf.seed_desktop(master.config, DESK_WIN, minion.config["pki_dir"])
+    with minion.started(start_timeout=120):  # never synced
         yield minion
 
 
@@ -101,3 +111,16 @@ def test_rotation_and_install_work_after_the_orchestration_baseline_on_a_never_s
     ret = cli.run("software.install", "deskfleet-demo", minion_tgt=DESK)
     assert ret.data["result"] is True and ret.data["installed"] == "1.0.0", ret
     assert (root / "opt" / "deskfleet-demo" / "VERSION").read_text().strip() == "1.0.0"
+
+
+def test_the_win_baseline_alone_brings_a_never_synced_desktop_its_code(master, desk_win):
+    cli = master.salt_cli(timeout=300)
+    wanted = {"local_password.rotate", "local_password.prepare", "software.install", "software.status"}
+    listed = cli.run("sys.list_functions", "local_password", "software", minion_tgt=DESK_WIN)
+    assert listed.returncode == 0 and not wanted & set(listed.data or []), listed  # fresh: none of it
+    ret = cli.run("state.apply", "win", minion_tgt=DESK_WIN)
+    assert ret.returncode == 0 and ret.data and all(s["result"] for s in ret.data.values()), ret
+    listed = cli.run("sys.list_functions", "local_password", "software", minion_tgt=DESK_WIN)
+    assert wanted <= set(listed.data), listed  # the modules load: their utils came with them
+    beacons = cli.run("beacons.list_available", "return_yaml=False", minion_tgt=DESK_WIN)
+    assert "desktop_session" in beacons.data, beacons

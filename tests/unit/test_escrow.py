@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 import deskfleet_store
 import escrow
+import escrow_check
 import escrow_store
 import tc_assets
 
@@ -261,7 +262,7 @@ def minion_return(key, vm="desk-0001", account="localadmin", rotated_at=17000000
 
 def test_check_return_accepts_a_good_return(escrow_key):
     ret = minion_return(escrow_key)
-    row = escrow.check_return(ret, "desk-0001", "localadmin", escrow.fingerprint(escrow_key))
+    row = escrow_check.check_return(ret, "desk-0001", "localadmin", escrow.fingerprint(escrow_key))
     assert row["vm"] == "desk-0001" and row["length"] == 16 and row["verified"] == 1
     assert json.loads(row["envelope"]) == ret["ciphertext"]
 
@@ -284,21 +285,21 @@ def test_check_return_refusals(escrow_key, change, words):
     ret = minion_return(escrow_key)
     change(ret, escrow_key)
     with pytest.raises(escrow.Refused, match=words):
-        escrow.check_return(ret, "desk-0001", "localadmin", escrow.fingerprint(escrow_key))
+        escrow_check.check_return(ret, "desk-0001", "localadmin", escrow.fingerprint(escrow_key))
 
 
 def test_check_return_refuses_a_key_the_master_does_not_trust(escrow_key, other_key):
     ret = minion_return(other_key)  # sealed to another key, honestly labelled
     with pytest.raises(escrow.Refused, match="fingerprint mismatch"):
-        escrow.check_return(ret, "desk-0001", "localadmin", escrow.fingerprint(escrow_key))
+        escrow_check.check_return(ret, "desk-0001", "localadmin", escrow.fingerprint(escrow_key))
 
 
 def test_check_return_refuses_a_ciphertext_labelled_for_another_machine(escrow_key):
     ret = minion_return(escrow_key, vm="desk-0002")  # desk-0001 returns desk-0002's label
     with pytest.raises(escrow.Refused, match="another machine"):
-        escrow.check_return(ret, "desk-0001", "localadmin", escrow.fingerprint(escrow_key))
+        escrow_check.check_return(ret, "desk-0001", "localadmin", escrow.fingerprint(escrow_key))
     with pytest.raises(escrow.Refused):
-        escrow.check_return("ERROR: boom", "desk-0001", "localadmin", escrow.fingerprint(escrow_key))
+        escrow_check.check_return("ERROR: boom", "desk-0001", "localadmin", escrow.fingerprint(escrow_key))
 
 
 # ---- the store -------------------------------------------------------------------------
@@ -312,8 +313,8 @@ def conn(tmp_path):
     connection.close()
 
 
-def store_rotation(conn, key, vm, rotated_at, password="Pw!0aaaaaaaaaaaa", keep=escrow.DEFAULT_HISTORY):
-    row = escrow.check_return(
+def store_rotation(conn, key, vm, rotated_at, password="Pw!0aaaaaaaaaaaa", keep=escrow_store.DEFAULT_HISTORY):
+    row = escrow_check.check_return(
         minion_return(key, vm=vm, rotated_at=rotated_at, password=password), vm, "localadmin", escrow.fingerprint(key)
     )
     return escrow_store.add_escrow(conn, row, jid="20240101", now=rotated_at + 1, keep=keep)

@@ -16,10 +16,11 @@ import pytest
 import deskfleet_store as store
 import escrow
 import escrow_store
-import rollouts
+import rollout_engine
+import rollout_store
 
 pytestmark = pytest.mark.unit
-MIGRATIONS = {**escrow_store.MIGRATIONS, **rollouts.MIGRATIONS}
+MIGRATIONS = {**escrow_store.MIGRATIONS, **rollout_store.MIGRATIONS}
 
 
 def fresh(path):
@@ -195,14 +196,14 @@ def test_a_locked_store_stops_a_rollout_tick_with_a_store_error(db):
     """Not one rollout's error among others: the shared store is down, the runner reports it (exit 1, alert)."""
     conn = store.connect(str(db), MIGRATIONS, timeout=0.5)
     entry = {"key": "demo", "name": "demo", "version": "1", "windows": None, "linux": None}
-    rollouts.create(conn, software="demo", version="1", entry=entry, target="d-*", tgt_type="glob", minions=["d-1"],
+    rollout_store.create(conn, software="demo", version="1", entry=entry, target="d-*", tgt_type="glob", minions=["d-1"],
                     batch=1, max_fail=0, start=0, end=4e9, now=1)  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True)  # fmt: skip
     try:
         assert proc.stdout.readline().strip() == "locked"
         with pytest.raises(store.StoreError) as info:
-            rollouts.Engine(conn, driver=None, clock=lambda: 100.0).tick()
+            rollout_engine.Engine(conn, driver=None, clock=lambda: 100.0).tick()
         assert info.value.fault == "locked"
     finally:
         proc.stdin.write("\n")

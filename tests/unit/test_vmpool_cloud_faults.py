@@ -12,7 +12,7 @@ import pytest
 import requests
 import requests_mock
 
-import vmpool as keeper
+import pool_plan
 from tests.support.loading import load
 
 NOVA = "http://nova.test/v2.1"
@@ -25,14 +25,19 @@ def runner(tmp_path, monkeypatch):
     mod = load("_runners/vmpool.py", "vmpool_runner")
     mod.__opts__ = {"id": "vm-master", "cachedir": str(tmp_path), "deskfleet": {"role": "vm", "vm": {"pool_keeper": {"backoff_base": 30}}}}
     mod.__context__ = {}
-    pools = keeper.validate_pools(
+    pools = pool_plan.validate_pools(
         {"sales": {"flavor": "f1", "image": "img-1", "network": "net-1", "spares": 2, "max_size": 5, "max_in_flight": 2}}
     )
     monkeypatch.setattr(mod, "_pools", lambda: (pools, {}))
     mod.answered = {}  # desktop -> answers the ping (the integration test uses the real job cache)
-    monkeypatch.setattr(mod, "_answers", lambda vm: mod.answered.get(vm, True))
+    monkeypatch.setattr(mod.desktop_probe, "answers_ping", lambda opts, lookup, vm, timeout: mod.answered.get(vm, True))
     mod.alerts = []  # what would go on the master bus (the integration test checks the real bus)
-    monkeypatch.setattr(mod, "_alert", mod.alerts.append)
+
+    def alert(opts, tag, data):
+        assert tag == mod.ALERT_TAG
+        mod.alerts.append(data)
+
+    monkeypatch.setattr(mod.glue, "alert", alert)
     return mod
 
 
@@ -113,7 +118,7 @@ def test_a_500_on_boot_is_recorded_and_later_calls_recover(runner, cloud, monkey
     runner.reconcile()
     assert runner.status()["pools"]["sales"]["failures"] == 1
     # after the backoff the keeper tries again and the boot goes through
-    monkeypatch.setattr(keeper, "backoff_seconds", lambda *a: 0)
+    monkeypatch.setattr(pool_plan, "backoff_seconds", lambda *a: 0)
     again = runner.reconcile()
     assert again["pools"]["sales"]["boots"] == 2 and len(again["booted"]) >= 1
 

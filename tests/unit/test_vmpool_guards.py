@@ -17,7 +17,7 @@ import time
 import pytest
 
 import salt.config
-import vmpool as keeper
+import pool_plan
 from tests.unit.test_vmpool_cloud_faults import NOVA, PLACEMENT, boots, cloud, runner  # noqa: F401  (fixtures)
 
 
@@ -156,7 +156,7 @@ def test_servers_are_listed_with_a_name_filter(runner, cloud):
 
 def test_one_bad_pool_fails_the_run_but_the_others_are_kept(runner, cloud, monkeypatch):
     made = servers_side(cloud)
-    good, bad = keeper.validate_pools({"sales": {"flavor": "f1", "image": "i", "network": "n", "spares": 2}}), {
+    good, bad = pool_plan.validate_pools({"sales": {"flavor": "f1", "image": "i", "network": "n", "spares": 2}}), {
         "broken": "pool broken: spares: is required"
     }
     monkeypatch.setattr(runner, "_pools", lambda: (good, bad))

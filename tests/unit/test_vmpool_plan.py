@@ -5,7 +5,7 @@ import datetime
 import pytest
 
 import pool_config
-import vmpool
+import pool_plan
 
 UTC = datetime.timezone.utc
 MONDAY_10 = datetime.datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -26,7 +26,7 @@ BIG = [
 def pools(**overrides):
     conf = {"flavor": "d2", "image": "win11", "network": "net", "spares": 5, "max_size": 20, "max_in_flight": 10}
     conf.update(overrides)
-    return vmpool.validate_pools({"sales": conf})
+    return pool_plan.validate_pools({"sales": conf})
 
 
 def servers(pool="sales", ready=0, taken=0, building=0, booted=0, error=0):
@@ -39,15 +39,15 @@ def servers(pool="sales", ready=0, taken=0, building=0, booted=0, error=0):
         ("e", error, "ERROR", None),
     ):
         for i in range(n):
-            meta = {vmpool.POOL_KEY: pool}
+            meta = {pool_plan.POOL_KEY: pool}
             if state:
-                meta[vmpool.STATE_KEY] = state
+                meta[pool_plan.STATE_KEY] = state
             out.append({"id": f"{pool}-{kind}{i}", "status": status, "metadata": meta})
     return out
 
 
 def decide(p, s, providers=BIG, health=None, now=MONDAY_10, **settings):
-    return vmpool.plan(p, s, providers, FLAVORS, health or {}, now, settings or None)
+    return pool_plan.plan(p, s, providers, FLAVORS, health or {}, now, settings or None)
 
 
 def test_fill_from_zero_to_target():
@@ -76,7 +76,7 @@ def test_per_pool_in_flight_cap():
 
 
 def test_global_in_flight_cap_shared_across_pools_largest_shortfall_first():
-    p = vmpool.validate_pools(
+    p = pool_plan.validate_pools(
         {
             "a": {"flavor": "d2", "image": "i", "network": "n", "spares": 10, "max_size": 50, "max_in_flight": 10},
             "b": {"flavor": "d2", "image": "i", "network": "n", "spares": 10, "max_size": 50, "max_in_flight": 10},
@@ -123,15 +123,15 @@ def test_schedule_sets_peak_and_off_peak_targets():
 
 
 def test_drained_pool_boots_nothing_and_deletes_its_spares_not_taken_desktops():
-    d = vmpool.plan(pools(), servers(ready=2, building=1, taken=3), BIG, FLAVORS, {}, MONDAY_10, drained={"sales"})
+    d = pool_plan.plan(pools(), servers(ready=2, building=1, taken=3), BIG, FLAVORS, {}, MONDAY_10, drained={"sales"})
     entry = d["pools"]["sales"]
     assert entry["boots"] == 0
     assert sorted(entry["delete"]) == ["sales-b0", "sales-r0", "sales-r1"]
 
 
 def test_only_limits_the_plan_to_one_pool():
-    p = vmpool.validate_pools({n: {"flavor": "d2", "image": "i", "network": "n", "spares": 1} for n in ("a", "b")})
-    d = vmpool.plan(p, [], BIG, FLAVORS, {}, MONDAY_10, only={"a"})
+    p = pool_plan.validate_pools({n: {"flavor": "d2", "image": "i", "network": "n", "spares": 1} for n in ("a", "b")})
+    d = pool_plan.plan(p, [], BIG, FLAVORS, {}, MONDAY_10, only={"a"})
     assert set(d["pools"]) == {"a"} and d["boots"] == 1
 
 
@@ -155,13 +155,13 @@ def test_servers_of_unknown_pools_are_reported_not_counted():
     ],
 )
 def test_malformed_pool_pillar_is_refused_with_the_field_named(conf, message):
-    with pytest.raises(vmpool.PoolConfigError, match=message):
-        vmpool.validate_pools({"sales": conf})
+    with pytest.raises(pool_plan.PoolConfigError, match=message):
+        pool_plan.validate_pools({"sales": conf})
 
 
 def test_bad_pool_names_are_refused():
-    with pytest.raises(vmpool.PoolConfigError, match="pool name"):
-        vmpool.validate_pools({"Sales Floor": {"flavor": "d2", "image": "i", "network": "n"}})
+    with pytest.raises(pool_plan.PoolConfigError, match="pool name"):
+        pool_plan.validate_pools({"Sales Floor": {"flavor": "d2", "image": "i", "network": "n"}})
 
 
 # ---- per-host capacity ---------------------------------------------------------------
@@ -201,7 +201,7 @@ def test_disabled_hosts_take_no_desktops():
 
 
 def test_capacity_taken_by_one_pool_is_gone_for_the_next():
-    p = vmpool.validate_pools({n: {"flavor": "d2", "image": "i", "network": "n", "spares": 2} for n in ("a", "b")})
+    p = pool_plan.validate_pools({n: {"flavor": "d2", "image": "i", "network": "n", "spares": 2} for n in ("a", "b")})
     d = decide(p, [], providers=[provider("c1", 4096 * 3)])
     assert d["pools"]["a"]["boots"] + d["pools"]["b"]["boots"] == 3
 
@@ -210,7 +210,7 @@ def test_capacity_taken_by_one_pool_is_gone_for_the_next():
 
 
 def test_global_cap_counts_boots_already_in_flight_in_every_pool():
-    p = vmpool.validate_pools(
+    p = pool_plan.validate_pools(
         {n: {"flavor": "d2", "image": "i", "network": "n", "spares": 10, "max_size": 50, "max_in_flight": 10} for n in ("a", "b", "c")}
     )
     # 3 building in a, 2 booted-not-ready in b: 5 of the global 6 are taken
@@ -223,7 +223,7 @@ def test_global_cap_counts_boots_already_in_flight_in_every_pool():
 
 
 def test_default_global_cap_is_ten():
-    p = vmpool.validate_pools({n: {"flavor": "d2", "image": "i", "network": "n", "spares": 30, "max_size": 50, "max_in_flight": 30} for n in ("a", "b")})
+    p = pool_plan.validate_pools({n: {"flavor": "d2", "image": "i", "network": "n", "spares": 30, "max_size": 50, "max_in_flight": 30} for n in ("a", "b")})
     d = decide(p, servers("a", building=7))
     assert d["boots"] == 3
 
@@ -248,7 +248,7 @@ def test_active_never_ready_past_the_deadline_is_a_failure():
 
 
 def test_stuck_desktops_do_not_hold_the_global_cap():
-    p = vmpool.validate_pools({n: {"flavor": "d2", "image": "i", "network": "n", "spares": 5} for n in ("bad", "good")})
+    p = pool_plan.validate_pools({n: {"flavor": "d2", "image": "i", "network": "n", "spares": 5} for n in ("bad", "good")})
     d = decide(p, aged(servers("bad", booted=4), 5000), max_in_flight_total=4)
     assert d["pools"]["good"]["boots"] == 2 and d["in_flight_total"] == 0  # good's max_in_flight is 2
 
@@ -263,9 +263,9 @@ def test_young_desktops_are_in_flight_and_a_pool_may_set_its_own_deadline():
 
 
 def test_unknown_flavor_and_empty_placement_are_failures():
-    d = vmpool.plan(pools(flavor="nope"), [], BIG, FLAVORS, {}, MONDAY_10)
+    d = pool_plan.plan(pools(flavor="nope"), [], BIG, FLAVORS, {}, MONDAY_10)
     assert d["pools"]["sales"]["failed"] == 1 and "unknown flavor nope" in d["pools"]["sales"]["problems"]
-    d = vmpool.plan(pools(), [], [], FLAVORS, {}, MONDAY_10)
+    d = pool_plan.plan(pools(), [], [], FLAVORS, {}, MONDAY_10)
     assert d["pools"]["sales"]["failed"] == 1 and "placement lists no compute hosts" in d["pools"]["sales"]["problems"]
 
 
@@ -278,24 +278,24 @@ def at(day, hh, mm=0):
 
 def test_overnight_window_applies_after_midnight_of_the_next_day():
     p = pools(spares=2, schedule=[{"days": "mon-fri", "from": "22:00", "to": "06:00", "spares": 1}])["sales"]
-    assert vmpool.target_spares(p, at(0, 23)) == 1  # Monday night
-    assert vmpool.target_spares(p, at(1, 3)) == 1  # ... into Tuesday morning
-    assert vmpool.target_spares(p, at(1, 6)) == 2  # over at 06:00
-    assert vmpool.target_spares(p, at(0, 3)) == 2  # Sunday night is not in mon-fri
-    assert vmpool.target_spares(p, at(5, 3)) == 1  # Friday night into Saturday
-    assert vmpool.target_spares(p, at(5, 23)) == 2  # Saturday night
+    assert pool_plan.target_spares(p, at(0, 23)) == 1  # Monday night
+    assert pool_plan.target_spares(p, at(1, 3)) == 1  # ... into Tuesday morning
+    assert pool_plan.target_spares(p, at(1, 6)) == 2  # over at 06:00
+    assert pool_plan.target_spares(p, at(0, 3)) == 2  # Sunday night is not in mon-fri
+    assert pool_plan.target_spares(p, at(5, 3)) == 1  # Friday night into Saturday
+    assert pool_plan.target_spares(p, at(5, 23)) == 2  # Saturday night
 
 
 def test_window_to_24_00_and_equal_bounds():
     p = pools(spares=0, schedule=[{"from": "18:00", "to": "24:00", "spares": 3}])["sales"]
-    assert vmpool.target_spares(p, at(0, 23, 59)) == 3
-    with pytest.raises(vmpool.PoolConfigError, match=r"schedule\[0\].to: equals from"):
+    assert pool_plan.target_spares(p, at(0, 23, 59)) == 3
+    with pytest.raises(pool_plan.PoolConfigError, match=r"schedule\[0\].to: equals from"):
         pools(schedule=[{"from": "08:00", "to": "08:00", "spares": 3}])
 
 
 def test_unquoted_time_is_named_and_the_fix_given():
     # what YAML 1.1 makes of `to: 19:00`
-    with pytest.raises(vmpool.PoolConfigError) as err:
+    with pytest.raises(pool_plan.PoolConfigError) as err:
         pools(schedule=[{"from": "07:00", "to": 1140, "spares": 3}])
     assert "pool sales: schedule[0].to:" in str(err.value) and '"19:00"' in str(err.value) and "quote" in str(err.value)
 
@@ -331,11 +331,11 @@ def test_bad_pools_are_reported_one_by_one_and_good_ones_kept():
 
 def test_short_pool_alerts_only_after_the_grace_period():
     entry = {"ready": 1, "target": 5, "reason": "capped by over-commit headroom (per host)"}
-    since, alert = vmpool.shortage(entry, None, 1000.0, vmpool.DEFAULTS)
+    since, alert = pool_plan.shortage(entry, None, 1000.0, pool_plan.DEFAULTS)
     assert since == 1000.0 and alert is None
-    since, alert = vmpool.shortage(entry, since, 1000.0 + 901, vmpool.DEFAULTS)
+    since, alert = pool_plan.shortage(entry, since, 1000.0 + 901, pool_plan.DEFAULTS)
     assert since == 1000.0 and alert["kind"] == "short" and alert["short_for"] == 901 and "headroom" in alert["message"]
-    assert vmpool.shortage(dict(entry, ready=5), since, 5000.0, vmpool.DEFAULTS) == (None, None)
+    assert pool_plan.shortage(dict(entry, ready=5), since, 5000.0, pool_plan.DEFAULTS) == (None, None)
 
 
 # ---- the sender check on pool start events ---------------------------------------------------
@@ -345,11 +345,11 @@ POOLS = {"sales": {}}
 
 
 def srv(name="dfp-sales-aaaa", status="ACTIVE", **meta):
-    return {"name": name, "status": status, "metadata": dict({vmpool.POOL_KEY: "sales"}, **meta)}
+    return {"name": name, "status": status, "metadata": dict({pool_plan.POOL_KEY: "sales"}, **meta)}
 
 
 def test_start_event_of_a_booting_pool_desktop_with_accepted_key_passes():
-    assert vmpool.check_start("salt/minion/dfp-sales-aaaa/start", {"id": "dfp-sales-aaaa"}, srv(), True, POOLS) is None
+    assert pool_plan.check_start("salt/minion/dfp-sales-aaaa/start", {"id": "dfp-sales-aaaa"}, srv(), True, POOLS) is None
 
 
 @pytest.mark.parametrize(
@@ -367,7 +367,7 @@ def test_start_event_of_a_booting_pool_desktop_with_accepted_key_passes():
     ],
 )
 def test_forged_or_premature_start_events_are_refused(tag, data, server, key, reason):
-    assert reason in vmpool.check_start(tag, data, server, key, POOLS)
+    assert reason in pool_plan.check_start(tag, data, server, key, POOLS)
 
 
 def test_pillar_example_validates():

@@ -1,5 +1,5 @@
 """
-Pool keeper logic: pure functions from (pool config, cloud listing, placement
+Pool keeper plan: pure functions from (pool config, cloud listing, placement
 capacity, keeper health) to a plan of boots and deletes. No I/O here; the
 ``vmpool`` runner lists the cloud, calls :func:`plan`, and carries it out.
 
@@ -249,3 +249,21 @@ def check_start(tag, data, server, key_accepted, pools):
 
 def utcnow():
     return datetime.datetime.now(datetime.timezone.utc)
+
+
+def status_rows(pools, health, counts, now, settings):
+    """Per pool: target, counts by state, health and the last error, as ``vmpool.status`` shows them."""
+    out = {}
+    for name, pool in pools.items():
+        h = health.get(name) or {}
+        out[name] = {
+            "target": 0 if h.get("drained") else target_spares(pool, now),
+            "max_size": pool["max_size"],
+            **{k: len(v) for k, v in counts[name].items()},
+            "health": pool_health(h, now.timestamp(), settings),
+            "failures": h.get("failures", 0),
+            "last_error": h.get("last_error") if h.get("failures") else None,
+            "drained": bool(h.get("drained")),
+            "short_for": int(now.timestamp() - h["short_since"]) if h.get("short_since") else 0,
+        }
+    return out

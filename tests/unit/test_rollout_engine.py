@@ -1,226 +1,36 @@
 """
-Rollout logic without Salt: the catalog rules, batching and thresholds, the
-window, the state machine over the store, the lease, and resuming after a
+The rollout engine without Salt (``_utils/rollout_engine.py`` over ``rollout_store.py`` and
+``rollout_lease.py``): the state machine over the store, the lease, and resuming after a
 restart, driven through a fake fleet (publish / job cache / find_job).
 """
 
-import hashlib
-import pathlib
 import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 
-import jinja2
 import pytest
-import yaml
 
 import deskfleet_store
-import rollouts
+import rollout_engine
+import rollout_lease
+import rollout_store
+import software_catalog
 import tc_assets
+from tests.unit.test_software_catalog import linux_only
 
-CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
-SHA = "a" * 64
 NOW = 1_750_000_000.0
 
 
-# ---- the catalog ---------------------------------------------------------------------
-
-
-def msi(**extra):
-    entry = {
-        "name": "7-Zip",
-        "version": "23.01",
-        "source": "https://example.org/7z2301-x64.msi",
-        "sha256": SHA.upper(),
-        "args": "/qn /norestart",
-        "detect": {"product_code": "{23170f69-40c1-2702-2301-000001000000}"},
-    }
-    entry.update(extra)
-    return entry
-
-
-def linux_only(**extra):
-    variant = {
-        "source": "salt://deskfleet-demo/deskfleet-demo-installer.sh",
-        "sha256": SHA,
-        "args": "--version-file /opt/x/VERSION --log /var/log/x.log",
-        "detect": {"version_file": "/opt/x/VERSION"},
-    }
-    variant.update(extra)
-    return {"version": "1.0.0", "linux": variant}
-
-
-def test_validate_a_windows_msi_entry():
-    entry = rollouts.validate_entry("7zip", msi())
-    assert entry["key"] == "7zip" and entry["name"] == "7-Zip" and entry["version"] == "23.01"
-    win = entry["windows"]
-    assert win["sha256"] == SHA  # lower-cased
-    assert win["detect"] == {"product_code": "{23170F69-40C1-2702-2301-000001000000}"}
-    assert win["success_codes"] == [0, 1641, 3010]
-    assert win["timeout"] == rollouts.DEFAULT_TIMEOUT
-    assert entry["linux"] is None
-
-
-def test_validate_registry_and_file_version_rules():
-    reg = rollouts.validate_entry(
-        "softphone",
-        msi(detect={"registry": {"key": "HKEY_LOCAL_MACHINE\\SOFTWARE\\Example\\Softphone", "value": "Version",
-                                 "use_32bit_registry": True}}),
-    )
-    assert reg["windows"]["detect"] == {
-        "registry": {"hive": "HKLM", "key": "SOFTWARE\\Example\\Softphone", "value": "Version",
-                     "use_32bit_registry": True}
-    }
-    exe = rollouts.validate_entry("npp", msi(detect={"file_version": "C:\\Program Files\\Notepad++\\notepad++.exe"}))
-    assert exe["windows"]["detect"] == {"file_version": {"path": "C:\\Program Files\\Notepad++\\notepad++.exe"}}
-
-
-def test_validate_a_linux_only_entry():
-    entry = rollouts.validate_entry("demo", linux_only())
-    assert entry["windows"] is None
-    assert entry["linux"]["detect"] == {"file_version": {"path": "/opt/x/VERSION", "pattern": None}}
-    assert entry["linux"]["success_codes"] == [0]
-    pattern = rollouts.validate_entry(
-        "demo", linux_only(detect={"file_version": {"path": "/opt/x/about", "pattern": r"version=(\S+)"}})
-    )
-    assert pattern["linux"]["detect"]["file_version"]["pattern"] == r"version=(\S+)"
-
-
-@pytest.mark.parametrize(
-    "entry, message",
-    [
-        (msi(version=23.01), "version must be a string (quote it"),
-        (msi(sha256="abc"), "sha256 must be 64 hex"),
-        (msi(sha256="g" * 64), "sha256 must be 64 hex"),
-        (msi(source="ftp://example.org/x.msi"), "source must be salt://, http:// or https://"),
-        (msi(source="C:\\temp\\x.msi"), "source must be salt://"),
-        (msi(detect={"product_code": "23170F69"}), "product_code must look like"),
-        (msi(detect={"product_code": "{X}", "file_version": "C:\\x.exe"}), "exactly one of"),
-        (msi(detect={"registry": {"key": "SOFTWARE\\Vendor"}}), "must start with a hive"),
-        (msi(detect={"file_version": {"path": "relative\\app.exe"}}), "absolute Windows path"),
-        (msi(detect={"wmi": "x"}), "unknown detect rule"),
-        (msi(sha265=SHA), "unknown field(s) sha265"),
-        (msi(timeout=0), "timeout must be a positive"),
-        (msi(remove={"script": "x"}), "remove must be"),
-        ({"version": "1.0"}, "no installer"),
-        ({"name": "x"}, "version is missing"),
-        (linux_only(detect={"version_file": "relative/VERSION"}), "must be absolute"),
-        (linux_only(detect={"file_version": {"path": "/x", "pattern": "no-group"}}), "exactly one group"),
-        (dict(msi(), linux="not a mapping"), "linux must be a mapping"),
-    ],
-)
-def test_validate_refuses_bad_entries(entry, message):
-    with pytest.raises(rollouts.CatalogError) as exc:
-        rollouts.validate_entry("pkg", entry)
-    assert message in str(exc.value)
-
-
-def test_catalog_entry_names_unknown_packages():
-    with pytest.raises(rollouts.CatalogError, match="unknown package 'nope'; the catalog has: 7zip"):
-        rollouts.catalog_entry({"7zip": msi()}, "nope")
-    with pytest.raises(rollouts.CatalogError, match="empty or missing"):
-        rollouts.catalog_entry(None, "7zip")
-    assert rollouts.hashes(rollouts.catalog_entry({"7zip": msi()}, "7zip")) == {"windows": SHA}
-
-
-def _render_sls(path, grains):
-    return yaml.safe_load(jinja2.Template(path.read_text()).render(grains=grains))
-
-
-def test_shipped_catalog_validates_and_pins_the_demo_installer():
-    pillar = _render_sls(CHECKOUT / "pillar/vm/software.sls", {"deskfleet_lab_root": "/tmp/lab"})
-    catalog = pillar["software"]["catalog"]
-    demo = rollouts.validate_entry("deskfleet-demo", catalog["deskfleet-demo"])
-    installer = CHECKOUT / "salt_vm/fileroot/deskfleet-demo/deskfleet-demo-installer.sh"
-    assert demo["linux"]["source"] == "salt://" + str(installer.relative_to(CHECKOUT / "salt_vm/fileroot"))
-    assert demo["linux"]["sha256"] == hashlib.sha256(installer.read_bytes()).hexdigest()
-    assert demo["linux"]["detect"]["file_version"]["path"] == "/tmp/lab/opt/deskfleet-demo/VERSION"
-    assert f"VERSION={demo['version']}" in installer.read_text()
-    for key, raw in catalog.items():
-        rollouts.validate_entry(key, raw)
-
-
-def test_pillar_example_entries_validate():
-    example = yaml.safe_load((CHECKOUT / "pillar/vm.software.pillar.example").read_text())
-    entries = {k: rollouts.validate_entry(k, v) for k, v in example["software"]["catalog"].items()}
-    kinds = {next(iter(e["windows"]["detect"])) for e in entries.values() if e["windows"]}
-    assert kinds == {"product_code", "registry", "file_version"}
-
-
-# ---- versions, times, batches ----------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "left, right, expected",
-    [
-        ("1.0.0", "1.0.0", 0),
-        ("8.6.9.0", "8.6.9", 0),
-        ("1.10", "1.9", 1),
-        ("23.01", "23.1", 0),
-        ("1.0.1", "1.0", 1),
-        ("1.0rc1", "1.0", -1),
-        ("1.0.0.5", "1.0", 1),
-        ("1.0a", "1.0", -1),
-        ("2.0", "10.0", -1),
-        ("4.2.0-beta", "4.2.0-alpha", 1),
-    ],
-)
-def test_compare_versions(left, right, expected):
-    assert rollouts.compare_versions(left, right) == expected
-    assert rollouts.compare_versions(right, left) == -expected
-
-
-def test_parse_time_forms():
-    assert rollouts.parse_time("now", NOW) == NOW
-    assert rollouts.parse_time(None, NOW) == NOW
-    assert rollouts.parse_time("+30m", NOW) == NOW + 1800
-    assert rollouts.parse_time("+2h", NOW) == NOW + 7200
-    assert rollouts.parse_time("+1d", NOW) == NOW + 86400
-    assert rollouts.parse_time(NOW + 5, NOW) == NOW + 5
-    assert rollouts.parse_time("2025-06-01T22:00:00Z", NOW) == 1748815200.0
-    assert rollouts.parse_time("2025-06-02T00:00:00+02:00", NOW) == 1748815200.0
-    for bad in ("tomorrow", "+3w", True, -5, "2025-13-01"):
-        with pytest.raises(rollouts.ScheduleError, match="is not a time"):
-            rollouts.parse_time(bad, NOW, "start")
-
-
-def test_window_checks():
-    rollouts.check_window(NOW - 60, NOW + 60, NOW)  # already open: fine
-    with pytest.raises(rollouts.ScheduleError, match="before it starts"):
-        rollouts.check_window(NOW + 7200, NOW + 3600, NOW)
-    with pytest.raises(rollouts.ScheduleError, match="in the past"):
-        rollouts.check_window(NOW - 7200, NOW - 3600, NOW)
-
-
-@pytest.mark.parametrize("spec, total, size", [(2, 10, 2), ("2", 10, 2), ("25%", 10, 3), ("25%", 8, 2),
-                                               ("1%", 3, 1), ("100%", 7, 7), (5, 3, 5)])
-def test_batch_size(spec, total, size):
-    assert rollouts.batch_size(spec, total) == size
-
-
-@pytest.mark.parametrize("spec", [0, "0%", "150%", "1.5", "two", "-1", True])
-def test_batch_size_refuses(spec):
-    with pytest.raises(rollouts.ScheduleError):
-        rollouts.batch_size(spec, 10)
-
-
-@pytest.mark.parametrize(
-    "spec, total, limit", [(0, 10, 0), (20, 10, 20), ("20%", 10, 2), ("25%", 3, 0), ("100%", 4, 4)]
-)
-def test_fail_limit(spec, total, limit):
-    assert rollouts.fail_limit(spec, total) == limit
-
-
 def test_outcome_of_returns():
-    assert rollouts.outcome({"result": True, "changes": {"installed": {}}, "installed": "1.0", "comment": "ok"}) == (
+    assert rollout_engine.outcome({"result": True, "changes": {"installed": {}}, "installed": "1.0", "comment": "ok"}) == (
         "succeeded", "1.0", True, "ok")
-    assert rollouts.outcome({"result": True, "changes": {}, "installed": "1.0", "comment": "already"})[:3] == (
+    assert rollout_engine.outcome({"result": True, "changes": {}, "installed": "1.0", "comment": "already"})[:3] == (
         "succeeded", "1.0", False)
-    assert rollouts.outcome({"result": False, "comment": "sha256 mismatch"})[0] == "failed"
-    assert rollouts.outcome({"result": None, "comment": "would install"})[0] == "failed"
-    state, _, _, why = rollouts.outcome("'software.install' is not available.")
+    assert rollout_engine.outcome({"result": False, "comment": "sha256 mismatch"})[0] == "failed"
+    assert rollout_engine.outcome({"result": None, "comment": "would install"})[0] == "failed"
+    state, _, _, why = rollout_engine.outcome("'software.install' is not available.")
     assert state == "failed" and "not available" in why
 
 
@@ -264,7 +74,7 @@ class FakeFleet:
 
     def publish(self, jid, minions, args, kwargs):
         if self.publish_error:
-            raise rollouts.DispatchError(self.publish_error)
+            raise rollout_engine.DispatchError(self.publish_error)
         self.published.append((jid, list(minions), list(args), dict(kwargs)))
         for minion in minions:
             if minion in self.offline or minion not in self.keys:
@@ -303,7 +113,7 @@ class FakeFleet:
 
 
 MINIONS = ["desk-1", "desk-2", "desk-3"]
-ENTRY = rollouts.validate_entry("deskfleet-demo", linux_only())
+ENTRY = software_catalog.validate_entry("deskfleet-demo", linux_only())
 
 
 @pytest.fixture
@@ -313,7 +123,7 @@ def db(tmp_path):
 
 @pytest.fixture
 def conn(db):
-    conn = deskfleet_store.connect(str(db), rollouts.MIGRATIONS)
+    conn = deskfleet_store.connect(str(db), rollout_store.MIGRATIONS)
     yield conn
     conn.close()
 
@@ -329,7 +139,7 @@ def fleet(clock):
 
 
 def make(conn, clock, minions=MINIONS, batch=1, max_fail=0, start=None, end=None, sha256=None):
-    return rollouts.create(
+    return rollout_store.create(
         conn, software="deskfleet-demo", version="1.0.0", entry=ENTRY, target="desk-*", tgt_type="glob",
         minions=minions, batch=batch, max_fail=max_fail, start=clock() if start is None else start,
         end=clock() + 3600 if end is None else end, now=clock(), sha256=sha256,
@@ -340,29 +150,29 @@ def engine(conn, fleet, clock, **kwargs):
     kwargs.setdefault("wait", 10)
     kwargs.setdefault("grace", 5)
     kwargs.setdefault("job_timeout", 120)
-    return rollouts.Engine(conn, fleet, clock=clock, sleep=clock.sleep, **kwargs)
+    return rollout_engine.Engine(conn, fleet, clock=clock, sleep=clock.sleep, **kwargs)
 
 
 def states(conn, rollout_id):
-    return {m: v["state"] for m, v in rollouts.detail(conn, rollout_id)["minions"].items()}
+    return {m: v["state"] for m, v in rollout_store.detail(conn, rollout_id)["minions"].items()}
 
 
 def test_store_migrates_once_and_is_shared(db):
-    first = deskfleet_store.connect(str(db), rollouts.MIGRATIONS)
-    second = deskfleet_store.connect(str(db), {**rollouts.MIGRATIONS, **tc_assets.MIGRATIONS})
+    first = deskfleet_store.connect(str(db), rollout_store.MIGRATIONS)
+    second = deskfleet_store.connect(str(db), {**rollout_store.MIGRATIONS, **tc_assets.MIGRATIONS})
     version = second.execute("SELECT version FROM schema_version WHERE component = 'rollouts'").fetchone()[0]
-    assert version == len(rollouts.MIGRATIONS["rollouts"])
+    assert version == len(rollout_store.MIGRATIONS["rollouts"])
     first.close()
     second.close()
 
 
 def test_schedule_stores_a_frozen_sorted_minion_list(conn, clock):
     rid = make(conn, clock, minions=["desk-3", "desk-1", "desk-2", "desk-1"], batch="50%", max_fail="34%")
-    got = rollouts.detail(conn, rid)
+    got = rollout_store.detail(conn, rid)
     assert list(got["minions"]) == ["desk-1", "desk-2", "desk-3"]
     assert (got["state"], got["batch_size"], got["fail_limit"], got["total"]) == ("scheduled", 2, 1, 3)
     assert got["counts"]["pending"] == 3 and got["batches"] == []
-    assert rollouts.listing(conn)[0]["id"] == rid
+    assert rollout_store.listing(conn)[0]["id"] == rid
 
 
 def test_one_batch_per_tick_until_completed(conn, fleet, clock):
@@ -376,12 +186,12 @@ def test_one_batch_per_tick_until_completed(conn, fleet, clock):
     assert report["state"] == "completed"
     assert eng.tick() == []  # nothing due any more
     assert fleet.installs == dict.fromkeys(MINIONS, 1)
-    got = rollouts.detail(conn, rid)
+    got = rollout_store.detail(conn, rid)
     assert [b["minions"] for b in got["batches"]] == [[m] for m in MINIONS]
     assert [b["jid"] for b in got["batches"]] == [p[0] for p in fleet.published]
     assert got["minions"]["desk-2"]["batch"] == 2 and got["minions"]["desk-2"]["changed"] is True
     # the pinned version (and only that) goes to the minions
-    assert fleet.published[0][2:] == (["deskfleet-demo"], {"version": "1.0.0", "not_after": rollouts._rollout(conn, rid)["end_at"]})
+    assert fleet.published[0][2:] == (["deskfleet-demo"], {"version": "1.0.0", "not_after": rollout_store.get(conn, rid)["end_at"]})
 
 
 def test_percentage_batches(conn, clock):
@@ -403,7 +213,7 @@ def test_failures_past_max_fail_halt_and_skip_the_rest(conn, fleet, clock):
     assert second["state"] == "halted"
     assert "2 failed, over max_fail 1" in second["reason"]
     assert states(conn, rid) == {"desk-1": "failed", "desk-2": "failed", "desk-3": "skipped"}
-    assert rollouts.detail(conn, rid)["minions"]["desk-3"]["detail"] == "rollout halted: too many failures"
+    assert rollout_store.detail(conn, rid)["minions"]["desk-3"]["detail"] == "rollout halted: too many failures"
     assert len(fleet.published) == 2
     assert eng.tick() == []
 
@@ -431,7 +241,7 @@ def test_nothing_happens_before_the_window(conn, fleet, clock):
     clock.now += 600
     (report,) = eng.tick()
     assert report["dispatched"] == ["desk-1"]
-    assert rollouts.summary(conn, rid)["state"] == "running"
+    assert rollout_store.summary(conn, rid)["state"] == "running"
 
 
 def test_window_end_expires_what_has_not_started(conn, fleet, clock):
@@ -442,7 +252,7 @@ def test_window_end_expires_what_has_not_started(conn, fleet, clock):
     (report,) = eng.tick()
     assert report["state"] == "expired" and not report["dispatched"]
     assert states(conn, rid) == {"desk-1": "succeeded", "desk-2": "skipped", "desk-3": "skipped"}
-    assert rollouts.detail(conn, rid)["minions"]["desk-2"]["detail"] == "maintenance window ended"
+    assert rollout_store.detail(conn, rid)["minions"]["desk-2"]["detail"] == "maintenance window ended"
 
 
 def test_a_job_out_at_the_window_end_closes_the_rollout_and_its_return_is_late(conn, fleet, clock):
@@ -451,24 +261,24 @@ def test_a_job_out_at_the_window_end_closes_the_rollout_and_its_return_is_late(c
     eng = engine(conn, fleet, clock, job_timeout=3600)
     (first,) = eng.tick()
     assert first["dispatched"] == ["desk-1"] and first["state"] == "running"
-    assert fleet.published[0][3]["not_after"] == rollouts._rollout(conn, rid)["end_at"]  # the window end goes along
+    assert fleet.published[0][3]["not_after"] == rollout_store.get(conn, rid)["end_at"]  # the window end goes along
     clock.now += 100
     (closed,) = eng.tick()
     assert closed["state"] == "expired" and not closed["dispatched"], closed
-    got = rollouts.summary(conn, rid)
+    got = rollout_store.summary(conn, rid)
     assert got["left"] == ["desk-1"] and "1 with no return: desk-1" in got["reason"]
     assert states(conn, rid) == {"desk-1": "running", "desk-2": "skipped", "desk-3": "skipped"}
     clock.now += 400
     (late,) = eng.tick()  # still due: a job is out
     assert late["collected"] == {"desk-1": "succeeded"} and late["state"] == "expired"
-    got = rollouts.detail(conn, rid)
+    got = rollout_store.detail(conn, rid)
     assert got["late"] == ["desk-1"] and got["minions"]["desk-1"]["late"] is True and "left" not in got
     assert eng.tick() == []
 
 
 def test_a_minion_refusing_a_job_past_its_window_is_skipped_not_failed():
     ret = {"result": False, "window_closed": True, "changes": {}, "comment": "window closed at 2025-06-01T04:00:00Z"}
-    assert rollouts.outcome(ret) == ("skipped", None, False, "window closed at 2025-06-01T04:00:00Z")
+    assert rollout_engine.outcome(ret) == ("skipped", None, False, "window closed at 2025-06-01T04:00:00Z")
 
 
 def test_slow_returns_are_collected_by_a_later_tick(conn, fleet, clock):
@@ -487,19 +297,19 @@ def test_slow_returns_are_collected_by_a_later_tick(conn, fleet, clock):
 
 
 def test_resume_after_restart_reads_the_job_cache_and_does_not_rerun(db, fleet, clock):
-    conn = deskfleet_store.connect(str(db), rollouts.MIGRATIONS)
+    conn = deskfleet_store.connect(str(db), rollout_store.MIGRATIONS)
     rid = make(conn, clock)
     fleet.delay["desk-1"] = 5
     (first,) = engine(conn, fleet, clock, wait=0).tick()  # dispatched; returns after the tick stopped waiting
     assert first["dispatched"] == ["desk-1"] and first["collected"] == {}
     conn.close()
     clock.now += 60  # "master restart"
-    conn = deskfleet_store.connect(str(db), rollouts.MIGRATIONS)
+    conn = deskfleet_store.connect(str(db), rollout_store.MIGRATIONS)
     (report,) = engine(conn, fleet, clock, wait=10).tick()
     assert report["collected"]["desk-1"] == "succeeded"
     assert report["republished"] == [] and report["dispatched"] == ["desk-2"]
     assert fleet.installs["desk-1"] == 1
-    assert rollouts.detail(conn, rid)["minions"]["desk-1"]["attempts"] == 1
+    assert rollout_store.detail(conn, rid)["minions"]["desk-1"]["attempts"] == 1
     conn.close()
 
 
@@ -515,10 +325,10 @@ def test_a_lost_return_is_republished_and_install_is_idempotent(conn, fleet, clo
     (second,) = eng.tick()
     assert second["republished"] == ["desk-1"]
     assert second["collected"]["desk-1"] == "succeeded"
-    minion = rollouts.detail(conn, rid)["minions"]["desk-1"]
+    minion = rollout_store.detail(conn, rid)["minions"]["desk-1"]
     assert minion["attempts"] == 2 and minion["changed"] is False  # the re-run changed nothing
     assert fleet.installs["desk-1"] == 1
-    assert [b["retry"] for b in rollouts.detail(conn, rid)["batches"]] == [False, True]
+    assert [b["retry"] for b in rollout_store.detail(conn, rid)["batches"]] == [False, True]
 
 
 def test_a_job_still_running_is_left_alone(conn, fleet, clock):
@@ -538,7 +348,7 @@ def test_publish_failure_is_recovered_by_the_next_tick(conn, fleet, clock):
     eng = engine(conn, fleet, clock, wait=1, grace=30)
     (report,) = eng.tick()
     assert "publish of" in report["error"]
-    got = rollouts.detail(conn, rid)
+    got = rollout_store.detail(conn, rid)
     assert got["minions"]["desk-1"]["state"] == "running"  # the jid was stored first
     assert "could not be contacted" in got["batches"][0]["error"]
     fleet.publish_error = None
@@ -559,7 +369,7 @@ def test_lost_jobs_fail_after_max_attempts(conn, fleet, clock):
     clock.now += 10
     (report,) = eng.tick()
     assert report["collected"]["desk-1"] == "failed"
-    assert rollouts.detail(conn, rid)["minions"]["desk-1"]["detail"] == "no return after 2 attempts"
+    assert rollout_store.detail(conn, rid)["minions"]["desk-1"]["detail"] == "no return after 2 attempts"
 
 
 def test_an_offline_minion_fails_after_job_timeout(conn, fleet, clock):
@@ -573,7 +383,7 @@ def test_an_offline_minion_fails_after_job_timeout(conn, fleet, clock):
     clock.now += 60
     (report,) = eng.tick()
     assert report["collected"]["desk-1"] == "failed" and report["dispatched"] == ["desk-2"]
-    assert "no answer from the minion" in rollouts.detail(conn, rid)["minions"]["desk-1"]["detail"]
+    assert "no answer from the minion" in rollout_store.detail(conn, rid)["minions"]["desk-1"]["detail"]
 
 
 def test_a_minion_whose_key_went_away_is_skipped(conn, fleet, clock):
@@ -581,7 +391,7 @@ def test_a_minion_whose_key_went_away_is_skipped(conn, fleet, clock):
     rid = make(conn, clock, batch=2)
     (report,) = engine(conn, fleet, clock).tick()
     assert report["collected"] == {"desk-1": "skipped", "desk-2": "succeeded"}
-    assert rollouts.detail(conn, rid)["minions"]["desk-1"]["detail"] == "no accepted key when the batch ran"
+    assert rollout_store.detail(conn, rid)["minions"]["desk-1"]["detail"] == "no accepted key when the batch ran"
 
 
 def test_cancel_skips_pending_and_still_collects_the_running_batch(conn, fleet, clock):
@@ -589,7 +399,7 @@ def test_cancel_skips_pending_and_still_collects_the_running_batch(conn, fleet, 
     rid = make(conn, clock)
     eng = engine(conn, fleet, clock, wait=1, grace=60)
     eng.tick()
-    got = rollouts.cancel(conn, rid, clock(), who="ops")
+    got = rollout_store.cancel(conn, rid, clock(), who="ops")
     assert got["state"] == "cancelled" and got["reason"] == "cancelled by ops"
     assert states(conn, rid) == {"desk-1": "running", "desk-2": "skipped", "desk-3": "skipped"}
     clock.now += 20
@@ -598,9 +408,9 @@ def test_cancel_skips_pending_and_still_collects_the_running_batch(conn, fleet, 
     assert report["state"] == "cancelled"
     assert eng.tick() == []
     with pytest.raises(ValueError, match="already cancelled"):
-        rollouts.cancel(conn, rid, clock())
+        rollout_store.cancel(conn, rid, clock())
     with pytest.raises(ValueError, match="unknown rollout"):
-        rollouts.cancel(conn, "nope", clock())
+        rollout_store.cancel(conn, "nope", clock())
 
 
 def test_a_lost_job_of_a_cancelled_rollout_is_not_republished(conn, fleet, clock):
@@ -608,20 +418,20 @@ def test_a_lost_job_of_a_cancelled_rollout_is_not_republished(conn, fleet, clock
     rid = make(conn, clock)
     eng = engine(conn, fleet, clock, wait=1, grace=10)
     eng.tick()
-    rollouts.cancel(conn, rid, clock())
+    rollout_store.cancel(conn, rid, clock())
     clock.now += 10
     (report,) = eng.tick()
     assert report["republished"] == [] and report["collected"] == {"desk-1": "failed"}
-    assert "the rollout is cancelled" in rollouts.detail(conn, rid)["minions"]["desk-1"]["detail"]
+    assert "the rollout is cancelled" in rollout_store.detail(conn, rid)["minions"]["desk-1"]["detail"]
 
 
 def test_lease_keeps_a_second_tick_out(conn, db, fleet, clock):
     rid = make(conn, clock)
-    assert rollouts.acquire_lease(conn, rid, "other-tick", clock(), 300)
+    assert rollout_lease.acquire(conn, rid, "other-tick", clock(), 300)
     (report,) = engine(conn, fleet, clock).tick()
     assert report["action"] == "skipped" and "other-tick" in report["comment"]
     assert fleet.published == []
-    assert rollouts.summary(conn, rid, clock())["leased_by"] == "other-tick"
+    assert rollout_store.summary(conn, rid, clock())["leased_by"] == "other-tick"
     clock.now += 301  # the other tick died: its lease runs out
     (taken,) = engine(conn, fleet, clock).tick()
     assert taken["dispatched"] == ["desk-1"]
@@ -633,17 +443,17 @@ def test_a_lease_of_a_dead_tick_on_this_host_is_taken_over(conn, fleet, clock):
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True)
     dead = f"{socket.gethostname()}:{proc.stdout.strip()}:0000"
-    alive = rollouts.lease_owner_name()  # this process: alive
+    alive = rollout_lease.owner_name()  # this process: alive
     elsewhere = "other-host:1:0000"
     rid = make(conn, clock)
     for holder, taken in ((alive, False), (elsewhere, False), (dead, True)):
         conn.execute("UPDATE rollouts SET lease_owner = ?, lease_until = ? WHERE id = ?", (holder, clock() + 300, rid))
-        assert rollouts.acquire_lease(conn, rid, "me", clock(), 60) is taken, holder
+        assert rollout_lease.acquire(conn, rid, "me", clock(), 60) is taken, holder
 
 
 def test_two_ticks_at_once_on_separate_connections(db, clock):
     """A real race: tick A blocks inside publish while tick B runs on its own connection."""
-    setup = deskfleet_store.connect(str(db), rollouts.MIGRATIONS)
+    setup = deskfleet_store.connect(str(db), rollout_store.MIGRATIONS)
     make(setup, clock)
     setup.close()
     inside, release = threading.Event(), threading.Event()
@@ -658,9 +468,9 @@ def test_two_ticks_at_once_on_separate_connections(db, clock):
     results = {}
 
     def run(name):
-        conn = deskfleet_store.connect(str(db), rollouts.MIGRATIONS)
+        conn = deskfleet_store.connect(str(db), rollout_store.MIGRATIONS)
         try:
-            results[name] = rollouts.Engine(conn, fleet, clock=clock, sleep=lambda s: None, wait=1).tick()
+            results[name] = rollout_engine.Engine(conn, fleet, clock=clock, sleep=lambda s: None, wait=1).tick()
         finally:
             conn.close()
 
@@ -695,8 +505,8 @@ def test_a_tick_that_lost_its_lease_stops(conn, fleet, clock):
 
 def test_a_failing_rollout_does_not_stop_the_others(conn, fleet, clock, caplog, monkeypatch):
     # keep the record away from the root logger (Salt's deferred start-up handler lives there)
-    monkeypatch.setattr(rollouts.log, "propagate", False)
-    monkeypatch.setattr(rollouts.log, "handlers", [caplog.handler])
+    monkeypatch.setattr(rollout_engine.log, "propagate", False)
+    monkeypatch.setattr(rollout_engine.log, "handlers", [caplog.handler])
     broken = make(conn, clock)
     fine = make(conn, clock)
 

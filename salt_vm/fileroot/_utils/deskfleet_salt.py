@@ -1,0 +1,1 @@
+../../../_utils/deskfleet_salt.py

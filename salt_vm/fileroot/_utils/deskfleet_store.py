@@ -1,1 +1,0 @@
-../../../_utils/deskfleet_store.py

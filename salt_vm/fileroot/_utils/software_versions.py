@@ -1,0 +1,1 @@
+../../../_utils/software_versions.py
