@@ -124,6 +124,31 @@ def _result(ok, dest, comment, changes=None, **extra):
     return dict({"result": ok, "name": dest, "comment": comment, "changes": changes or {}}, **extra)
 
 
+def _refusal(source, dest, sha256):
+    """Why these arguments are refused, or None."""
+    if not SHA256_RE.fullmatch(sha256):
+        return "sha256 must be 64 hex digits"
+    if not os.path.isabs(dest):
+        return "dest must be an absolute path"
+    if ".." in dest.replace("\\", "/").split("/"):
+        return "dest must not contain '..' components"
+    if not str(source).startswith(("salt://", "http://", "https://")):
+        return "source must be salt://, http:// or https://"
+    return None
+
+
+def _fetch(source, part, saltenv, timeout):
+    """``(bytes resumed, sha256 hex)`` of ``source`` written to ``part``."""
+    if source.startswith("salt://"):
+        cached = __salt__["cp.cache_file"](source, saltenv)
+        if not cached:
+            raise PushError(f"{source} not found on the master")
+        _copy(cached, part)
+        return 0, _sha256_of(cached).hexdigest()
+    resumed, hasher = _download(source, part, timeout)
+    return resumed, hasher.hexdigest()
+
+
 def push(source, dest, sha256, user=None, group=None, mode=None, saltenv="base", test=False, timeout=30):
     """
     Put ``source`` at ``dest`` if its sha256 is ``sha256``; atomic, resumable,
@@ -147,14 +172,9 @@ def push(source, dest, sha256, user=None, group=None, mode=None, saltenv="base",
     """
     sha256 = str(sha256 or "").lower()
     dest = str(dest).replace("{minion}", __opts__["id"])
-    if not SHA256_RE.fullmatch(sha256):
-        return _result(False, dest, "sha256 must be 64 hex digits")
-    if not os.path.isabs(dest):
-        return _result(False, dest, "dest must be an absolute path")
-    if ".." in dest.replace("\\", "/").split("/"):
-        return _result(False, dest, "dest must not contain '..' components")
-    if not str(source).startswith(("salt://", "http://", "https://")):
-        return _result(False, dest, "source must be salt://, http:// or https://")
+    refused = _refusal(source, dest, sha256)
+    if refused:
+        return _result(False, dest, refused)
     try:
         mode = int(str(mode), 8) if mode is not None else None
         uid, gid = _ids(user, group)
@@ -173,16 +193,7 @@ def push(source, dest, sha256, user=None, group=None, mode=None, saltenv="base",
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     part = _part_path(dest, sha256)
     try:
-        if source.startswith("salt://"):
-            resumed = 0
-            cached = __salt__["cp.cache_file"](source, saltenv)
-            if not cached:
-                raise PushError(f"{source} not found on the master")
-            got = _sha256_of(cached).hexdigest()
-            _copy(cached, part)
-        else:
-            resumed, hasher = _download(source, part, timeout)
-            got = hasher.hexdigest()
+        resumed, got = _fetch(source, part, saltenv, timeout)
     except (OSError, PushError, requests.RequestException) as exc:
         # keep the partial file: the next push resumes it
         return _result(False, dest, f"transfer failed, {os.path.getsize(part) if os.path.exists(part) else 0} bytes kept for resume: {exc}")

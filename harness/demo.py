@@ -102,6 +102,15 @@ def demo_vm_setup(base, stack):
 
 
 def run_demo(lab, base, out, stack):
+    tc, vm, nova, operator_key, desk_root = start_masters(lab, base, stack)
+    enroll_seats(lab, tc, vm, base, desk_root)
+    show_inventory(tc, base, out)
+    demo_activity.show(tc, base, out, say)
+    demo_messages.main(tc, base / "tc-roots")
+    demo_vm(vm, nova, operator_key)
+
+
+def start_masters(lab, base, stack):
     say("== 1. Two masters from the shipped config (salt_tc/master.d, salt_vm/master.d)")
     nova, vm_pillar, operator_key, desk_root = demo_vm_setup(base, stack)
     say(f"   embedded Nova + placement up in {nova.startup_seconds:.1f} s on {nova.compute_url}")
@@ -116,7 +125,10 @@ def run_demo(lab, base, out, stack):
     for master in (tc, vm):
         master.wait_ready()
         say(f"   {master.name}: listening on 127.0.0.1:{master.config['ret_port']}")
+    return tc, vm, nova, operator_key, desk_root
 
+
+def enroll_seats(lab, tc, vm, base, desk_root):
     say("\n== 2. Thin clients enroll with per-device tokens; one has no token")
     tokens = base / "tokens"
     for n, (seat, firmware, site, dept, session, idle) in enumerate(THIN_CLIENTS, start=1):
@@ -149,6 +161,9 @@ def run_demo(lab, base, out, stack):
     say(f"   tc master sees desk-0001? {'desk-0001' in tc.keys()['minions']};  vm master sees tc-*? "
         f"{any(k.startswith('tc-') for k in vm.keys()['minions'])}")
 
+
+def show_inventory(tc, base, out):
+    seats = [t[0] for t in THIN_CLIENTS]
     say("\n== 3. Sync deskfleet's modules to the thin clients (the tc baseline state)")
     ret = tc.salt("tc-*", "state.apply", "tc", timeout=120)
     for seat in sorted(ret):
@@ -177,9 +192,6 @@ def run_demo(lab, base, out, stack):
     table(tc.run("tc_inventory.list", "firmware=13.2.0"))
     summary = tc.run("tc_inventory.summary")
     say(f"\n   by firmware: {summary['by_firmware']}; ingest counters: {summary['ingest']}")
-    demo_activity.show(tc, base, out, say)
-    demo_messages.main(tc, base / "tc-roots")
-    demo_vm(vm, nova, operator_key)
 
 
 def demo_vm(vm, nova, operator_key):
