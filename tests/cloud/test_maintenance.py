@@ -17,6 +17,7 @@ import time
 import pytest
 
 from harness import novalab as novalab_mod
+from harness import wait
 from harness.maintenance_runner import MaintenanceRunner
 from tests.cloud.conftest import clear_servers
 
@@ -72,14 +73,7 @@ def service(conn, host):
 
 
 def wait_for(what, check, timeout=300, interval=0.3):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(interval)
+    return wait.wait_for(check, timeout, interval, what=what)
 
 
 def live_migrations(conn, sid):

@@ -25,7 +25,7 @@ import pytest
 import salt.utils.jid
 from pytestshellutils.exceptions import FactoryTimeout
 
-from harness import saltconf
+from harness import saltconf, wait
 from tests.support.minions import running as minions_running
 
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
@@ -146,14 +146,7 @@ def store_detail(master, rollout_id):
 
 
 def wait_until(fn, what, timeout=90, interval=0.3):
-    deadline = time.time() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    return wait.wait_for(fn, timeout, interval, what=what)
 
 
 def return_dir(master, jid, minion):
