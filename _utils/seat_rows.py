@@ -1,14 +1,16 @@
 """
 Seat rows for ops at fleet scale: parse the CLI's arguments, project the full
-seat records (``tc_assets.seats``) onto a few fields, sort, limit, count, and
+seat records (``tc_assets.seats``) onto a few fields, sort, limit, count
+(``tc_report.counts``), and
 turn epoch floats into ISO 8601 times with the master's UTC offset.
 
 Pure: no Salt, no store; the clock's timezone is a parameter. Every usage error
 is a :class:`UsageError` that names the parameter.
 """
 
-import collections
 import datetime
+
+import tc_report
 
 # the compact default: one short row per seat
 DEFAULT_FIELDS = ("seat", "site", "status", "firmware", "ip", "session", "idle", "last_seen")
@@ -20,7 +22,7 @@ DERIVED = {
     "session": lambda s: " ".join(v for v in (s.get("session_state"), s.get("session_target")) if v) or None,
     "idle": lambda s: None if s.get("idle_seconds") is None else int(s["idle_seconds"]),
 }
-STATUSES = ("online", "stale", "offline")
+STATUSES = tuple(tc_report.STATUS_COLOURS)
 
 
 class UsageError(ValueError):
@@ -156,16 +158,6 @@ def project(seat, fields, tz=None):
     return humanise({name: value_of(seat, name) for name in fields}, tz)
 
 
-def counts(seats):
-    """Seats by status and by site (site names as stored; none is ``unknown``)."""
-    by_status = collections.Counter(s["status"] for s in seats)
-    return {
-        "total": len(seats),
-        "by_status": {k: by_status.get(k, 0) for k in STATUSES},
-        "by_site": dict(sorted(collections.Counter(s.get("site") or "unknown" for s in seats).items())),
-    }
-
-
 def empty_note(filters):
     """What an empty answer says: which filters matched nothing, or that there are no seats at all."""
     said = " ".join(f"{k}={v}" for k, v in filters.items() if v is not None)
@@ -193,7 +185,7 @@ def answer(seats, req, tz=None):
     rows; ``{"seats": [], "note": ...}`` when nothing matches; the counts when asked.
     """
     if req["counts"]:
-        got = counts(seats)
+        got = tc_report.counts(seats)
         return dict(got, note=empty_note(req["filters"])) if not seats else got
     if not seats:
         return {"seats": [], "note": empty_note(req["filters"])}

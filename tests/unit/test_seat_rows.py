@@ -63,7 +63,8 @@ def test_sort_by_text_is_case_insensitive_with_seat_tiebreak():
 def test_counts_by_site_and_status():
     seats = [seat(1), seat(2, site="MAN", status="offline"), seat(3, site=None, status="stale")]
     assert seat_rows.answer(seats, req(counts=True)) == {
-        "total": 3, "by_status": {"online": 1, "stale": 1, "offline": 1}, "by_site": {"LON": 1, "MAN": 1, "unknown": 1}}
+        "total": 3, "by_status": {"online": 1, "stale": 1, "offline": 1}, "by_site": {"LON": 1, "MAN": 1, "unknown": 1},
+        "by_firmware": {"13.1.0": 3}}
 
 
 def test_empty_answer_says_so():
