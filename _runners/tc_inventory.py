@@ -24,6 +24,7 @@ __func_alias__ = {"list_": "list"}
 try:
     import deskfleet_salt as glue
     import deskfleet_store
+    import seat_rows
     import tc_assets
     import tc_report
 
@@ -44,7 +45,15 @@ def _settings():
     return float(tc["heartbeat"]), float(tc["offline_after"])
 
 
+def _store_absent():
+    """True when no store was ever created: read runners answer empty instead of creating one (and its dirs)."""
+    path = deskfleet_store.default_path(__opts__, "tc")
+    return not os.path.exists(path) and not os.path.exists(deskfleet_store.marker_path(path))
+
+
 def _query(**filters):
+    if _store_absent():
+        return []
     heartbeat, offline_after = _settings()
     conn = tc_assets.open_store(__opts__)
     try:
@@ -53,30 +62,55 @@ def _query(**filters):
         conn.close()
 
 
+_KNOWN = seat_rows.known_fields(tc_assets.SEAT_COLUMNS + ("ips",)) if glue else ()
+
+
 @deskfleet_store.guard
-def list_(status=None, firmware=None, site=None, idle_over=None):
+def list_(status=None, firmware=None, site=None, idle_over=None, fields=None, sort=None, limit=None, counts=False,
+          **kwargs):
     """
-    List seats, optionally filtered. Returns a list of seat dicts (sorted by seat).
+    List seats, one compact row each (seat, site, status, firmware, ip, session,
+    idle seconds, last seen as ISO 8601 with the master's UTC offset), sorted by seat.
+    Nothing matches: ``{"seats": [], "note": "no seat matches ..."}``.
+    A bad argument: an error naming it, exit 1.
 
     status
-        ``online``, ``stale`` or ``offline``
+        ``online``, ``stale`` or ``offline`` (any case)
     firmware
-        exact firmware/image version, e.g. ``13.2.1``
+        firmware/image version, e.g. ``13.2.1`` (any case)
     site
-        site name from the thin client's asset file
+        site name from the thin client's asset file (any case)
     idle_over
         only seats whose user has been idle at least this many seconds
+    fields
+        comma list of fields (``fields=seat,ip``), or ``all`` for the full record
+    sort
+        a field to sort by, ``-field`` for descending (``sort=-idle``)
+    limit
+        at most this many rows (after sorting)
+    counts
+        ``True``: seat counts by status and site instead of rows
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run tc_inventory.list
-        salt-run tc_inventory.list status=offline site=LON
-        salt-run tc_inventory.list firmware=12.9.0 --out=json
+        salt-run tc_inventory.list status=offline site=lon sort=-idle limit=20
+        salt-run tc_inventory.list fields=seat,ip,last_seen firmware=12.9.0 --out=json
+        salt-run tc_inventory.list counts=True status=offline
+        salt-run tc_inventory.list fields=all limit=1
     """
+    unknown = sorted(k for k in kwargs if not k.startswith("__"))
+    if unknown:
+        return glue.error(__context__, f"{unknown[0]}: unknown parameter; known: status, firmware, site, idle_over,"
+                                       " fields, sort, limit, counts")
     try:
-        return _query(status=status, firmware=firmware, site=site, idle_over=idle_over)
+        req = seat_rows.request(fields, sort, limit, counts, _KNOWN,
+                                status=status, firmware=firmware, site=site, idle_over=idle_over)
+        return seat_rows.answer(_query(**req["filters"]), req)
+    except seat_rows.UsageError as exc:
+        return glue.error(__context__, str(exc), parameter=exc.param)
     except ValueError as exc:
         return glue.error(__context__, str(exc))
 
@@ -84,7 +118,8 @@ def list_(status=None, firmware=None, site=None, idle_over=None):
 @deskfleet_store.guard
 def show(seat):
     """
-    Everything known about one seat (its thin client's minion id).
+    Everything known about one seat (its thin client's minion id); times as
+    ISO 8601 with the master's UTC offset, ``last_seen_ago`` in seconds.
 
     CLI Example:
 
@@ -92,13 +127,17 @@ def show(seat):
 
         salt-run tc_inventory.show tc-lon-0042
     """
+    if _store_absent():
+        return glue.error(__context__, f"seat: unknown seat {seat!r} (no inventory store yet)", parameter="seat")
     heartbeat, offline_after = _settings()
     conn = tc_assets.open_store(__opts__)
     try:
         found = tc_assets.seat(conn, str(seat), time.time(), heartbeat, offline_after)
     finally:
         conn.close()
-    return found if found is not None else glue.error(__context__, f"unknown seat {seat!r}")
+    if found is None:
+        return glue.error(__context__, f"seat: unknown seat {seat!r}", parameter="seat")
+    return seat_rows.humanise(found)
 
 
 @deskfleet_store.guard
@@ -107,6 +146,7 @@ def summary():
     Counts by status, site and firmware, plus the ingestion counters
     (accepted, refusals by reason, missed, flagged), the last rejected events
     and refusals per sender, claimed seat and reason (``rejects_by_sender``).
+    Times as ISO 8601 with the master's UTC offset. Rows per seat: ``tc_inventory.list``.
 
     CLI Example:
 
@@ -115,11 +155,14 @@ def summary():
         salt-run tc_inventory.summary
     """
     seats = _query()
+    if _store_absent():
+        return dict(tc_report.counts(seats), ingest={}, recent_rejects=[], rejects_by_sender=[],
+                    note="no inventory store yet: no seat has reported")
     conn = tc_assets.open_store(__opts__)
     try:
         counters = tc_assets.counters(conn)
-        rejects = tc_assets.recent_rejects(conn)
-        by_sender = tc_assets.reject_stats(conn)
+        rejects = [seat_rows.humanise(r, fields=("at",)) for r in tc_assets.recent_rejects(conn)]
+        by_sender = [seat_rows.humanise(r, fields=("first_minute", "last_minute")) for r in tc_assets.reject_stats(conn)]
     finally:
         conn.close()
     return dict(tc_report.counts(seats), ingest=counters, recent_rejects=rejects, rejects_by_sender=by_sender)
@@ -132,7 +175,8 @@ def report(path=None):
     as inline SVG, the offline seats). No external assets. Written atomically.
 
     path
-        where to write; default ``<cachedir>/deskfleet/tc-report.html``
+        where to write; default ``<cachedir>/deskfleet/tc-report.html``. Its
+        directory must exist: a report never creates directories.
 
     CLI Example:
 
@@ -141,10 +185,14 @@ def report(path=None):
         salt-run tc_inventory.report
         salt-run tc_inventory.report path=/var/www/html/fleet.html
     """
+    path = str(path) if path else os.path.join(__opts__["cachedir"], "deskfleet", "tc-report.html")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        return glue.error(__context__, f"path: directory {os.path.dirname(os.path.abspath(path))} does not exist"
+                                       " (a report never creates directories)", parameter="path")
     seats = _query()
     heartbeat, offline_after = _settings()
-    path = path or os.path.join(__opts__["cachedir"], "deskfleet", "tc-report.html")
     html = tc_report.render(seats, time.time(), heartbeat, offline_after)
     deskfleet_store.write_atomic(path, html)
     counts = tc_report.counts(seats)
-    return {"path": path, "seats": len(seats), "by_status": counts["by_status"]}
+    return {"path": path, "seats": len(seats), "by_status": counts["by_status"],
+            "generated_at": seat_rows.iso(time.time())}

@@ -395,10 +395,10 @@ def seats(conn, now, heartbeat, offline_after, status=None, firmware=None, site=
         raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
     where, args = [], []
     if firmware is not None:
-        where.append("firmware = ?")
+        where.append("firmware = ? COLLATE NOCASE")
         args.append(str(firmware))
     if site is not None:
-        where.append("site = ?")
+        where.append("site = ? COLLATE NOCASE")
         args.append(str(site))
     if idle_over is not None:
         where.append("idle_seconds >= ?")

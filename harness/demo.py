@@ -173,10 +173,10 @@ def show_inventory(tc, base, out):
     tc.salt("tc-*", "saltutil.refresh_pillar", "wait=True")
 
     say("\n== 4. Beacons → tc master bus → tc_ingest engine → store. The inventory:")
-    rows = wait_for(lambda: (r := tc.run("tc_inventory.list")) and len(r) == len(seats) and r, 90, what="all seats in the inventory")
+    rows = wait_for(lambda: (r := tc.run("tc_inventory.list", "fields=all")) and len(r) == len(seats) and r, 90, what="all seats in the inventory")
     table(rows)
     say("\n   salt-run tc_inventory.list site=MAN idle_over=3600:")
-    table(tc.run("tc_inventory.list", "site=MAN", "idle_over=3600"))
+    table(tc.run("tc_inventory.list", "site=MAN", "idle_over=3600", "fields=all"))
 
     say("\n== 5. HTML fleet report (self-contained, inline SVG)")
     report = tc.run("tc_inventory.report", f"path={out / 'tc-report.html'}")
@@ -188,8 +188,8 @@ def show_inventory(tc, base, out):
     seat = wait_for(
         lambda: (s := tc.run("tc_inventory.show", "tc-man-0001")) and s.get("firmware") == "13.2.0" and s, 60, what="the new firmware"
     )
-    say(f"   inventory updated in {time.time() - t0:.1f} s: firmware {seat['firmware']}, last change {time.strftime('%H:%M:%S', time.localtime(seat['last_change']))}")
-    table(tc.run("tc_inventory.list", "firmware=13.2.0"))
+    say(f"   inventory updated in {time.time() - t0:.1f} s: firmware {seat['firmware']}, last change {seat['last_change']}")
+    table(tc.run("tc_inventory.list", "firmware=13.2.0", "fields=all"))
     summary = tc.run("tc_inventory.summary")
     say(f"\n   by firmware: {summary['by_firmware']}; ingest counters: {summary['ingest']}")
 

@@ -155,7 +155,7 @@ def test_counts_from_real_beacons_match_the_plan_and_the_schedule_stores_them(ma
         raise AssertionError(f"{exc}: last seen {last}") from None
     assert rows["sales"]["deviation"] == 0 and rows["sales"]["alert"] == "ok"
     # the same figures, seat by seat, from the inventory the beacons filled
-    seats_now = {s["seat"]: s for s in run(master, "tc_inventory.list", "site=LON")}
+    seats_now = {s["seat"]: s for s in run(master, "tc_inventory.list", "site=LON", "fields=all")}
     assert {s: seats_now[s]["department"] for s in SEATS} == {s: d for s, (d, _) in SEATS.items()}
     assert seats_now["tc-au03"]["idle_seconds"] >= 3600 and seats_now["tc-au01"]["idle_seconds"] < 60
     # the master schedule (every 5 s) writes buckets on its own: two consecutive ones with the settled figures

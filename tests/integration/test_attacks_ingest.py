@@ -10,6 +10,7 @@ master bus, as someone who once saw one would hold it.
 """
 
 import base64
+import datetime
 import json
 import time
 
@@ -75,8 +76,12 @@ def _run(master, fun, *args):
 
 
 def _inventory(master):
-    data = _run(master, "tc_inventory.list")
+    data = _run(master, "tc_inventory.list", "fields=all")
     return {s["seat"]: s for s in data} if isinstance(data, list) else {}
+
+
+def _epoch(iso):
+    return datetime.datetime.fromisoformat(iso).timestamp()
 
 
 def _show(master, seat):
@@ -187,7 +192,7 @@ def test_a_flood_from_one_seat_is_limited_and_charged_to_it(master, seats):
     assert all(r["sender"] in (None, ATTACKER) for r in summary["rejects_by_sender"])
     assert any(r["attribution"] == ATTACKER and r["reason"] == "rate_limited" for r in summary["rejects_by_sender"])
     # the other seat's heartbeats keep landing
-    wait_for(lambda: _show(master, VICTIM)["last_seen"] > victim_seen + HEARTBEAT, timeout=60, what="victim beats")
+    wait_for(lambda: _epoch(_show(master, VICTIM)["last_seen"]) > _epoch(victim_seen) + HEARTBEAT, timeout=60, what="victim beats")
     assert _inventory(master)[VICTIM]["status"] == "online"
 
 

@@ -144,7 +144,7 @@ def test_fetch_refusals_name_the_field_and_are_audited(people):
 def test_site_notice_reaches_only_the_seats_of_that_site(tc_master, thin_clients, tc_roots):
     def both_in_inventory():
         ret = tc_master.salt_run_cli(timeout=120).run("tc_inventory.list")
-        return ret.returncode == 0 and {s["seat"] for s in ret.data} >= {"tc-0001", "tc-0002"}
+        return ret.returncode == 0 and isinstance(ret.data, list) and {s["seat"] for s in ret.data} >= {"tc-0001", "tc-0002"}
 
     wait_for(both_in_inventory, timeout=180, what="both seats in the inventory")
     code, got = run(tc_master, "message.send", "tc-*", "Desktops in LON are down; IT is on it.", "site=LON")

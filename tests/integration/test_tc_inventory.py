@@ -3,6 +3,7 @@ Thin-client asset status end to end: beacon on real minions → tc master event
 bus → tc_ingest engine → SQLite store → tc_inventory runner.
 """
 
+import datetime
 import json
 import pathlib
 import time
@@ -22,8 +23,12 @@ def run(master, fun, *args):
 
 
 def seats(master, *args):
-    data = run(master, "tc_inventory.list", *args)
+    data = run(master, "tc_inventory.list", "fields=all", *args)
     return {s["seat"]: s for s in data} if isinstance(data, list) else {}
+
+
+def epoch(iso):
+    return datetime.datetime.fromisoformat(iso).timestamp()
 
 
 def test_beacon_reports_reach_inventory(tc_master, thin_clients):
@@ -57,6 +62,37 @@ def test_filters_and_show(tc_master, thin_clients, tc_roots):
         assert ret.returncode == 1 and "error" in ret.data, ret
 
 
+def test_compact_rows_fields_sort_limit_counts_and_empty_answer(tc_master, thin_clients):
+    wait_for(lambda: len(seats(tc_master)) == 2, what="2 seats")
+    rows = run(tc_master, "tc_inventory.list")
+    assert [r["seat"] for r in rows] == ["tc-0001", "tc-0002"]
+    one = rows[0]
+    assert list(one) == ["seat", "site", "status", "firmware", "ip", "session", "idle", "last_seen"], one
+    assert (one["site"], one["firmware"], one["ip"], one["session"]) == ("LON", "13.1.0", "10.20.0.3", "connected desk-0001")
+    seen = datetime.datetime.fromisoformat(one["last_seen"])
+    assert seen.utcoffset() is not None and abs(seen.timestamp() - time.time()) < 120, one
+    # case-insensitive filters, projection, descending sort, limit
+    assert run(tc_master, "tc_inventory.list", "site=man", "fields=seat,site") == [{"seat": "tc-0002", "site": "MAN"}]
+    assert run(tc_master, "tc_inventory.list", "sort=-idle", "limit=1", "fields=seat") == [{"seat": "tc-0002"}]
+    counts = run(tc_master, "tc_inventory.list", "counts=True")
+    assert counts["total"] == 2 and counts["by_site"] == {"LON": 1, "MAN": 1}, counts
+    assert sum(counts["by_status"].values()) == 2
+    # an empty answer says so
+    assert run(tc_master, "tc_inventory.list", "site=XYZ") == {"seats": [], "note": "no seat matches site=XYZ"}
+    # a usage error names the parameter and exits 1
+    for bad, param in ((("fields=seat,colour",), "fields"), (("limit=0",), "limit"), (("sort=-colour",), "sort")):
+        ret = tc_master.salt_run_cli(timeout=60).run("tc_inventory.list", *bad)
+        assert ret.returncode == 1 and ret.data["error"].startswith(f"{param}: "), ret
+        assert ret.data["parameter"] == param, ret
+
+
+def test_report_never_creates_directories(tc_master, thin_clients, tmp_path):
+    target = tmp_path / "not-there" / "r.html"
+    ret = tc_master.salt_run_cli(timeout=60).run("tc_inventory.report", f"path={target}")
+    assert ret.returncode == 1 and ret.data["parameter"] == "path", ret
+    assert not target.parent.exists()
+
+
 def test_firmware_change_is_reported(tc_master, thin_clients, tc_roots):
     wait_for(lambda: "tc-0001" in seats(tc_master), what="tc-0001")
     changed_at = time.time()
@@ -66,8 +102,9 @@ def test_firmware_change_is_reported(tc_master, thin_clients, tc_roots):
     )
     # heartbeats carry every fact too, so the new firmware alone proves nothing about change detection:
     # only a `change` event moves last_change (heartbeats keep it), and tc-0002, unchanged, keeps its own
-    assert updated["last_change"] >= changed_at, (updated, changed_at)
-    assert seats(tc_master)["tc-0002"]["last_change"] < changed_at
+    # times are ISO 8601 to the second: compare with the second of the change
+    assert epoch(updated["last_change"]) >= int(changed_at), (updated, changed_at)
+    assert epoch(seats(tc_master)["tc-0002"]["last_change"]) < int(changed_at)
 
 
 def test_offline_after_missed_heartbeats(tc_master, thin_clients):
@@ -121,7 +158,7 @@ def test_forged_and_malformed_events_are_counted_not_stored(tc_master, thin_clie
     assert after["firmware"] == before["firmware"] == "12.9.4"
     assert after["serial"] == "TC000002"
     # the pipeline keeps going: tc-0002's own heartbeats still land
-    wait_for(lambda: run(tc_master, "tc_inventory.show", "tc-0002")["last_seen"] > after["last_seen"], timeout=60, what="next heartbeat")
+    wait_for(lambda: run(tc_master, "tc_inventory.show", "tc-0002")["last_seen"] != after["last_seen"], timeout=60, what="next heartbeat")
 
 
 @pytest.fixture
