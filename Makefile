@@ -6,7 +6,7 @@ PYTHON  := $(VENV)/bin/python
 T       ?=
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test bench bench-ingest bench-flood bench-filedist bench-vmpool bench-maintenance bench-active-users setup system-packages clean
+.PHONY: demo test bench bench-ingest bench-flood bench-filedist bench-vmpool bench-maintenance bench-active-users bench-inventory setup system-packages clean
 
 demo: setup
 	$(PYTHON) -m harness.demo
@@ -14,7 +14,7 @@ demo: setup
 test: setup
 	$(PYTHON) -m pytest $(T)
 
-bench: bench-ingest bench-flood bench-filedist bench-vmpool bench-maintenance bench-active-users
+bench: bench-ingest bench-flood bench-filedist bench-vmpool bench-maintenance bench-active-users bench-inventory
 
 bench-ingest: setup
 	$(PYTHON) -m bench.ingest
@@ -34,6 +34,9 @@ bench-maintenance: setup
 
 bench-active-users: setup
 	$(PYTHON) -m bench.active_users
+
+bench-inventory: setup
+	$(PYTHON) -m bench.inventory_rows
 
 setup: system-packages $(STAMP)
 
