@@ -56,8 +56,8 @@ class MaintenanceRunner:
 
     @staticmethod
     def result(output):
-        """The JSON result a ``spawn`` printed."""
-        return json.loads(output.decode().split("RESULT ", 1)[1])
+        """The JSON result a ``spawn`` printed (Salt may log more lines after it at exit)."""
+        return json.JSONDecoder().raw_decode(output.decode().split("RESULT ", 1)[1])[0]
 
     def hosts_state(self):
         return json.loads(self.hosts_file.read_text()) if self.hosts_file.exists() else {}
