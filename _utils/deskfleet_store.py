@@ -154,7 +154,7 @@ def connect(path, migrations, timeout=DEFAULT_TIMEOUT):
         raise fault_of(exc, path) from exc
     conn.path = path
     try:
-        _open_checks(conn, path)
+        _open_checks(conn, path, timeout)
         os.chmod(path, 0o600)
         conn.row_factory = sqlite3.Row
         store_id = _store_id(conn)
@@ -172,12 +172,20 @@ def connect(path, migrations, timeout=DEFAULT_TIMEOUT):
     return conn
 
 
-def _open_checks(conn, path):
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-    except StoreError as exc:
-        raise StoreError(f"cannot open the deskfleet store at {path}: {exc}", path, exc.fault) from exc
+def _open_checks(conn, path, timeout):
+    # Switching a fresh store to WAL while another process creates it can be refused at once
+    # (SQLite skips the busy handler where waiting could deadlock): retry up to the lock timeout.
+    give_up = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            break
+        except StoreError as exc:
+            if exc.fault == "locked" and time.monotonic() < give_up:
+                time.sleep(0.05)
+                continue
+            raise StoreError(f"cannot open the deskfleet store at {path}: {exc}", path, exc.fault) from exc
     try:
         problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
     except sqlite3.DatabaseError as exc:  # raised while fetching, past _Connection.execute

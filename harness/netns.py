@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 
 from harness.proc import spawn, stop_groups
 
@@ -61,12 +62,17 @@ class Netns:
         out = sh(["ip", "netns", "pids", self.name], check=False).stdout.split()
         return [int(p) for p in out]
 
-    def delete(self):
-        for pid in self.pids():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    def delete(self, deadline=60):
+        # SIGKILL lands asynchronously (a loaded box, a process in D state) and a dying process
+        # manager may fork once more: kill until the namespace is empty, not just once
+        give_up = time.monotonic() + deadline
+        while (pids := self.pids()) and time.monotonic() < give_up:
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.1)
         sh(["ip", "netns", "del", self.name], check=False)
 
 

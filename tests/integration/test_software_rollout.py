@@ -154,8 +154,10 @@ def return_dir(master, jid, minion):
     return pathlib.Path(salt.utils.jid.jid_dir(jid, str(jobs), master.config.get("hash_type", "sha256"))) / minion
 
 
-def wait_for_return(master, jid, minion):
-    return wait_until(lambda: (return_dir(master, jid, minion) / "return.p").exists(), f"{minion}'s return of {jid}")
+def wait_for_return(master, jid, minion, timeout=300):
+    # generous: a minion just resumed from SIGSTOP first catches up on its queued I/O
+    return wait_until(lambda: (return_dir(master, jid, minion) / "return.p").exists(), f"{minion}'s return of {jid}",
+                      timeout=timeout)
 
 
 def wait_for_minions(master, timeout=120):

@@ -47,7 +47,7 @@ def test_concurrent_passes_never_overshoot_thanks_to_the_lock(runner, cloud):
     made = servers_side(cloud, delay=0.3)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: runner.reconcile(), range(4)))
-    assert all("error" not in r for r in results), results
+    assert all("error" not in r for r in results), [r.get("error") for r in results]
     assert len(made) == 2  # spares 2: without the lock every pass lists 0 and boots 2
 
 
