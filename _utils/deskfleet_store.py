@@ -1,10 +1,13 @@
 """
-The deskfleet store: one SQLite file under the master's cachedir, shared by
-every master-side component (thin-client inventory, rollouts, password
-escrow). Each component owns its tables and a list of migrations; the applied
+The deskfleet store: one SQLite file under the master's cachedir (or one
+PostgreSQL database, ``deskfleet:<role>:db: postgresql://...``, see
+``deskfleet_store_pg``), shared by every master-side component (thin-client
+inventory, rollouts, password escrow). Each component owns its tables and a list of migrations; the applied
 version per component is kept in ``schema_version``.
 
-SQLite runs in WAL mode so runners can read while an engine writes.
+SQLite runs in WAL mode so runners can read while an engine writes. The file
+checks below (marker, quick_check) are SQLite's; on PostgreSQL the server owns
+durability and a fault is unreachable, locked, full, corrupt or error.
 
 Store damage is refused, never papered over: the first open writes a marker
 beside the file (``<file>.id``: the store's id and creation time, also kept in
@@ -52,6 +55,15 @@ class _Connection(sqlite3.Connection):
     """A connection that knows its path and turns SQLite faults into :class:`StoreError`."""
 
     path = None
+    backend = "sqlite"
+
+    def table_columns(self):
+        """``{table: {column, ...}}`` of the store (SQLite's own tables left out)."""
+        out = {}
+        for (name,) in self.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'").fetchall():
+            out[name] = {row[1] for row in self.execute(f'PRAGMA table_info("{name}")').fetchall()}
+        return out
 
     def execute(self, *args, **kwargs):
         try:
@@ -85,13 +97,37 @@ def fault_of(exc, path):
 
 def default_path(opts, role):
     """
-    ``deskfleet:<role>:db`` from the master config, else
-    ``<cachedir>/deskfleet/deskfleet.sqlite``.
+    ``deskfleet:<role>:db`` from the master config (a file path, or a
+    ``postgresql://`` DSN), else ``<cachedir>/deskfleet/deskfleet.sqlite``.
+    A value that is neither raises :class:`StoreError` naming the key.
     """
     configured = ((opts.get("deskfleet") or {}).get(role) or {}).get("db")
-    if configured:
-        return configured
-    return os.path.join(opts["cachedir"], "deskfleet", DEFAULT_NAME)
+    if configured is None or configured == "":
+        return os.path.join(opts["cachedir"], "deskfleet", DEFAULT_NAME)
+    key = f"deskfleet:{role}:db"
+    if not isinstance(configured, str):
+        raise StoreError(f"{key} must be a file path or a postgresql:// DSN, got {type(configured).__name__}",
+                         key, "config")
+    if "://" in configured.split("?", 1)[0] and not _pg_dsn(configured):
+        raise StoreError(f"{key}: unknown scheme in {configured.split('://', 1)[0]!r}://...: use a file path"
+                         " (SQLite) or postgresql://user@host:port/dbname", key, "config")
+    if _pg_dsn(configured):
+        import deskfleet_store_pg as pg  # pylint: disable=import-outside-toplevel
+        try:
+            pg.check_dsn(configured)
+        except ValueError as exc:
+            raise StoreError(f"{key}: not a valid PostgreSQL DSN ({pg.redact(configured)}): {exc}",
+                             key, "config") from None
+    return configured
+
+
+def _pg_dsn(path):
+    return isinstance(path, str) and path.startswith(("postgresql://", "postgres://"))
+
+
+def absent(path):
+    """True when no store was ever created at ``path`` (a file store; a server store is never absent)."""
+    return not _pg_dsn(path) and not os.path.exists(path) and not os.path.exists(marker_path(path))
 
 
 def timeout_of(opts, role):
@@ -143,7 +179,10 @@ def connect(path, migrations, timeout=DEFAULT_TIMEOUT):
     ``migrations`` (``{component: [step_sql, ...]}``) up to date. Step N
     (1-based) is applied once, in its own transaction, with the version bump.
     Raises :class:`StoreError` on any damage (see the module docstring).
+    ``path`` may be a ``postgresql://`` DSN (:mod:`deskfleet_store_pg`).
     """
+    if _pg_dsn(path):
+        return _connect_pg(path, migrations, timeout)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, mode=0o700, exist_ok=True)
     marker = _read_marker(path)
@@ -166,6 +205,20 @@ def connect(path, migrations, timeout=DEFAULT_TIMEOUT):
             _migrate(conn, path, component, steps)
         if marker is None:
             write_atomic(marker_path(path), json.dumps({"store_id": store_id, "created_at": time.time()}), 0o600)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _connect_pg(dsn, migrations, timeout):
+    import deskfleet_store_pg as pg  # pylint: disable=import-outside-toplevel
+
+    conn = pg.connect(dsn, timeout, StoreError)
+    try:
+        _store_id(conn)
+        for component, steps in migrations.items():
+            _migrate(conn, conn.path, component, steps)
     except BaseException:
         conn.close()
         raise
@@ -196,16 +249,15 @@ def _open_checks(conn, path, timeout):
 
 
 def _store_id(conn):
-    row = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'store_meta'").fetchone()
-    if row is not None:
+    if "store_meta" in conn.table_columns():
         found = conn.execute("SELECT value FROM store_meta WHERE key = 'store_id'").fetchone()
         if found is not None:
             return found[0]
     with transaction(conn):
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
         conn.execute("CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        conn.execute("INSERT OR IGNORE INTO store_meta (key, value) VALUES ('store_id', ?)", (secrets.token_hex(8),))
+        conn.execute("INSERT INTO store_meta (key, value) VALUES ('store_id', ?) ON CONFLICT (key) DO NOTHING",
+                     (secrets.token_hex(8),))
         return conn.execute("SELECT value FROM store_meta WHERE key = 'store_id'").fetchone()[0]
 
 
@@ -230,12 +282,25 @@ def _migrate(conn, path, component, steps):
             if have == len(steps):
                 return
             for statement in _split(steps[have]):
-                conn.execute(statement)
+                conn.execute(_ddl(conn, statement))
             conn.execute(
                 "INSERT INTO schema_version (component, version) VALUES (?, ?)"
                 " ON CONFLICT(component) DO UPDATE SET version = excluded.version",
                 (component, have + 1),
             )
+
+
+def _ddl(conn, statement):
+    if getattr(conn, "backend", "sqlite") == "sqlite":
+        return statement
+    import deskfleet_store_pg as pg  # pylint: disable=import-outside-toplevel
+
+    return pg.ddl(statement)
+
+
+def table_columns(conn):
+    """``{table: {column, ...}}`` of the store on either backend."""
+    return conn.table_columns()
 
 
 def _split(script):

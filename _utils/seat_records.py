@@ -15,10 +15,9 @@ KEEP_PREFIX = ("enroll_", "sqlite_", "schema_version")
 
 def _tables(conn):
     found = []
-    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").fetchall():
+    for name, cols in sorted(store.table_columns(conn).items()):
         if name.startswith(KEEP_PREFIX):
             continue
-        cols = {row[1] for row in conn.execute(f'PRAGMA table_info("{name}")').fetchall()}
         for col in SEAT_COLUMNS:
             if col in cols:
                 found.append((name, col))

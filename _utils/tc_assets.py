@@ -13,8 +13,8 @@ to a seat someone else claims to be). Seq gaps are counted as ``missed``.
 Refusals go to per-minute aggregates (sender, claimed seat, reason) and to a
 sample log capped per (origin, reason), so a flood cannot erase the evidence.
 
-Everything here is plain Python over a sqlite3 connection (clock and verifier
-passed in), so it is tested without Salt; the engine and runner are thin shells.
+Everything here is plain Python over a store connection, SQLite or PostgreSQL (clock
+and verifier passed in), so it is tested without Salt; the engine and runner are thin shells.
 """
 
 import collections
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 COMPONENT = "tc_inventory"
 # errors that say "this row", not "this store": isolate the row instead of retrying forever
-STORE_REFUSALS = (sqlite3.IntegrityError, sqlite3.InterfaceError, OverflowError, ValueError)
+STORE_REFUSALS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError, OverflowError, ValueError)
 SAMPLE_KEEP = 50  # sample rows kept per (origin, reason); the aggregates keep the counts
 STATS_KEEP_S = 14 * 86400
 RESENT = ("duplicate", "stale", "replayed")  # validly signed, but the sender is unknown
@@ -290,12 +290,13 @@ class Ingestor:
             self.conn.executemany(_SEQ_UPSERT, [(s, *self.seen[s]) for s in self.dirty])
             self.conn.executemany(
                 "INSERT INTO ingest_counters (name, value) VALUES (?, ?)"
-                " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                " ON CONFLICT(name) DO UPDATE SET value = ingest_counters.value + excluded.value",
                 [(k, v) for k, v in self.counts.items() if v or k == "accepted"],
             )
             self.conn.executemany(
                 "INSERT INTO ingest_reject_stats (minute, sender, claimed, reason, count) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT(minute, sender, claimed, reason) DO UPDATE SET count = count + excluded.count",
+                " ON CONFLICT(minute, sender, claimed, reason) DO UPDATE"
+                " SET count = ingest_reject_stats.count + excluded.count",
                 [(*k, v) for k, v in self.stats.items()],
             )
             self._write_samples()
@@ -395,10 +396,10 @@ def seats(conn, now, heartbeat, offline_after, status=None, firmware=None, site=
         raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
     where, args = [], []
     if firmware is not None:
-        where.append("firmware = ? COLLATE NOCASE")
+        where.append("lower(firmware) = lower(?)")
         args.append(str(firmware))
     if site is not None:
-        where.append("site = ? COLLATE NOCASE")
+        where.append("lower(site) = lower(?)")
         args.append(str(site))
     if idle_over is not None:
         where.append("idle_seconds >= ?")

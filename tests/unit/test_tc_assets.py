@@ -1,7 +1,8 @@
 """
 Unit tests for the master side of the thin-client status flow:
 ``_utils/tc_assets.py`` (event validation, batched ingestion, queries) and
-``_utils/deskfleet_store.py`` (the SQLite store and its migrations).
+``_utils/deskfleet_store.py`` (the store and its migrations). Store tests run on
+SQLite and on a real PostgreSQL (``tests/support/postgres.py``); file faults stay SQLite's.
 """
 
 import base64
@@ -17,6 +18,7 @@ import salt.crypt
 import deskfleet_store as store
 import tc_assets
 from tc_assets import Rejected
+from tests.support.postgres import postgres_server, raw_connect, store_db  # noqa: F401  pylint: disable=unused-import
 
 SEATS = ("tc-0001", "tc-0002", "tc-0003")
 TAG = "salt/beacon/{}/tc_status/status"
@@ -385,7 +387,13 @@ class Clock:
 
 
 @pytest.fixture
-def db_path(tmp_path):
+def db_path(store_db):
+    """The store's location on each backend (a SQLite path, a PostgreSQL DSN)."""
+    return store_db
+
+
+@pytest.fixture
+def sqlite_path(tmp_path):
     return str(tmp_path / "deskfleet" / "deskfleet.sqlite")
 
 
@@ -492,7 +500,7 @@ def test_a_flood_cannot_erase_the_evidence(conn, verify, clock, event, keys):
         if i % 40 == 0:
             ing.flush()
     ing.flush()
-    rows = conn.execute("SELECT sender, reason, COUNT(*) FROM ingest_rejects GROUP BY origin, reason").fetchall()
+    rows = conn.execute("SELECT MIN(sender), reason, COUNT(*) FROM ingest_rejects GROUP BY origin, reason").fetchall()
     assert ("tc-0001", "rate_limited", 3) in [tuple(r) for r in rows]  # the flooder's rows survive
     assert max(r[2] for r in rows) <= tc_assets.SAMPLE_KEEP
     stats = {(s["sender"], s["claimed"], s["reason"]): s for s in tc_assets.reject_stats(conn)}
@@ -606,8 +614,9 @@ def test_seat_first_heard_by_heartbeat_shows_first_seen_as_last_change(conn, ver
     assert tc_assets.seat(conn, "tc-0404", clock.t, 300, 3) is None
 
 
-def test_failed_write_on_read_only_store_keeps_the_buffer(conn, db_path, verify, clock, event):
-    read_only = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, isolation_level=None)
+def test_failed_write_on_read_only_store_keeps_the_buffer(sqlite_path, verify, clock, event):
+    conn = store.connect(sqlite_path, tc_assets.MIGRATIONS)
+    read_only = sqlite3.connect(f"file:{sqlite_path}?mode=ro", uri=True, isolation_level=None)
     ing = _ingestor(read_only, verify, clock)
     ing.add(*event("tc-0001"))
     ing.add("bad/tag", {})
@@ -805,12 +814,16 @@ def _version(conn, component=tc_assets.COMPONENT):
 def test_connect_creates_the_schema_and_records_its_version(db_path):
     conn = store.connect(db_path, tc_assets.MIGRATIONS)
     assert _version(conn) == len(tc_assets.MIGRATIONS[tc_assets.COMPONENT]) == 2
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"schema_version", "seats", "ingest_counters", "ingest_rejects"} <= tables
+    assert {"schema_version", "seats", "ingest_counters", "ingest_rejects"} <= set(store.table_columns(conn))
+    conn.close()
+
+
+def test_a_sqlite_store_is_wal_and_private(sqlite_path):
+    conn = store.connect(sqlite_path, tc_assets.MIGRATIONS)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
-    assert os.stat(db_path).st_mode & 0o777 == 0o600
-    assert os.stat(os.path.dirname(db_path)).st_mode & 0o777 == 0o700
+    assert os.stat(sqlite_path).st_mode & 0o777 == 0o600
+    assert os.stat(os.path.dirname(sqlite_path)).st_mode & 0o777 == 0o700
 
 
 def test_reopening_is_idempotent_and_keeps_data(db_path, verify, event):
@@ -833,12 +846,12 @@ def test_a_new_migration_step_is_applied_once(db_path):
     for _ in range(2):  # a second open would fail ("duplicate column") if the step ran again
         conn = store.connect(db_path, v2)
         assert _version(conn) == 3
-        assert "note" in [r[1] for r in conn.execute("PRAGMA table_info(seats)")]
+        assert "note" in store.table_columns(conn)["seats"]
         conn.close()
 
 
 def test_components_are_versioned_independently(db_path):
-    migrations = dict(tc_assets.MIGRATIONS, other=["CREATE TABLE a (x)", "CREATE TABLE b (y)"])
+    migrations = dict(tc_assets.MIGRATIONS, other=["CREATE TABLE a (x TEXT)", "CREATE TABLE b (y TEXT)"])
     conn = store.connect(db_path, migrations)
     assert _version(conn) == 2
     assert _version(conn, "other") == 2
@@ -858,7 +871,7 @@ def test_a_store_newer_than_the_code_is_refused(db_path, stored):
     assert "knows 2" in message
     assert "upgrade deskfleet" in message
     # the store itself is left as it was
-    conn = sqlite3.connect(db_path)
+    conn = raw_connect(db_path)
     assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == stored
     conn.close()
 
@@ -873,12 +886,12 @@ def test_a_file_that_is_not_sqlite_is_refused(tmp_path, content):
 
 
 def test_failed_migration_step_rolls_back_and_keeps_the_version(db_path):
-    broken = {"comp": ["CREATE TABLE ok (x); CREATE TABLE broken (", "CREATE TABLE never (z)"]}
+    broken = {"comp": ["CREATE TABLE ok (x TEXT); CREATE TABLE broken (", "CREATE TABLE never (z TEXT)"]}
     with pytest.raises(sqlite3.Error):
         store.connect(db_path, broken)
     conn = store.connect(db_path, {})
     assert _version(conn, "comp") is None
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    tables = set(store.table_columns(conn))
     assert "ok" not in tables and "never" not in tables
     conn.close()
 
@@ -903,7 +916,7 @@ def test_two_processes_opening_a_fresh_store_at_once(db_path, monkeypatch):
 
 def test_transaction_commits_or_rolls_back(db_path):
     conn = store.connect(db_path, {})
-    conn.execute("CREATE TABLE t (x)")
+    conn.execute("CREATE TABLE t (x INTEGER)")
     with store.transaction(conn):
         conn.execute("INSERT INTO t VALUES (1)")
     with pytest.raises(RuntimeError):

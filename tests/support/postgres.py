@@ -1,0 +1,158 @@
+"""
+A real PostgreSQL for the store tests, from the Debian package, in a temp dir.
+
+``postgres_server`` (session): initdb + postgres run as the ``postgres`` system user (the
+server refuses root) in a temp dir it owns, listening on a unix socket in that dir only (no
+TCP), stopped and removed at the end of the session. Nothing under /etc or
+/var/lib/postgresql. A missing binary, user or driver skips with the missing piece named.
+
+``store_db`` (per test, parametrised ``sqlite`` / ``postgresql``): where a test's store lives,
+a SQLite file path or a DSN to a fresh schema of its own (dropped after the test).
+Use it in a test module with ``from tests.support.postgres import postgres_server, store_db``.
+"""
+
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+PG_BIN = os.environ.get("DESKFLEET_PG_BIN", "/usr/lib/postgresql/15/bin")
+PG_USER = "postgres"
+PORT = 5432  # names the socket file only: the server listens on no TCP port
+DBNAME = "deskfleet"
+
+
+def _missing():
+    for tool in ("initdb", "postgres"):
+        if not os.access(os.path.join(PG_BIN, tool), os.X_OK):
+            return f"{PG_BIN}/{tool} not found (apt-get install postgresql-15)"
+    try:
+        pwd.getpwnam(PG_USER)
+    except KeyError:
+        return f"no '{PG_USER}' system user (apt-get install postgresql-15)"
+    try:
+        import psycopg  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    except ImportError as exc:
+        return f"psycopg not importable ({exc}): pip install -r requirements.lock"
+    return None
+
+
+class Server:
+    """One running postgres: ``dsn(schema)`` for a client, ``stop()`` to end it."""
+
+    def __init__(self, root):
+        self.root, self.sock, self.data = root, os.path.join(root, "sock"), os.path.join(root, "data")
+        self.proc = None
+
+    def _as_postgres(self):
+        user = pwd.getpwnam(PG_USER)
+        return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": [], "cwd": self.root,
+                "env": {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": self.root}}
+
+    def start(self, deadline=120.0):
+        import psycopg  # pylint: disable=import-outside-toplevel
+
+        user = pwd.getpwnam(PG_USER)
+        os.makedirs(self.sock)
+        for path in (self.root, self.sock):
+            os.chown(path, user.pw_uid, user.pw_gid)
+            os.chmod(path, 0o700)
+        subprocess.run([f"{PG_BIN}/initdb", "-D", self.data, "-U", PG_USER, "-A", "trust", "-E", "UTF8",
+                        "--locale=C", "--no-sync"], check=True, capture_output=True, **self._as_postgres())
+        self.proc = subprocess.Popen(  # pylint: disable=consider-using-with
+            [f"{PG_BIN}/postgres", "-D", self.data, "-k", self.sock, "-p", str(PORT), "-c", "listen_addresses=",
+             "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200"],
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.root, "server.log"), "wb"),  # noqa: SIM115
+            **self._as_postgres())
+        give_up = time.monotonic() + deadline
+        while True:
+            try:
+                with psycopg.connect(host=self.sock, port=PORT, user=PG_USER, dbname="postgres",
+                                     autocommit=True) as conn:
+                    conn.execute(f"CREATE DATABASE {DBNAME}")
+                return self
+            except psycopg.OperationalError as exc:
+                if self.proc.poll() is not None or time.monotonic() > give_up:
+                    raise RuntimeError(f"postgres did not start: {exc}; log: {self.log()[-2000:]}") from exc
+                time.sleep(0.2)
+
+    def log(self):
+        try:
+            with open(os.path.join(self.root, "server.log"), encoding="utf-8", errors="replace") as fh:
+                return fh.read()
+        except OSError:
+            return ""
+
+    def dsn(self, schema=None, dbname=DBNAME):
+        options = f"&options=-csearch_path%3D{schema}" if schema else ""
+        return f"postgresql://{PG_USER}@/{dbname}?host={self.sock}&port={PORT}{options}"
+
+    def admin(self):
+        import psycopg  # pylint: disable=import-outside-toplevel
+
+        return psycopg.connect(self.dsn(), autocommit=True)
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(2)  # SIGINT: fast shutdown, clients disconnected
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL 15 in a temp dir for the session (see the module docstring)."""
+    missing = _missing()
+    if missing:
+        pytest.skip(f"PostgreSQL store tests need {missing}")
+    server = Server(tempfile.mkdtemp(prefix="dfpg-"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def new_schema(server):
+    name = "t_" + secrets.token_hex(6)
+    with server.admin() as conn:
+        conn.execute(f"CREATE SCHEMA {name}")
+    return name
+
+
+def drop_schema(server, name):
+    with server.admin() as conn:
+        conn.execute(f"DROP SCHEMA {name} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_db(request, tmp_path):
+    """A store location per backend: a SQLite path, or a DSN to a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "deskfleet" / "deskfleet.sqlite")
+        return
+    server = request.getfixturevalue("postgres_server")
+    schema = new_schema(server)
+    try:
+        yield server.dsn(schema)
+    finally:
+        drop_schema(server, schema)
+
+
+def raw_connect(location):
+    """A plain driver connection (no deskfleet checks) to a store location: sqlite3 or psycopg."""
+    if location.startswith("postgresql://"):
+        import psycopg  # pylint: disable=import-outside-toplevel
+
+        return psycopg.connect(location, autocommit=True)
+    import sqlite3  # pylint: disable=import-outside-toplevel
+
+    return sqlite3.connect(location)
