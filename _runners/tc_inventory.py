@@ -47,8 +47,7 @@ def _settings():
 
 def _store_absent():
     """True when no store was ever created: read runners answer empty instead of creating one (and its dirs)."""
-    path = deskfleet_store.default_path(__opts__, "tc")
-    return not os.path.exists(path) and not os.path.exists(deskfleet_store.marker_path(path))
+    return deskfleet_store.absent(deskfleet_store.default_path(__opts__, "tc"))
 
 
 def _query(**filters):

@@ -36,7 +36,7 @@ MIGRATIONS = {
             PRIMARY KEY (hour, site, department)
         ) WITHOUT ROWID;
         CREATE TABLE activity_plan (
-            site TEXT NOT NULL, department TEXT NOT NULL, start REAL NOT NULL, end REAL NOT NULL,
+            site TEXT NOT NULL, department TEXT NOT NULL, start REAL NOT NULL, "end" REAL NOT NULL,
             expected INTEGER NOT NULL,
             PRIMARY KEY (site, department, start)
         ) WITHOUT ROWID;
@@ -81,8 +81,8 @@ def replace_plan(conn, plan, source, now):
     with store.transaction(conn):
         for site, dept in plan["pairs"]:
             for s_start, s_end, expected in conn.execute(
-                "SELECT start, end, expected FROM activity_plan WHERE site = ? AND department = ?"
-                " AND start < ? AND end > ?", (site, dept, end, start)).fetchall():
+                'SELECT start, "end", expected FROM activity_plan WHERE site = ? AND department = ?'
+                ' AND start < ? AND "end" > ?', (site, dept, end, start)).fetchall():
                 conn.execute("DELETE FROM activity_plan WHERE site = ? AND department = ? AND start = ?",
                              (site, dept, s_start))
                 if s_start < start:
@@ -97,7 +97,7 @@ def replace_plan(conn, plan, source, now):
 
 def plan_slots(conn, start, end, site=None, department=None):
     """Slots overlapping ``[start, end)``: ``(site, department, start, end, expected)``."""
-    sql, args = "SELECT site, department, start, end, expected FROM activity_plan WHERE start < ? AND end > ?", [end, start]
+    sql, args = 'SELECT site, department, start, "end", expected FROM activity_plan WHERE start < ? AND "end" > ?', [end, start]
     for col, value in (("site", site), ("department", department)):
         if value is not None:
             sql += f" AND {col} = ?"
@@ -130,9 +130,12 @@ def rollup(conn, now):
     hours = 0
     while done < current and hours < ROLLUP_HOURS_PER_TICK:
         conn.execute(
-            "INSERT OR REPLACE INTO activity_hour SELECT ?, site, department, COUNT(*), AVG(online),"
+            "INSERT INTO activity_hour SELECT ?, site, department, COUNT(*), AVG(online),"
             " AVG(connected), AVG(active), MIN(active), MAX(active), AVG(idle), AVG(expected)"
-            " FROM activity_minute WHERE bucket >= ? AND bucket < ? GROUP BY site, department",
+            " FROM activity_minute WHERE bucket >= ? AND bucket < ? GROUP BY site, department"
+            " ON CONFLICT(hour, site, department) DO UPDATE SET samples = excluded.samples, online = excluded.online,"
+            " connected = excluded.connected, active = excluded.active, active_min = excluded.active_min,"
+            " active_max = excluded.active_max, idle = excluded.idle, expected = excluded.expected",
             (done, done, done + 3600),
         )
         done += 3600
@@ -149,7 +152,7 @@ def prune(conn, now, conf):
     # never drop minutes that are not rolled up yet
     conn.execute("DELETE FROM activity_minute WHERE bucket < ?", (min(minute_cut, rolled),))
     conn.execute("DELETE FROM activity_hour WHERE hour < ?", (hour_cut,))
-    conn.execute("DELETE FROM activity_plan WHERE end < ?", (hour_cut,))
+    conn.execute('DELETE FROM activity_plan WHERE "end" < ?', (hour_cut,))
 
 
 def series(conn, start, end, site=None, department=None, hourly=False):

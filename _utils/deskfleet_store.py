@@ -298,6 +298,14 @@ def _ddl(conn, statement):
     return pg.ddl(statement)
 
 
+def durable(conn):
+    """Every commit on disk when it returns: SQLite ``synchronous=FULL``; PostgreSQL's default, made sure."""
+    if getattr(conn, "backend", "sqlite") == "sqlite":
+        conn.execute("PRAGMA synchronous=FULL")
+    else:
+        conn.execute("SELECT set_config('synchronous_commit', 'on', false)")
+
+
 def table_columns(conn):
     """``{table: {column, ...}}`` of the store on either backend."""
     return conn.table_columns()

@@ -197,8 +197,15 @@ class Connection:
         return fault_of(exc, self.path, self._store_error)
 
     def _begin(self, cur):
+        if self.in_transaction:  # as SQLite: a nested BEGIN would silently commit the outer one here
+            raise self._store_error(f"deskfleet store {self.path}: cannot start a transaction within a transaction"
+                                    " (error: a bug in the caller)", self.path, "error")
         cur.execute("BEGIN")
-        cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS, self.schema))
+        try:
+            cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS, self.schema))
+        except BaseException:
+            self._abort()  # no half-open transaction left behind, as a refused BEGIN IMMEDIATE leaves none
+            raise
 
     def _run(self, sql, params, many):
         word = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else ""

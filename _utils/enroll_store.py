@@ -53,10 +53,10 @@ def _public(row):
 def audit(conn, now, action, actor, detail, minion_id=None, token_id=None, fingerprint=None):
     cur = conn.execute(
         "INSERT INTO enroll_audit (at, action, minion_id, token_id, fingerprint, actor, detail)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
         (now, action, minion_id, token_id, fingerprint, actor, detail),
     )
-    return cur.lastrowid
+    return cur.fetchall()[0][0]
 
 
 def audit_log(conn, minion_id=None, limit=100):
@@ -153,13 +153,13 @@ def refused(conn, now, minion_id, fingerprint, reason):
     """Count a refusal per (id, key); bounded, so a flood of keys cannot grow the store without end."""
     conn.execute(
         "INSERT INTO enroll_refusals (minion_id, fingerprint, reason, count, first_at, last_at) VALUES (?, ?, ?, 1, ?, ?)"
-        " ON CONFLICT(minion_id, fingerprint) DO UPDATE SET count = count + 1, reason = excluded.reason,"
+        " ON CONFLICT(minion_id, fingerprint) DO UPDATE SET count = enroll_refusals.count + 1, reason = excluded.reason,"
         " last_at = excluded.last_at",
         (str(minion_id)[:128], fingerprint or "-", reason[:300], now, now),
     )
     conn.execute(
-        "DELETE FROM enroll_refusals WHERE rowid IN (SELECT rowid FROM enroll_refusals ORDER BY last_at DESC"
-        " LIMIT -1 OFFSET ?)",
+        "DELETE FROM enroll_refusals WHERE (minion_id, fingerprint) IN (SELECT minion_id, fingerprint"
+        " FROM enroll_refusals ORDER BY last_at DESC LIMIT 9223372036854775807 OFFSET ?)",
         (REFUSALS_KEEP,),
     )
 

@@ -74,7 +74,7 @@ def open_store(opts):
     with ``synchronous=FULL``: an escrow row is on disk (fsync'd WAL) when its commit returns.
     """
     conn = store.open_role(opts, "vm", MIGRATIONS)
-    conn.execute("PRAGMA synchronous=FULL")
+    store.durable(conn)
     return conn
 
 
@@ -87,12 +87,12 @@ def add_escrow(conn, row, jid=None, now=None, keep=DEFAULT_HISTORY, state="in_fo
         cur = conn.execute(
             "INSERT INTO password_escrow (vm, account, rotated_at, stored_at, fingerprint, length,"
             " max_age_days, verified, platform, jid, envelope, state, committed_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (row["vm"], row["account"], row["rotated_at"], now, row["fingerprint"], row["length"],
              row["max_age_days"], row["verified"], row["platform"], jid, row["envelope"], state,
              now if state == "in_force" else None),
         )
-        escrow_id = cur.lastrowid
+        escrow_id = cur.fetchall()[0][0]
         if state == "in_force":
             _supersede(conn, row["vm"], row["account"], row["rotated_at"])
         if keep:
@@ -218,11 +218,11 @@ def add_audit(conn, *, who, action, vm, account, outcome, reason=None, escrow_id
     with store.transaction(conn):
         cur = conn.execute(
             "INSERT INTO password_audit (at, who, salt_user, action, vm, account, outcome, reason,"
-            " escrow_id, key_fingerprint, jid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " escrow_id, key_fingerprint, jid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (time.time() if now is None else now, who, salt_user, action, vm, account, outcome, reason,
              escrow_id, key_fingerprint, jid),
         )
-        return cur.lastrowid
+        return cur.fetchall()[0][0]
 
 
 def audit_log(conn, vm=None, action=None, limit=50):

@@ -111,7 +111,7 @@ def set_host(db, roll_id, host, now, state=None, error=None, **info):
             raise JournalError(f"host {host} is not in roll {roll_id}")
         merged = dict(json.loads(row["info"]), **info)
         db.execute(
-            "UPDATE maintenance_hosts SET state = COALESCE(?, state), error = CASE WHEN ? THEN ? ELSE error END,"
+            "UPDATE maintenance_hosts SET state = COALESCE(?, state), error = CASE WHEN ? = 1 THEN ? ELSE error END,"
             " info = ? WHERE roll = ? AND host = ?",
             (state, state is not None, error, json.dumps(merged, sort_keys=True), roll_id, host),
         )

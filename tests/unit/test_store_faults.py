@@ -18,6 +18,7 @@ import escrow
 import escrow_store
 import rollout_engine
 import rollout_store
+from tests.support.postgres import postgres_server, store_db  # noqa: F401  pylint: disable=unused-import
 
 pytestmark = pytest.mark.unit
 MIGRATIONS = {**escrow_store.MIGRATIONS, **rollout_store.MIGRATIONS}
@@ -149,18 +150,46 @@ HOLDER = textwrap.dedent("""
 """)
 
 
+class _Holder:
+    """Another writer holding the store's write lock until released: on SQLite another process with a
+    write transaction on the real file; on PostgreSQL another session inside ``BEGIN IMMEDIATE``."""
+
+    def __init__(self, location):
+        if location.startswith("postgresql://"):
+            self.conn, self.proc = store.connect(location, MIGRATIONS), None
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute("INSERT INTO password_audit (at, who, action, vm, account, outcome)"
+                              " VALUES (0, 'x', 'x', 'x', 'x', 'x')")
+            return
+        self.conn, self.proc = None, subprocess.Popen([sys.executable, "-c", HOLDER, location], stdin=subprocess.PIPE,
+                                                      stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "locked"
+
+    def release(self):
+        if self.conn is not None:
+            self.conn.execute("ROLLBACK")
+            self.conn.close()
+            return
+        self.proc.stdin.write("\n")
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
 @pytest.fixture
-def locked(db):
-    """Another process holding a write transaction on the real file until the test ends."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
+def any_db(store_db):
+    """A store with one audit row, on each backend (a SQLite path or a PostgreSQL DSN)."""
+    fresh(store_db)
+    return store_db
+
+
+@pytest.fixture
+def locked(any_db):
+    """Another writer holding the store's write lock until the test ends."""
+    holder = _Holder(str(any_db))
     try:
-        assert proc.stdout.readline().strip() == "locked"
-        yield db
+        yield any_db
     finally:
-        proc.stdin.write("\n")
-        proc.stdin.close()
-        proc.wait(30)
+        holder.release()
 
 
 def test_a_locked_store_opens_for_reading_and_refuses_writes_with_a_store_error(locked):
@@ -221,21 +250,18 @@ def test_guard_turns_a_store_error_into_an_error_result_a_retcode_and_an_alert(d
                                        "runner": "demo.status"})]
 
 
-def test_a_locked_store_stops_a_rollout_tick_with_a_store_error(db):
+def test_a_locked_store_stops_a_rollout_tick_with_a_store_error(any_db):
     """Not one rollout's error among others: the shared store is down, the runner reports it (exit 1, alert)."""
+    db = any_db
     conn = store.connect(str(db), MIGRATIONS, timeout=0.5)
     entry = {"key": "demo", "name": "demo", "version": "1", "windows": None, "linux": None}
     rollout_store.create(conn, software="demo", version="1", entry=entry, target="d-*", tgt_type="glob", minions=["d-1"],
                     batch=1, max_fail=0, start=0, end=4e9, now=1)  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)  # fmt: skip
+    holder = _Holder(str(db))
     try:
-        assert proc.stdout.readline().strip() == "locked"
         with pytest.raises(store.StoreError) as info:
             rollout_engine.Engine(conn, driver=None, clock=lambda: 100.0).tick()
         assert info.value.fault == "locked"
     finally:
-        proc.stdin.write("\n")
-        proc.stdin.close()
-        proc.wait(30)
+        holder.release()
         conn.close()
