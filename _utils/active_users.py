@@ -102,9 +102,11 @@ def bucket_of(now, interval):
 # One pass in SQLite over the seats table: 10,000 seats cost milliseconds (bench/active_users.py).
 _GROUPS = (
     "SELECT site, department, COUNT(*) AS seats, COALESCE(SUM(online), 0) AS online,"
-    " COALESCE(SUM(online AND session_state = 'connected'), 0) AS connected,"
-    " COALESCE(SUM(online AND session_state = 'connected' AND idle_seconds <= :within), 0) AS active"
-    " FROM (SELECT site, department, session_state, idle_seconds, last_seen >= :since AS online FROM seats)"
+    " COALESCE(SUM(CASE WHEN online = 1 AND session_state = 'connected' THEN 1 ELSE 0 END), 0) AS connected,"
+    " COALESCE(SUM(CASE WHEN online = 1 AND session_state = 'connected' AND idle_seconds <= :within"
+    " THEN 1 ELSE 0 END), 0) AS active"
+    " FROM (SELECT site, department, session_state, idle_seconds,"
+    " CASE WHEN last_seen >= :since THEN 1 ELSE 0 END AS online FROM seats) AS s"
     " GROUP BY site, department"
 )
 

@@ -2,13 +2,14 @@
 The maintenance journal in the deskfleet store: one row per roll, per host and
 per step. A step is recorded ``running`` before it runs and ``done``/``failed``
 after, so after a master restart the roll resumes at the step in progress and
-never repeats a finished one. Plain sqlite3, clock passed in (``now``: epoch s).
+never repeats a finished one. Plain SQL on either store backend, clock passed in (``now``: epoch s).
 """
 
 import json
 import uuid
 
 import deskfleet_store as store
+from maintenance import STEPS as STEP_ORDER
 
 COMPONENT = "maintenance"
 MIGRATIONS = {
@@ -75,7 +76,8 @@ def create_roll(db, request, now, roll_id=None):
 def get_roll(db, roll_id=None):
     """A roll (the newest when ``roll_id`` is None) with its request decoded, or None."""
     if roll_id is None:
-        row = db.execute("SELECT * FROM maintenance_rolls ORDER BY created DESC, rowid DESC LIMIT 1").fetchone()
+        # created ties only under a test clock; updated, then id, decide them the same way on both backends
+        row = db.execute("SELECT * FROM maintenance_rolls ORDER BY created DESC, updated DESC, id DESC LIMIT 1").fetchone()
     else:
         row = db.execute("SELECT * FROM maintenance_rolls WHERE id = ?", (roll_id,)).fetchone()
     roll = _row(row)
@@ -123,7 +125,10 @@ def steps(db, roll_id, host=None):
     if host is not None:
         sql, args = sql + " AND host = ?", args + [host]
     out = {}
-    for row in db.execute(sql + " ORDER BY rowid", args).fetchall():
+    rows = db.execute(sql, args).fetchall()
+    # a host's steps begin in the plan's order (a re-run updates its row): list them in that order
+    position = {name: i for i, name in enumerate(STEP_ORDER)}
+    for row in sorted(rows, key=lambda r: (position.get(r["step"], len(position)), r["step"])):
         step = dict(row)
         step["detail"] = json.loads(step["detail"])
         out.setdefault(step["host"], {})[step["step"]] = step
@@ -156,7 +161,7 @@ def begin(db, roll_id, host, step, now, detail=None):
         db.execute(
             "INSERT INTO maintenance_steps (roll, host, step, state, attempts, started, detail)"
             " VALUES (?, ?, ?, 'running', 1, ?, ?)"
-            " ON CONFLICT(roll, host, step) DO UPDATE SET state = 'running', attempts = attempts + 1,"
+            " ON CONFLICT(roll, host, step) DO UPDATE SET state = 'running', attempts = maintenance_steps.attempts + 1,"
             " detail = excluded.detail, error = NULL, finished = NULL",
             (roll_id, host, step, now, json.dumps(merged, sort_keys=True)),
         )

@@ -156,3 +156,47 @@ def raw_connect(location):
     import sqlite3  # pylint: disable=import-outside-toplevel
 
     return sqlite3.connect(location)
+
+
+_SQLITE_HOLDER = (
+    "import sqlite3, sys\n"
+    "conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+    "conn.execute('BEGIN IMMEDIATE'); print('locked', flush=True)\n"
+    "sys.stdin.readline(); conn.execute('ROLLBACK')\n"
+)
+
+
+class WriteLock:
+    """
+    Another writer holding the store's write lock from ``grab()`` to ``release()``: on SQLite
+    another process inside ``BEGIN IMMEDIATE`` on the real file; on PostgreSQL another session
+    inside the store's ``BEGIN IMMEDIATE`` (its advisory lock).
+    """
+
+    def __init__(self, location):
+        self.location, self.proc, self.conn = str(location), None, None
+
+    def grab(self):
+        if self.location.startswith("postgresql://"):
+            import deskfleet_store  # pylint: disable=import-outside-toplevel
+
+            self.conn = deskfleet_store.connect(self.location, {})
+            self.conn.execute("BEGIN IMMEDIATE")
+            return self
+        import sys  # pylint: disable=import-outside-toplevel
+
+        self.proc = subprocess.Popen([sys.executable, "-c", _SQLITE_HOLDER, self.location],  # pylint: disable=consider-using-with
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "locked"
+        return self
+
+    def release(self):
+        if self.conn is not None:
+            self.conn.execute("ROLLBACK")
+            self.conn.close()
+            self.conn = None
+        if self.proc is not None:
+            self.proc.stdin.write("\n")
+            self.proc.stdin.close()
+            self.proc.wait(30)
+            self.proc = None

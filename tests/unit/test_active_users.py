@@ -15,6 +15,7 @@ import active_users_store as aus
 import deskfleet_store as store
 import shift_plan
 import tc_assets
+from tests.support.postgres import postgres_server, store_db  # noqa: F401  pylint: disable=unused-import
 import tc_report
 
 NOW = 1_796_025_600.0  # 2026-11-30T08:00:00Z
@@ -48,8 +49,8 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(tmp_path):
-    f = Fleet(tmp_path / "tc.sqlite")
+def fleet(store_db):
+    f = Fleet(store_db)
     yield f
     f.conn.close()
 

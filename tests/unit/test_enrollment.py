@@ -8,6 +8,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 import enroll_store
+from tests.support.postgres import postgres_server, store_db  # noqa: F401  pylint: disable=unused-import
 import enrollment
 import seat_records
 
@@ -138,11 +139,11 @@ def test_settings_refuse_bad_values():
 
 
 @pytest.fixture
-def conn(tmp_path):
+def conn(store_db):
     import deskfleet_store  # pylint: disable=import-outside-toplevel
     import tc_assets  # pylint: disable=import-outside-toplevel
 
-    c = deskfleet_store.connect(str(tmp_path / "s.sqlite"), dict(tc_assets.MIGRATIONS, **enroll_store.MIGRATIONS))
+    c = deskfleet_store.connect(store_db, dict(tc_assets.MIGRATIONS, **enroll_store.MIGRATIONS))
     yield c
     c.close()
 
@@ -192,7 +193,7 @@ def test_seat_records_delete_every_row_about_a_seat(conn):
     assert seat_records.count(conn, "tc-a-1") == {}
     assert seat_records.count(conn, "tc-a-2") == {"seats": 1}
     assert enroll_store.audit_log(conn, minion_id="tc-a-1")  # the audit log stays
-    assert isinstance(conn, sqlite3.Connection)
+    assert conn.backend in ("sqlite", "postgresql")
 
 
 def test_reserved_ids_are_never_left_pending(pubs):

@@ -19,6 +19,7 @@ import deskfleet_store
 import escrow
 import escrow_check
 import escrow_store
+from tests.support.postgres import postgres_server, store_db  # noqa: F401  pylint: disable=unused-import
 import tc_assets
 
 try:
@@ -306,9 +307,8 @@ def test_check_return_refuses_a_ciphertext_labelled_for_another_machine(escrow_k
 
 
 @pytest.fixture
-def conn(tmp_path):
-    path = tmp_path / "deskfleet.sqlite"
-    connection = deskfleet_store.connect(str(path), escrow_store.MIGRATIONS)
+def conn(store_db):
+    connection = deskfleet_store.connect(store_db, escrow_store.MIGRATIONS)
     yield connection
     connection.close()
 
@@ -320,8 +320,8 @@ def store_rotation(conn, key, vm, rotated_at, password="Pw!0aaaaaaaaaaaa", keep=
     return escrow_store.add_escrow(conn, row, jid="20240101", now=rotated_at + 1, keep=keep)
 
 
-def test_store_shares_the_file_with_other_components(tmp_path):
-    path = str(tmp_path / "deskfleet.sqlite")
+def test_store_shares_the_file_with_other_components(store_db):
+    path = store_db
     deskfleet_store.connect(path, tc_assets.MIGRATIONS).close()
     conn = deskfleet_store.connect(path, escrow_store.MIGRATIONS)
     versions = dict(conn.execute("SELECT component, version FROM schema_version").fetchall())

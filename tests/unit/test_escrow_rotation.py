@@ -4,8 +4,6 @@ real SQLite store, with the Salt side (publish + returns) scripted, and the
 store faults real: another process holding the write lock at the exact phase.
 """
 
-import subprocess
-import sys
 import time
 
 import pytest
@@ -15,6 +13,7 @@ import deskfleet_store as store
 import escrow
 import escrow_rotation
 import escrow_store
+from tests.support.postgres import WriteLock, postgres_server, store_db  # noqa: F401  pylint: disable=unused-import
 
 pytestmark = pytest.mark.unit
 ACCOUNT = "localadmin"
@@ -26,8 +25,8 @@ def key():
 
 
 @pytest.fixture
-def db(tmp_path):
-    return str(tmp_path / "deskfleet.sqlite")
+def db(store_db):
+    return store_db
 
 
 @pytest.fixture
@@ -131,30 +130,7 @@ def test_a_machine_that_refuses_the_commit_stays_on_its_escrowed_password(conn, 
     assert shown(conn, key, "desk-1") == [("in_force", first.set["desk-1"])]
 
 
-HOLDER = (
-    "import sqlite3, sys\n"
-    "conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-    "conn.execute('BEGIN IMMEDIATE'); print('locked', flush=True)\n"
-    "sys.stdin.readline(); conn.execute('ROLLBACK')\n"
-)
-
-
-class Lock:
-    """Another process holding a write transaction on the real file."""
-
-    def __init__(self, path):
-        self.path, self.proc = path, None
-
-    def grab(self):
-        self.proc = subprocess.Popen([sys.executable, "-c", HOLDER, self.path], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)  # fmt: skip
-        assert self.proc.stdout.readline().strip() == "locked"
-
-    def release(self):
-        if self.proc:
-            self.proc.stdin.write("\n")
-            self.proc.stdin.close()
-            self.proc.wait(30)
+Lock = WriteLock  # another writer holding the store's write lock (a process on SQLite, a session on PostgreSQL)
 
 
 def test_a_locked_store_before_the_pending_row_sets_nothing(conn, key, db):

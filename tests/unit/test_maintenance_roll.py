@@ -8,6 +8,7 @@ import maintenance as mt
 import maintenance_hosts
 import maintenance_journal as journal
 import maintenance_roll
+from tests.support.postgres import postgres_server, store_db  # noqa: F401  pylint: disable=unused-import
 
 UTC = datetime.timezone.utc
 T0 = datetime.datetime(2026, 11, 30, 2, 0, tzinfo=UTC)
@@ -108,13 +109,13 @@ def desk(sid, host, state="taken"):
 
 
 @pytest.fixture
-def world(tmp_path):
+def world(tmp_path, store_db):
     clock = Clock()
     cloud = Cloud(["cmp-01", "cmp-02", "cmp-03"],
                   [desk("s1", "cmp-01", "ready"), desk("s2", "cmp-01", "ready"), desk("t1", "cmp-01"), desk("t2", "cmp-01")])
     hosts = maintenance_hosts.SimulatedHosts(str(tmp_path / "hosts.json"))
     events, notices = [], []
-    db = journal.connect(str(tmp_path / "store.sqlite"))
+    db = journal.connect(store_db)
 
     def start(**kw):
         req = mt.validate_request(dict({"hosts": ["cmp-01"], "reason": "kernel 6.1.0-28", "poll": 1.0}, **kw), clock.now())
@@ -129,7 +130,7 @@ def world(tmp_path):
         pass
 
     w = World()
-    w.__dict__.update(clock=clock, cloud=cloud, hosts=hosts, events=events, notices=notices, db=db, start=start, roll=roll, path=str(tmp_path / "store.sqlite"))
+    w.__dict__.update(clock=clock, cloud=cloud, hosts=hosts, events=events, notices=notices, db=db, start=start, roll=roll, path=store_db)
     yield w
     db.close()
 

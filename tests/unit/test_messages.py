@@ -7,13 +7,14 @@ import pytest
 
 import deskfleet_store
 import messages
+from tests.support.postgres import postgres_server, store_db  # noqa: F401  pylint: disable=unused-import
 
 LIMITS = messages.settings({"rate_limit": 2, "rate_window": 600})
 
 
 @pytest.fixture
-def conn(tmp_path):
-    c = deskfleet_store.connect(str(tmp_path / "store.sqlite"), messages.MIGRATIONS)
+def conn(store_db):
+    c = deskfleet_store.connect(store_db, messages.MIGRATIONS)
     yield c
     c.close()
 

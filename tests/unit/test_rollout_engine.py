@@ -16,6 +16,7 @@ import deskfleet_store
 import rollout_engine
 import rollout_lease
 import rollout_store
+from tests.support.postgres import postgres_server, store_db  # noqa: F401  pylint: disable=unused-import
 import software_catalog
 import tc_assets
 from tests.unit.test_software_catalog import linux_only
@@ -117,8 +118,8 @@ ENTRY = software_catalog.validate_entry("deskfleet-demo", linux_only())
 
 
 @pytest.fixture
-def db(tmp_path):
-    return tmp_path / "deskfleet.sqlite"
+def db(store_db):
+    return store_db
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ re-created over history. And the runner glue that turns them into results.
 
 import os
 import subprocess
-import sys
-import textwrap
 
 import pytest
 
@@ -18,7 +16,7 @@ import escrow
 import escrow_store
 import rollout_engine
 import rollout_store
-from tests.support.postgres import postgres_server, store_db  # noqa: F401  pylint: disable=unused-import
+from tests.support.postgres import WriteLock, postgres_server, store_db  # noqa: F401  pylint: disable=unused-import
 
 pytestmark = pytest.mark.unit
 MIGRATIONS = {**escrow_store.MIGRATIONS, **rollout_store.MIGRATIONS}
@@ -139,42 +137,6 @@ def test_a_legacy_store_without_a_marker_is_adopted(db):
     conn.close()
 
 
-HOLDER = textwrap.dedent("""
-    import sqlite3, sys, time
-    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-    conn.execute("BEGIN IMMEDIATE")
-    conn.execute("INSERT INTO password_audit (at, who, action, vm, account, outcome) VALUES (0, 'x', 'x', 'x', 'x', 'x')")
-    print("locked", flush=True)
-    sys.stdin.readline()
-    conn.execute("ROLLBACK")
-""")
-
-
-class _Holder:
-    """Another writer holding the store's write lock until released: on SQLite another process with a
-    write transaction on the real file; on PostgreSQL another session inside ``BEGIN IMMEDIATE``."""
-
-    def __init__(self, location):
-        if location.startswith("postgresql://"):
-            self.conn, self.proc = store.connect(location, MIGRATIONS), None
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.execute("INSERT INTO password_audit (at, who, action, vm, account, outcome)"
-                              " VALUES (0, 'x', 'x', 'x', 'x', 'x')")
-            return
-        self.conn, self.proc = None, subprocess.Popen([sys.executable, "-c", HOLDER, location], stdin=subprocess.PIPE,
-                                                      stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout.readline().strip() == "locked"
-
-    def release(self):
-        if self.conn is not None:
-            self.conn.execute("ROLLBACK")
-            self.conn.close()
-            return
-        self.proc.stdin.write("\n")
-        self.proc.stdin.close()
-        self.proc.wait(30)
-
-
 @pytest.fixture
 def any_db(store_db):
     """A store with one audit row, on each backend (a SQLite path or a PostgreSQL DSN)."""
@@ -185,7 +147,7 @@ def any_db(store_db):
 @pytest.fixture
 def locked(any_db):
     """Another writer holding the store's write lock until the test ends."""
-    holder = _Holder(str(any_db))
+    holder = WriteLock(any_db).grab()
     try:
         yield any_db
     finally:
@@ -257,7 +219,7 @@ def test_a_locked_store_stops_a_rollout_tick_with_a_store_error(any_db):
     entry = {"key": "demo", "name": "demo", "version": "1", "windows": None, "linux": None}
     rollout_store.create(conn, software="demo", version="1", entry=entry, target="d-*", tgt_type="glob", minions=["d-1"],
                     batch=1, max_fail=0, start=0, end=4e9, now=1)  # fmt: skip
-    holder = _Holder(str(db))
+    holder = WriteLock(db).grab()
     try:
         with pytest.raises(store.StoreError) as info:
             rollout_engine.Engine(conn, driver=None, clock=lambda: 100.0).tick()

@@ -11,6 +11,7 @@ import pytest
 
 import deskfleet_store
 import userdata
+from tests.support.postgres import postgres_server, store_db  # noqa: F401  pylint: disable=unused-import
 import userdata_path
 
 ROOTS = userdata_path.DEFAULT_ROOTS
@@ -136,8 +137,8 @@ def test_malformed_answers_are_refused(answer):
         userdata.check_answer(answer)
 
 
-def test_audit_rows(tmp_path):
-    conn = deskfleet_store.connect(str(tmp_path / "s.sqlite"), userdata.MIGRATIONS)
+def test_audit_rows(store_db):
+    conn = deskfleet_store.connect(store_db, userdata.MIGRATIONS)
     userdata.record(conn, 1.0, "a" * 32, "ops", "desk-1", "/etc/shadow", "refused", "path: outside")
     userdata.record(conn, 2.0, "b" * 32, "ops", "desk-1", "/home/a/f", "fetched", "", 3, "0" * 64, "/q/x")
     rows = userdata.audit(conn, desktop="desk-1")
