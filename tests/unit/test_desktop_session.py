@@ -16,6 +16,7 @@ import salt.crypt
 
 import desktop_session as beacon_mod
 import desktop_sessions as master
+from tests.support.postgres import postgres_server, store_db  # noqa: F401  pylint: disable=unused-import
 
 DESKTOP = "desk-0042"
 UTMP_TEXT = (
@@ -129,12 +130,12 @@ def emit(monkeypatch, keys, tmp_path):
     return lambda: beacon_mod.beacon([{"root": str(root)}])
 
 
-def test_signed_report_is_accepted_and_stored(emit, keys, tmp_path):
+def test_signed_report_is_accepted_and_stored(emit, keys, store_db):
     [payload] = emit()
     verify = master.pki_verifier(str(keys["master"]))
     row = master.parse_event(f"salt/beacon/{DESKTOP}/desktop_session/status", payload, verify, time.time())
     assert row["desktop"] == DESKTOP and row["logged_on"] == 1
-    db = master.open_store(str(tmp_path / "store.sqlite"))
+    db = master.open_store(store_db)
     try:
         master.record(db, row)
         master.record(db, dict(row, logged_on=0, sessions="[]"))  # a replay of the same seq changes nothing

@@ -11,6 +11,7 @@ import pytest
 
 import tc_assets
 import deskfleet_store
+from tests.support.postgres import postgres_server, store_db  # noqa: F401  pylint: disable=unused-import
 
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -46,7 +47,8 @@ def test_usage_errors_name_the_parameter_and_exit_1(runner, tmp_path, kwargs, pa
     assert not (tmp_path / "state").exists()
 
 
-def test_rows_over_a_real_store(runner, tmp_path):
+def test_rows_over_a_real_store(runner, tmp_path, store_db):
+    runner.__opts__["deskfleet"]["tc"]["db"] = store_db  # a SQLite file, or a PostgreSQL DSN
     conn = deskfleet_store.connect(runner.__opts__["deskfleet"]["tc"]["db"], tc_assets.MIGRATIONS)
     now = 1_800_000_000.0
     ingest = tc_assets.Ingestor(conn, lambda *a: True, clock=lambda: now, rate_limit=100)
