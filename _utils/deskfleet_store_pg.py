@@ -166,6 +166,11 @@ def fault_of(exc, path, store_error):
 
 def connect(dsn, timeout, store_error):
     """An open :class:`Connection` to ``dsn``, or ``store_error`` (fault ``unreachable``...)."""
+    raw, schema = _open(dsn, timeout, store_error)
+    return Connection(raw, redact(dsn), schema, store_error, lambda: _open(dsn, timeout, store_error)[0])
+
+
+def _open(dsn, timeout, store_error):
     path = redact(dsn)
     try:
         raw = psycopg.connect(dsn, autocommit=True, connect_timeout=max(2, int(timeout)))
@@ -178,7 +183,7 @@ def connect(dsn, timeout, store_error):
     if schema is None:
         raw.close()
         raise store_error(f"deskfleet store {path}: no schema to create tables in (search_path)", path, "error")
-    return Connection(raw, path, schema, store_error)
+    return raw, schema
 
 
 class Connection:
@@ -186,8 +191,8 @@ class Connection:
 
     backend = "postgresql"
 
-    def __init__(self, raw, path, schema, store_error):
-        self.raw, self.path, self.schema, self._store_error = raw, path, schema, store_error
+    def __init__(self, raw, path, schema, store_error, reopen):  # pylint: disable=too-many-arguments
+        self.raw, self.path, self.schema, self._store_error, self._reopen = raw, path, schema, store_error, reopen
 
     @property
     def in_transaction(self):
@@ -211,6 +216,8 @@ class Connection:
         word = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else ""
         if word in ("PRAGMA",):
             raise sqlite3.OperationalError(f"{word} is SQLite only: {sql[:60]}")
+        if self.raw.broken:  # the server dropped us (restart, failover): the failed call was reported, reconnect
+            self.raw = self._reopen()
         try:
             cur = self.raw.cursor(row_factory=_row_factory)
             if word == "BEGIN":

@@ -106,6 +106,8 @@ def test_a_session_the_server_drops_is_an_unreachable_store_error(dsn, postgres_
     with pytest.raises(store.StoreError) as info:
         escrow_store.audit_log(conn)
     assert info.value.fault == "unreachable" and info.value.path == pg.redact(dsn)
+    _audit(conn, "desk-after")  # the next call reconnects (a server restart or failover is not forever)
+    assert escrow_store.audit_log(conn)[0]["vm"] == "desk-after" and conn.raw.info.backend_pid != pid
     conn.close()
 
 
