@@ -57,6 +57,13 @@ class _Connection(sqlite3.Connection):
     path = None
     backend = "sqlite"
 
+    @staticmethod
+    def ddl(statement):
+        return statement  # migrations are written in SQLite's types
+
+    def durable(self):
+        self.execute("PRAGMA synchronous=FULL")
+
     def table_columns(self):
         """``{table: {column, ...}}`` of the store (SQLite's own tables left out)."""
         out = {}
@@ -282,7 +289,7 @@ def _migrate(conn, path, component, steps):
             if have == len(steps):
                 return
             for statement in _split(steps[have]):
-                conn.execute(_ddl(conn, statement))
+                conn.execute(conn.ddl(statement))
             conn.execute(
                 "INSERT INTO schema_version (component, version) VALUES (?, ?)"
                 " ON CONFLICT(component) DO UPDATE SET version = excluded.version",
@@ -290,20 +297,9 @@ def _migrate(conn, path, component, steps):
             )
 
 
-def _ddl(conn, statement):
-    if getattr(conn, "backend", "sqlite") == "sqlite":
-        return statement
-    import deskfleet_store_pg as pg  # pylint: disable=import-outside-toplevel
-
-    return pg.ddl(statement)
-
-
 def durable(conn):
     """Every commit on disk when it returns: SQLite ``synchronous=FULL``; PostgreSQL's default, made sure."""
-    if getattr(conn, "backend", "sqlite") == "sqlite":
-        conn.execute("PRAGMA synchronous=FULL")
-    else:
-        conn.execute("SELECT set_config('synchronous_commit', 'on', false)")
+    conn.durable()
 
 
 def table_columns(conn):

@@ -29,13 +29,8 @@ import psycopg
 from psycopg import errors as pgerr
 from psycopg.adapt import Dumper, Loader
 
-SCHEMES = ("postgresql://", "postgres://")
 LOCK_CLASS = 0x64666C74  # "dflt": first key of the store's advisory lock; the second is the schema
 _READS = ("SELECT", "VALUES", "SHOW", "EXPLAIN")
-
-
-def is_dsn(path):
-    return isinstance(path, str) and path.startswith(SCHEMES)
 
 
 def redact(dsn):
@@ -266,6 +261,13 @@ class Connection:
 
     def close(self):
         self.raw.close()
+
+    @staticmethod
+    def ddl(statement):
+        return ddl(statement)
+
+    def durable(self):
+        self.execute("SELECT set_config('synchronous_commit', 'on', false)")  # the default, made sure
 
     def table_columns(self):
         """``{table: {column, ...}}`` of the store's schema."""
