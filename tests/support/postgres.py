@@ -8,13 +8,16 @@ TCP), stopped and removed at the end of the session. Nothing under /etc or
 
 ``store_db`` (per test, parametrised ``sqlite`` / ``postgresql``): where a test's store lives,
 a SQLite file path or a DSN to a fresh schema of its own (dropped after the test).
-Use it in a test module with ``from tests.support.postgres import postgres_server, store_db``.
+Both are registered once in ``tests/unit/conftest.py`` (importing them into a test module would give that
+module a server of its own).
 """
 
+import glob
 import os
 import pwd
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -47,7 +50,7 @@ class Server:
 
     def __init__(self, root):
         self.root, self.sock, self.data = root, os.path.join(root, "sock"), os.path.join(root, "data")
-        self.proc = None
+        self.proc, self._log = None, None
 
     def _as_postgres(self):
         user = pwd.getpwnam(PG_USER)
@@ -64,11 +67,11 @@ class Server:
             os.chmod(path, 0o700)
         subprocess.run([f"{PG_BIN}/initdb", "-D", self.data, "-U", PG_USER, "-A", "trust", "-E", "UTF8",
                         "--locale=C", "--no-sync"], check=True, capture_output=True, **self._as_postgres())
+        self._log = open(os.path.join(self.root, "server.log"), "wb")  # pylint: disable=consider-using-with
         self.proc = subprocess.Popen(  # pylint: disable=consider-using-with
             [f"{PG_BIN}/postgres", "-D", self.data, "-k", self.sock, "-p", str(PORT), "-c", "listen_addresses=",
              "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200"],
-            stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.root, "server.log"), "wb"),  # noqa: SIM115
-            **self._as_postgres())
+            stdout=subprocess.DEVNULL, stderr=self._log, **self._as_postgres())
         give_up = time.monotonic() + deadline
         while True:
             try:
@@ -105,7 +108,49 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(30)
+        if self._log is not None:
+            self._log.close()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _runs_in(pid, root):
+    """True when ``pid`` is a postgres started on ``root``'s data dir (a recycled pid is left alone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            args = fh.read().split(b"\0")
+    except OSError:
+        return False
+    return bool(args) and args[0].endswith(b"/postgres") and os.path.join(root, "data").encode() in args
+
+
+def reap_orphans():
+    """Stop and remove servers left by a killed test session (its owner pid is gone); ours only (dfpg- dirs)."""
+    for root in glob.glob(os.path.join(tempfile.gettempdir(), "dfpg-*")):
+        try:
+            with open(os.path.join(root, "owner.pid"), encoding="ascii") as fh:
+                if _alive(int(fh.read().strip())):
+                    continue
+            with open(os.path.join(root, "data", "postmaster.pid"), encoding="ascii") as fh:
+                postmaster = int(fh.readline().strip())
+        except (OSError, ValueError):
+            postmaster = None
+        if postmaster and _alive(postmaster) and _runs_in(postmaster, root):
+            os.kill(postmaster, signal.SIGINT)
+            give_up = time.monotonic() + 60
+            while _alive(postmaster) and time.monotonic() < give_up:
+                time.sleep(0.1)
+        if os.path.exists(os.path.join(root, "owner.pid")):
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +159,10 @@ def postgres_server():
     missing = _missing()
     if missing:
         pytest.skip(f"PostgreSQL store tests need {missing}")
+    reap_orphans()
     server = Server(tempfile.mkdtemp(prefix="dfpg-"))
+    with open(os.path.join(server.root, "owner.pid"), "w", encoding="ascii") as fh:
+        fh.write(str(os.getpid()))
     try:
         yield server.start()
     finally:
@@ -199,4 +247,4 @@ class WriteLock:
             self.proc.stdin.write("\n")
             self.proc.stdin.close()
             self.proc.wait(30)
-            self.proc = None
+            self.proc, self._log = None, None

@@ -15,7 +15,6 @@ import active_users_store as aus
 import deskfleet_store as store
 import shift_plan
 import tc_assets
-from tests.support.postgres import postgres_server, store_db  # noqa: F401  pylint: disable=unused-import
 import tc_report
 
 NOW = 1_796_025_600.0  # 2026-11-30T08:00:00Z

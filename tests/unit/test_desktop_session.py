@@ -16,7 +16,6 @@ import salt.crypt
 
 import desktop_session as beacon_mod
 import desktop_sessions as master
-from tests.support.postgres import postgres_server, store_db  # noqa: F401  pylint: disable=unused-import
 
 DESKTOP = "desk-0042"
 UTMP_TEXT = (

@@ -8,7 +8,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 import enroll_store
-from tests.support.postgres import postgres_server, store_db  # noqa: F401  pylint: disable=unused-import
 import enrollment
 import seat_records
 

@@ -19,7 +19,6 @@ import deskfleet_store
 import escrow
 import escrow_check
 import escrow_store
-from tests.support.postgres import postgres_server, store_db  # noqa: F401  pylint: disable=unused-import
 import tc_assets
 
 try:

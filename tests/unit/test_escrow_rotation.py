@@ -13,7 +13,7 @@ import deskfleet_store as store
 import escrow
 import escrow_rotation
 import escrow_store
-from tests.support.postgres import WriteLock, postgres_server, store_db  # noqa: F401  pylint: disable=unused-import
+from tests.support.postgres import WriteLock
 
 pytestmark = pytest.mark.unit
 ACCOUNT = "localadmin"

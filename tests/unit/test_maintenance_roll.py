@@ -8,7 +8,6 @@ import maintenance as mt
 import maintenance_hosts
 import maintenance_journal as journal
 import maintenance_roll
-from tests.support.postgres import postgres_server, store_db  # noqa: F401  pylint: disable=unused-import
 
 UTC = datetime.timezone.utc
 T0 = datetime.datetime(2026, 11, 30, 2, 0, tzinfo=UTC)

@@ -7,7 +7,6 @@ import pytest
 
 import deskfleet_store
 import messages
-from tests.support.postgres import postgres_server, store_db  # noqa: F401  pylint: disable=unused-import
 
 LIMITS = messages.settings({"rate_limit": 2, "rate_window": 600})
 

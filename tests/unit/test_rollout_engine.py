@@ -16,7 +16,6 @@ import deskfleet_store
 import rollout_engine
 import rollout_lease
 import rollout_store
-from tests.support.postgres import postgres_server, store_db  # noqa: F401  pylint: disable=unused-import
 import software_catalog
 import tc_assets
 from tests.unit.test_software_catalog import linux_only

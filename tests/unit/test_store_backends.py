@@ -7,7 +7,6 @@ import pytest
 
 import deskfleet_store as store
 import pool_health
-from tests.support.postgres import postgres_server, store_db  # noqa: F401  pylint: disable=unused-import
 
 pytestmark = pytest.mark.unit
 

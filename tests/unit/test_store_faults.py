@@ -16,7 +16,7 @@ import escrow
 import escrow_store
 import rollout_engine
 import rollout_store
-from tests.support.postgres import WriteLock, postgres_server, store_db  # noqa: F401  pylint: disable=unused-import
+from tests.support.postgres import WriteLock
 
 pytestmark = pytest.mark.unit
 MIGRATIONS = {**escrow_store.MIGRATIONS, **rollout_store.MIGRATIONS}

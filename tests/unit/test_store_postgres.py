@@ -16,7 +16,7 @@ import deskfleet_store as store
 import deskfleet_store_pg as pg
 import escrow_store
 import tc_assets
-from tests.support.postgres import PG_USER, drop_schema, new_schema, postgres_server  # noqa: F401
+from tests.support.postgres import PG_USER, drop_schema, new_schema
 
 pytestmark = pytest.mark.unit
 MIGRATIONS = dict(escrow_store.MIGRATIONS)

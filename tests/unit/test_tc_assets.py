@@ -18,7 +18,7 @@ import salt.crypt
 import deskfleet_store as store
 import tc_assets
 from tc_assets import Rejected
-from tests.support.postgres import postgres_server, raw_connect, store_db  # noqa: F401  pylint: disable=unused-import
+from tests.support.postgres import raw_connect
 
 SEATS = ("tc-0001", "tc-0002", "tc-0003")
 TAG = "salt/beacon/{}/tc_status/status"

@@ -11,7 +11,6 @@ import pytest
 
 import tc_assets
 import deskfleet_store
-from tests.support.postgres import postgres_server, store_db  # noqa: F401  pylint: disable=unused-import
 
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 

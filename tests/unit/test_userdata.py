@@ -11,7 +11,6 @@ import pytest
 
 import deskfleet_store
 import userdata
-from tests.support.postgres import postgres_server, store_db  # noqa: F401  pylint: disable=unused-import
 import userdata_path
 
 ROOTS = userdata_path.DEFAULT_ROOTS
