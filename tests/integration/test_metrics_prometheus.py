@@ -7,16 +7,15 @@ series. A burst of forged beacons fires ``deskfleet/alert/ingest``.
 """
 
 import json
-import threading
 import time
 
 import pytest
-import salt.utils.event
 
 from harness import saltconf, tcroot
 from harness.lab import free_port, wait_for
 from tests.integration.conftest import enrolled_minion
 from tests.support import prometheus
+from tests.support.bus import Events
 from tests.support.minions import running as minions_running
 
 LON_SEAT, MAN_SEAT = "tc-0201", "tc-0202"
@@ -57,30 +56,6 @@ def prom(master, tmp_path_factory):
         yield running
 
 
-class Bus:
-    """Collects ``deskfleet/alert/`` events of the master bus in a thread."""
-
-    def __init__(self, master):
-        self.events, self.stop = [], threading.Event()
-        self.bus = salt.utils.event.get_master_event(master.config, master.config["sock_dir"], listen=True)
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self):
-        while not self.stop.is_set():
-            ev = self.bus.get_event(wait=0.2, full=True)
-            if ev and ev["tag"].startswith("deskfleet/alert/"):
-                self.events.append((ev["tag"], ev["data"]))
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(5)
-        self.bus.destroy()
-
-
 def _value(prom, promql):
     found = prom.query(promql)
     return found[0][1] if len(found) == 1 else None
@@ -115,10 +90,10 @@ def test_a_burst_of_forged_beacons_alerts_and_is_counted(master, seats, prom):
     before = _value(prom, 'deskfleet_ingest_events_total{result="forged"}') or 0.0
     tag = f"salt/beacon/{MAN_SEAT}/tc_status/status"
     preload = json.dumps({"events": [{"tag": tag, "data": _forged(n)} for n in range(1, FORGED + 1)]})
-    with Bus(master) as bus:
+    with Events(master) as bus:
         ret = master.salt_cli(timeout=90).run("event.send", "ignored", f"preload={preload}", minion_tgt=LON_SEAT)
         assert ret.returncode == 0, ret
-        alert = wait_for(lambda: [d for t, d in bus.events if t == "deskfleet/alert/ingest"], timeout=120,
+        alert = wait_for(lambda: bus.tagged("deskfleet/alert/ingest"), timeout=120,
                          what="deskfleet/alert/ingest for the forged burst")[0]
     assert alert["kind"] == "forged_burst" and alert["state"] == "start" and alert["forged"] >= FORGED
     assert alert["threshold"] == 10 and {t["attribution"] for t in alert["top"]} == {f"claimed {MAN_SEAT}, unproven"}
