@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 __virtualname__ = "deskfleet_metrics"
 ALERT_TAG = "deskfleet/alert/ingest"
 METRICS_ALERT_TAG = "deskfleet/alert/metrics"
+CLOUD = {"cloud_timeout": 10, "cloud_retries": 1}  # deskfleet:vm:pool_keeper, as the keeper reads them
 DEFAULTS = {"interval": 30, "sites": None, "forged_burst": 20, "forged_window": 300}
 
 try:
@@ -40,6 +41,10 @@ try:
     import maintenance_journal
     import metrics_collect
     import metrics_export
+    import pool_cloud  # Salt puts utils_dirs on sys.path only while loading: no lazy imports
+    import pool_config
+    import pool_health
+    import pool_plan
     import rollout_store
     import tc_assets
 
@@ -63,11 +68,15 @@ def start(interval=None, stop=None):
     publisher = metrics_export.Publisher()
     readers, burst = _readers(role, conf)
     stop = stop or threading.Event()
-    refused = None
+    refused, failing = None, {}
     while not stop.is_set():
-        if not publisher.registered:
+        if conf.get("enabled", True) and not publisher.registered:
             refused = _start_publisher(publisher, conf, role, refused)
-        snap, errors = metrics_collect.snapshot(readers, time.time(), _log_source)
+        snap, errors = metrics_collect.snapshot(readers, time.time())
+        for source, error in errors.items():  # logged when it starts or changes; source_up says it each pass
+            if failing.get(source) != error:
+                log.warning("deskfleet_metrics: could not read %s: %s", source, error)
+        failing = errors
         publisher.update(snap)
         if burst is not None:
             _check_burst(burst, snap, conf)
@@ -83,10 +92,6 @@ def _start_publisher(publisher, conf, role, refused):
     elif not why:
         log.info("deskfleet_metrics: publishing (%s)", conf.get("exporter", "prometheus"))
     return why
-
-
-def _log_source(source, exc):
-    log.warning("deskfleet_metrics: could not read %s: %s", source, exc)
 
 
 def _readers(role, conf):
@@ -118,11 +123,22 @@ def _readers(role, conf):
 
 
 def _pools():
-    """The pool keeper's own read-only status (the cloud is the source of truth)."""
-    found = __runners__["vmpool.status"]()  # noqa: F821 - Salt's engine loader provides __runners__
-    if "pools" not in found:
-        raise RuntimeError(found.get("error") or "vmpool.status returned no pools")
-    return metrics_collect.pool_samples(found["pools"])
+    """
+    Pools as ``vmpool.status`` counts them (the cloud is the source of truth), read here without the
+    runner: a metrics pass must not fire the keeper's alerts; a failed read shows as source_up 0.
+    """
+    settings = glue.settings(__opts__, "vm:pool_keeper", {**pool_plan.DEFAULTS, **CLOUD})
+    pools, _bad = pool_config.validate((glue.master_pillar(__opts__).get("deskfleet") or {}).get("pools") or {})
+    with contextlib.closing(deskfleet_store.open_role(__opts__, "vm", pool_health.MIGRATIONS)) as db:
+        health = pool_health.read(db)
+    conn = pool_cloud.connect(glue.conf(__opts__, "vm"), settings["cloud_timeout"], settings["cloud_retries"])
+    try:
+        servers = pool_cloud.servers(conn, settings["name_prefix"])
+    finally:
+        conn.close()
+    now = pool_plan.utcnow()
+    counts, _stray = pool_plan.census(servers, pools, now.timestamp(), settings)
+    return metrics_collect.pool_samples(pool_plan.status_rows(pools, health, counts, now, settings))
 
 
 def _check_burst(burst, snap, conf):
