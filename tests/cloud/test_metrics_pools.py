@@ -12,7 +12,7 @@ import yaml
 from harness import saltconf
 from harness.lab import free_port, wait_for
 from tests.support import prometheus
-from tests.support.bus import Events
+from tests.support.bus import Bus
 
 PORT = {}
 
@@ -46,7 +46,7 @@ def _value(prom, promql):
 
 
 def test_pool_gauges_and_the_degraded_alert(vm_master, cloud, tmp_path):
-    with Events(vm_master) as bus:
+    with Bus(vm_master) as bus:
         ret = vm_master.salt_run_cli(timeout=300).run("vmpool.reconcile")
         assert ret.returncode == 1, ret  # the broken pool fails the pass; sales still fills
         assert ret.data["pools"]["sales"]["boots"] == 2 and len(ret.data["booted"]) == 2, ret.data

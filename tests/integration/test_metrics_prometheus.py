@@ -15,7 +15,7 @@ from harness import saltconf, tcroot
 from harness.lab import free_port, wait_for
 from tests.integration.conftest import enrolled_minion
 from tests.support import prometheus
-from tests.support.bus import Events
+from tests.support.bus import Bus
 from tests.support.minions import running as minions_running
 
 LON_SEAT, MAN_SEAT = "tc-0201", "tc-0202"
@@ -90,7 +90,7 @@ def test_a_burst_of_forged_beacons_alerts_and_is_counted(master, seats, prom):
     before = _value(prom, 'deskfleet_ingest_events_total{result="forged"}') or 0.0
     tag = f"salt/beacon/{MAN_SEAT}/tc_status/status"
     preload = json.dumps({"events": [{"tag": tag, "data": _forged(n)} for n in range(1, FORGED + 1)]})
-    with Events(master) as bus:
+    with Bus(master) as bus:
         ret = master.salt_cli(timeout=90).run("event.send", "ignored", f"preload={preload}", minion_tgt=LON_SEAT)
         assert ret.returncode == 0, ret
         alert = wait_for(lambda: bus.tagged("deskfleet/alert/ingest"), timeout=120,

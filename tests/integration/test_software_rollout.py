@@ -26,7 +26,7 @@ import salt.utils.jid
 from pytestshellutils.exceptions import FactoryTimeout
 
 from harness import saltconf, wait
-from tests.support.bus import Events
+from tests.support.bus import Bus
 from tests.support.minions import running as minions_running
 
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
@@ -324,7 +324,7 @@ def test_concurrent_ticks_share_nothing_and_cancel_stops_the_rest(sw_master, des
 def test_failures_past_max_fail_halt_the_rollout(sw_master, desks):
     rid = schedule(sw_master, "target=desk-sw-*", "software=deskfleet-fail", "end=+1h", "batch=1",
                    "max_fail=1")["id"]
-    with Events(sw_master) as bus:
+    with Bus(sw_master) as bus:
         first = tick(sw_master, rid)
         assert first["collected"] == {"desk-sw-1": "failed"} and first["state"] == "running"
         second = tick(sw_master, rid)
