@@ -6,7 +6,6 @@ start events refused; a malformed pool reported on the bus while the others run.
 second master with the shipped schedule shows the periodic reconcile on its own.
 """
 
-
 import pytest
 import yaml
 
