@@ -150,7 +150,7 @@ def collect_maintenance(conn):
     }
 
 
-def snapshot(readers, now, log_error=None):
+def snapshot(readers, now):
     """
     Run every ``{source: reader}`` (a callable returning ``{metric: samples}``); one failing source
     never hides the others: its metrics are left out and ``source_up`` says 0. ``(snapshot, errors)``.
@@ -161,8 +161,6 @@ def snapshot(readers, now, log_error=None):
             out.update(reader())
         except Exception as exc:  # pylint: disable=broad-except
             errors[source] = f"{type(exc).__name__}: {exc}"[:500]
-            if log_error is not None:
-                log_error(source, exc)
     out["deskfleet.metrics.source_up"] = [({"source": bounded(s, SOURCES)}, int(s not in errors)) for s in readers]
     out["deskfleet.metrics.collected"] = [({}, float(now))]
     return out, errors
