@@ -50,9 +50,22 @@ except ImportError as _exc:  # pragma: no cover - utils_dirs missing from the ma
     store = types.SimpleNamespace(guard=lambda func: func)  # __virtual__ reports the import error
 
 
+ALERT_TAG = "deskfleet/alert/rollout"  # a batch with failed minions (README "Metrics and alerts")
 # deskfleet:vm:rollouts (README, "Software pushes")
 DEFAULTS = {"tick_wait": 30, "grace": 30, "job_timeout": 1800, "max_attempts": 3, "lease_ttl": None,
             "find_job_timeout": 10}
+
+
+def _alerts(reports):
+    """One ``deskfleet/alert/rollout`` per rollout whose batch came back with failures in this tick."""
+    out = []
+    for report in reports:
+        failed = sorted(m for m, state in (report.get("collected") or {}).items() if state == "failed")
+        if failed:
+            out.append({"kind": "batch_failed", "rollout": report["id"], "state": report.get("state"),
+                        "failed": failed[:50], "count": len(failed), "counts": report.get("counts"),
+                        "reason": report.get("reason")})
+    return out
 
 
 def __virtual__():
@@ -329,6 +342,8 @@ def tick(id=None, wait=None):  # pylint: disable=redefined-builtin
         finally:
             driver.close()
     result = {"at": schedules.iso(time.time()), "rollouts": reports}
+    for alert in _alerts(reports):
+        glue.alert(__opts__, ALERT_TAG, alert)
     errors = [f"{r['id']}: {r['comment']}" for r in reports if r.get("action") == "error"]
     if errors:  # one rollout's trouble does not stop the others, but reaches the exit code
         return glue.error(__context__, "; ".join(errors)[:1000], **result)

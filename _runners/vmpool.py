@@ -175,8 +175,9 @@ def _finish(decision):
     for alert in decision.get("alerts", []):
         glue.alert(__opts__, ALERT_TAG, alert)
     for err in decision.get("errors", []):
-        named = re.match(r"pool ([a-z0-9][a-z0-9-]*): ", err)
-        glue.alert(__opts__, ALERT_TAG, {"pool": named and named.group(1), "kind": "error", "message": err})
+        named = re.match(r"pool ([a-z0-9][a-z0-9-]*): (degraded )?", err)
+        kind = "degraded" if named and named.group(2) else "error"  # ops route a degraded pool on its own
+        glue.alert(__opts__, ALERT_TAG, {"pool": named and named.group(1), "kind": kind, "message": err})
     if decision.get("errors"):
         return glue.error(__context__, "; ".join(decision["errors"])[:2000], **decision)
     return decision

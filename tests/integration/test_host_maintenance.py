@@ -8,13 +8,12 @@ The host-side steps are simulated (``host_actions: simulated``): no real compute
 """
 
 import json
-import threading
 
 import pytest
 
-import salt.utils.event
 from harness import novalab as novalab_mod
 from harness import saltconf
+from tests.support.bus import Bus
 
 
 @pytest.fixture(scope="module")
@@ -39,26 +38,10 @@ def mt_master(salt_factories, nova, tmp_path_factory):
         yield factory
 
 
-class Bus:
-    def __init__(self, master):
-        self.events, self.stop = [], threading.Event()
-        self.bus = salt.utils.event.get_master_event(master.config, master.config["sock_dir"], listen=True)
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self):
-        while not self.stop.is_set():
-            ev = self.bus.get_event(wait=0.2, full=True)
-            if ev and ev["tag"].startswith(("deskfleet/maintenance/", "deskfleet/alert/maintenance")):
-                self.events.append((ev["tag"], ev["data"].get("state")))
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(5)
-        self.bus.destroy()
+def seen(bus):
+    """(tag, state) of the maintenance steps and alerts on the bus so far."""
+    return [(e["tag"], e["data"].get("state")) for e in list(bus.events)
+            if e["tag"].startswith(("deskfleet/maintenance/", "deskfleet/alert/maintenance"))]
 
 
 def orch(master, **pillar):
@@ -74,7 +57,7 @@ def test_orchestration_rolls_a_host_and_exits_zero(mt_master):
     status = mt_master.salt_run_cli(timeout=120).run("maintenance.status")
     assert status.returncode == 0 and status.data["state"] == "done", status
     assert status.data["hosts"]["compute1"]["state"] == "done"
-    done = [tag for tag, state in bus.events if state == "done"]
+    done = [tag for tag, state in seen(bus) if state == "done"]
     assert done[0] == "deskfleet/maintenance/compute1/precheck" and done[-1] == "deskfleet/maintenance/compute1/enable"
     assert len(done) == 10
 
@@ -84,7 +67,7 @@ def test_orchestration_exits_non_zero_when_a_host_is_refused(mt_master):
         ret = orch(mt_master, hosts=["compute9"], reason="kernel 6.1.0-28")
     assert ret.returncode != 0, ret
     assert "no nova-compute service on this host" in ret.stdout + json.dumps(ret.data or {})
-    assert ("deskfleet/alert/maintenance", "refused") in bus.events
+    assert ("deskfleet/alert/maintenance", "refused") in seen(bus)
 
 
 def test_orchestration_exits_non_zero_on_a_bad_request(mt_master):
@@ -101,7 +84,7 @@ def test_orchestration_exits_non_zero_when_a_host_fails_and_ops_get_the_alert(mt
     status = mt_master.salt_run_cli(timeout=120).run("maintenance.status")
     host = status.data["hosts"]["compute2"]
     assert status.data["state"] == "failed" and host["step"] == "verify" and host["disabled"], status
-    assert ("deskfleet/maintenance/compute2/verify", "failed") in bus.events
-    assert ("deskfleet/alert/maintenance", "failed") in bus.events
+    assert ("deskfleet/maintenance/compute2/verify", "failed") in seen(bus)
+    assert ("deskfleet/alert/maintenance", "failed") in seen(bus)
     aborted = mt_master.salt_run_cli(timeout=120).run("maintenance.abort")
     assert aborted.returncode == 0 and aborted.data["left_disabled"] == ["compute2"], aborted

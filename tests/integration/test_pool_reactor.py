@@ -6,15 +6,13 @@ start events refused; a malformed pool reported on the bus while the others run.
 second master with the shipped schedule shows the periodic reconcile on its own.
 """
 
-import threading
-
 import pytest
 import yaml
 
-import salt.utils.event
 from harness import novalab as novalab_mod
 from harness import saltconf
 from harness.lab import wait_for
+from tests.support.bus import Bus
 
 POOL_KEY, STATE_KEY = "deskfleet_pool", "deskfleet_state"
 
@@ -59,34 +57,6 @@ def cloud(nova):
     conn = nova.connect()
     yield conn
     conn.close()
-
-
-class Bus:
-    """Every event on the master bus, collected by a thread."""
-
-    def __init__(self, master):
-        self.events = []
-        self.stop = threading.Event()
-        self.bus = salt.utils.event.get_master_event(master.config, master.config["sock_dir"], listen=True)
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self):
-        while not self.stop.is_set():
-            ev = self.bus.get_event(wait=0.2, full=True)
-            if ev:
-                self.events.append(ev)
-
-    def runner_returns(self, fun):
-        return [e["data"].get("return") for e in list(self.events) if e["tag"].endswith("/ret") and e["data"].get("fun") == fun]
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(5)
-        self.bus.destroy()
 
 
 def members(cloud, state=None, pool="sales"):

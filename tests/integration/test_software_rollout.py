@@ -26,6 +26,7 @@ import salt.utils.jid
 from pytestshellutils.exceptions import FactoryTimeout
 
 from harness import saltconf, wait
+from tests.support.bus import Bus
 from tests.support.minions import running as minions_running
 
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
@@ -323,10 +324,16 @@ def test_concurrent_ticks_share_nothing_and_cancel_stops_the_rest(sw_master, des
 def test_failures_past_max_fail_halt_the_rollout(sw_master, desks):
     rid = schedule(sw_master, "target=desk-sw-*", "software=deskfleet-fail", "end=+1h", "batch=1",
                    "max_fail=1")["id"]
-    first = tick(sw_master, rid)
-    assert first["collected"] == {"desk-sw-1": "failed"} and first["state"] == "running"
-    second = tick(sw_master, rid)
-    assert second["collected"] == {"desk-sw-2": "failed"} and second["state"] == "halted"
+    with Bus(sw_master) as bus:
+        first = tick(sw_master, rid)
+        assert first["collected"] == {"desk-sw-1": "failed"} and first["state"] == "running"
+        second = tick(sw_master, rid)
+        assert second["collected"] == {"desk-sw-2": "failed"} and second["state"] == "halted"
+        # each failed batch reaches ops' reactors (README "Metrics and alerts")
+        alerts = wait.wait_for(lambda: len(bus.tagged("deskfleet/alert/rollout")) >= 2 and bus.tagged(
+            "deskfleet/alert/rollout"), 60, what="two deskfleet/alert/rollout events")
+    assert [(a["rollout"], a["failed"], a["state"]) for a in alerts] == [
+        (rid, ["desk-sw-1"], "running"), (rid, ["desk-sw-2"], "halted")]
     status = salt_run(sw_master, "software.status", rid).data
     assert "over max_fail 1" in status["reason"]
     assert {m: v["state"] for m, v in status["minions"].items()} == {

@@ -257,6 +257,9 @@ def test_a_degraded_pool_fails_every_pass_until_reset(runner, cloud):
     assert len(boots(cloud)) == attempts  # degraded: no more boots
     assert third["retcode"] == 1 and "degraded (last error: boot refused" in third["error"] and "vmpool.reset sales" in third["error"]
     assert runner.status()["pools"]["sales"]["health"] == "degraded"
+    # every pass says so on the bus too, with its own kind (README "Metrics and alerts")
+    degraded = [a for a in runner.alerts if a["kind"] == "degraded"]
+    assert degraded and {a["pool"] for a in degraded} == {"sales"} and "vmpool.reset sales" in degraded[-1]["message"]
     runner.reset("sales")
     assert runner.status()["pools"]["sales"]["health"] == "ok"
 
