@@ -16,16 +16,10 @@ import sys
 import yaml
 
 from harness import saltconf
-from harness.proc import spawn, stop_groups
+from harness.proc import free_port, spawn, stop_groups  # noqa: F401  (free_port: callers import it from here)
 from harness.wait import wait_for  # tests and the demo import it from here too
 
 BIN = pathlib.Path(sys.executable).parent
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def last_json(text):

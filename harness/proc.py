@@ -6,6 +6,7 @@ forked is left behind. The one copy of "stop a process group" for harness/, benc
 
 import os
 import signal
+import socket
 import subprocess
 import time
 
@@ -62,3 +63,10 @@ def stop_group(proc, grace=10.0, reap=10.0):
         return None
     stop_groups([proc], grace, reap)
     return proc.returncode
+
+
+def free_port():
+    """A TCP port free on 127.0.0.1 now (for daemons started side by side)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

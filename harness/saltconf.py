@@ -14,6 +14,8 @@ import sys
 
 import yaml
 
+from harness.proc import free_port
+
 CHECKOUT = pathlib.Path(__file__).resolve().parents[1]
 PROD_CHECKOUT = "/srv/deskfleet"
 PROD_ETC = "/etc/deskfleet"
@@ -76,6 +78,10 @@ def lab_master_config(role, etc_dir, **deskfleet_overrides):
         conf.pop(key, None)
     if deskfleet_overrides:
         _merge(conf.setdefault("deskfleet", {}).setdefault(role, {}), deskfleet_overrides)
+    metrics = (conf.get("deskfleet") or {}).get("metrics")
+    if metrics and metrics.get("exporter") == "prometheus":
+        # masters side by side (the suite, the lab) each serve metrics on a port of their own
+        metrics.setdefault("prometheus", {})["port"] = free_port()
     return conf
 
 
