@@ -102,7 +102,7 @@ def leftovers(base, state):
 
 
 def describe(base):
-    """(verdict, lines): verdict is 'up', 'down' or 'half-dead'."""
+    """(verdict, lines): verdict is 'up', 'starting', 'down' or 'half-dead'."""
     state = read_state(base)
     comps = state.get("components", {})
     if not base.exists():
@@ -113,6 +113,8 @@ def describe(base):
     dead = [name for name in comps if name not in running and name not in expected_dead]
     if (base / READY).exists() and not dead:
         return "up", lines
+    if "supervisor" in running and not dead and not (base / FAILED).exists():
+        return "starting", lines + [f"start-up under way (log {base / LOG})"]
     if not running and not leftovers(base, state):
         return "half-dead", lines + [f"nothing runs, but {base} is left over"]
     return "half-dead", lines + [f"not running: {', '.join(dead) or '(start-up unfinished)'}"]
@@ -137,8 +139,9 @@ def cmd_up(base):
         print(f"lab already up at {base}; to use it:", file=sys.stderr)
         print(source_line(base))
         return 0
-    if verdict == "half-dead":
-        print("\n".join(lines + [f"lab at {base} is half-dead: run make lab-down first"]), file=sys.stderr)
+    if verdict in ("half-dead", "starting"):
+        advice = "wait (make lab-status)" if verdict == "starting" else "run make lab-down first"
+        print("\n".join(lines + [f"lab at {base} is {verdict}: {advice}"]), file=sys.stderr)
         return 1
     base.mkdir(parents=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(saltconf.CHECKOUT), os.environ.get("PYTHONPATH")])))
