@@ -82,7 +82,7 @@ def demo_vm_setup(base, stack):
         "metadata": {"department": "sales"}, "spares": 3, "max_size": 5, "max_in_flight": 3,
     }}}}))
     operator_key = escrow_keys(base)
-    return nova, pillar, operator_key, desk_root(base / "desk-0001-root")
+    return nova, pillar, operator_key, make_desk_root(base / "desk-0001-root")
 
 
 def escrow_keys(base):
@@ -101,7 +101,7 @@ def escrow_keys(base):
     return operator_key
 
 
-def desk_root(path):
+def make_desk_root(path):
     """A desktop's throwaway system root (passwords, installs)."""
     (path / "etc").mkdir(parents=True)
     (path / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nlocaladmin:x:1000:1000::/home/localadmin:/bin/sh\n")

@@ -94,7 +94,7 @@ def _masters(lab, base, nova, note):
 def _start_desktops(lab, vm, base, note):
     desktops = []
     for name in DESKTOPS:
-        root = demo.desk_root(base / f"{name}-root")
+        root = demo.make_desk_root(base / f"{name}-root")
         minion = lab.minion(name, vm, grains={"deskfleet_role": "desktop", "deskfleet_lab_root": str(root)},
                             deskfleet={"passwords": {"linux_root": str(root)}})
         desktops.append(minion.start())
