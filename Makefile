@@ -6,10 +6,21 @@ PYTHON  := $(VENV)/bin/python
 T       ?=
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test bench bench-ingest bench-flood bench-filedist bench-vmpool bench-maintenance bench-active-users bench-inventory setup system-packages clean
+.PHONY: demo lab-up lab-down lab-status test bench bench-ingest bench-flood bench-filedist bench-vmpool bench-maintenance bench-active-users bench-inventory setup system-packages clean
 
 demo: setup
 	$(PYTHON) -m harness.demo
+
+# A lab that stays up (both masters, Nova, thin clients, desktops) under $$DESKFLEET_LAB or /tmp/deskfleet-lab:
+# lab-up prints the one line to source; every CLI example in README.md then runs as written.
+lab-up: setup
+	@$(PYTHON) -m harness.lab_up up
+
+lab-status:
+	@$(PYTHON) -m harness.lab_up status
+
+lab-down:
+	@$(PYTHON) -m harness.lab_up down
 
 test: setup
 	$(PYTHON) -m pytest $(T)

@@ -74,9 +74,6 @@ def main(argv=None):
 
 def demo_vm_setup(base, stack):
     """Embedded defaults for the vm master: a Nova lab, a pool, the escrow key, a throwaway root."""
-    from cryptography.hazmat.primitives import serialization  # pylint: disable=import-outside-toplevel
-    from cryptography.hazmat.primitives.asymmetric import rsa  # pylint: disable=import-outside-toplevel
-
     nova = stack.enter_context(novalab.NovaLab(base_dir=str(base)))
     pillar = base / "vm-pillar"
     pillar.mkdir()
@@ -84,6 +81,15 @@ def demo_vm_setup(base, stack):
         "flavor": "desk.small", "image": nova.image_id, "network": nova.network_id,
         "metadata": {"department": "sales"}, "spares": 3, "max_size": 5, "max_in_flight": 3,
     }}}}))
+    operator_key = escrow_keys(base)
+    return nova, pillar, operator_key, make_desk_root(base / "desk-0001-root")
+
+
+def escrow_keys(base):
+    """The operators' key pair: private half ``base/operator.pem``, public half where the vm master's config reads it."""
+    from cryptography.hazmat.primitives import serialization  # pylint: disable=import-outside-toplevel
+    from cryptography.hazmat.primitives.asymmetric import rsa  # pylint: disable=import-outside-toplevel
+
     key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
     operator_key = base / "operator.pem"
     operator_key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
@@ -92,13 +98,17 @@ def demo_vm_setup(base, stack):
     (base / "etc" / "password-escrow.pub").write_bytes(
         key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
-    desk_root = base / "desk-0001-root"  # the desktop's throwaway system root (passwords, installs)
-    (desk_root / "etc").mkdir(parents=True)
-    (desk_root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nlocaladmin:x:1000:1000::/home/localadmin:/bin/sh\n")
-    (desk_root / "etc" / "shadow").write_text("root:*:19000:0:99999:7:::\nlocaladmin:!:19000:0:99999:7:::\n")
-    (desk_root / "etc" / "group").write_text("root:x:0:\nlocaladmin:x:1000:\n")
-    (desk_root / "etc" / "shadow").chmod(0o600)
-    return nova, pillar, operator_key, desk_root
+    return operator_key
+
+
+def make_desk_root(path):
+    """A desktop's throwaway system root (passwords, installs)."""
+    (path / "etc").mkdir(parents=True)
+    (path / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nlocaladmin:x:1000:1000::/home/localadmin:/bin/sh\n")
+    (path / "etc" / "shadow").write_text("root:*:19000:0:99999:7:::\nlocaladmin:!:19000:0:99999:7:::\n")
+    (path / "etc" / "group").write_text("root:x:0:\nlocaladmin:x:1000:\n")
+    (path / "etc" / "shadow").chmod(0o600)
+    return path
 
 
 def run_demo(lab, base, out, stack):
@@ -130,14 +140,9 @@ def start_masters(lab, base, stack):
 
 def enroll_seats(lab, tc, vm, base, desk_root):
     say("\n== 2. Thin clients enroll with per-device tokens; one has no token")
-    tokens = base / "tokens"
-    for n, (seat, firmware, site, dept, session, idle) in enumerate(THIN_CLIENTS, start=1):
-        root = tcroot.make(base / "tc-roots" / seat, n, firmware=firmware, site=site, department=dept, session=session, idle=idle)
-        issued = tc.run("enroll.issue", seat, f"serial=TC{n:06d}", f"path={tokens / seat}")
-        say(f"   salt-run enroll.issue {seat} serial=TC{n:06d} path=... -> token {issued.get('token_id', issued)}")
-        minion = lab.minion(seat, tc, **saltconf.tc_minion_config(root))
-        saltconf.enroll_device(tokens / seat, seat, minion.root / "etc/salt/pki/minion", root, conf_dir=minion.conf_dir)
-        minion.start()
+    for n, row in enumerate(THIN_CLIENTS, start=1):
+        issued = start_seat(lab, tc, base, n, *row)[1]
+        say(f"   salt-run enroll.issue {row[0]} serial=TC{n:06d} path=... -> token {issued.get('token_id', issued)}")
     rogue_root = tcroot.make(base / "tc-roots" / "tc-rogue-0001", 99)
     lab.minion("tc-rogue-0001", tc, **saltconf.tc_minion_config(rogue_root, enroll="v1:" + "0" * 64 + ":TC000099")).start()
     lab.minion(
@@ -160,6 +165,16 @@ def enroll_seats(lab, tc, vm, base, desk_root):
     say(f"   vm master minions: {', '.join(vm.keys()['minions'])}")
     say(f"   tc master sees desk-0001? {'desk-0001' in tc.keys()['minions']};  vm master sees tc-*? "
         f"{any(k.startswith('tc-') for k in vm.keys()['minions'])}")
+
+
+def start_seat(lab, tc, base, n, seat, firmware, site, dept, session, idle):
+    """Thin client number ``n``: fake hardware, a token from ``enroll.issue``, enrolled and started. (minion, issue return)"""
+    root = tcroot.make(base / "tc-roots" / seat, n, firmware=firmware, site=site, department=dept, session=session, idle=idle)
+    tokens = base / "tokens"
+    issued = tc.run("enroll.issue", seat, f"serial=TC{n:06d}", f"path={tokens / seat}")
+    minion = lab.minion(seat, tc, **saltconf.tc_minion_config(root))
+    saltconf.enroll_device(tokens / seat, seat, minion.root / "etc/salt/pki/minion", root, conf_dir=minion.conf_dir)
+    return minion.start(), issued
 
 
 def show_inventory(tc, base, out):
