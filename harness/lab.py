@@ -149,8 +149,9 @@ class Minion(Daemon):
 class Lab:
     """``with Lab(tmpdir) as lab:`` … every daemon is stopped on exit."""
 
-    def __init__(self, base):
+    def __init__(self, base, shipped_ports=False):
         self.base = pathlib.Path(base)
+        self.shipped_ports = shipped_ports
         self.user = os.environ.get("USER") or __import__("pwd").getpwuid(os.getuid()).pw_name
         self.daemons = []
 
@@ -160,7 +161,7 @@ class Lab:
         shipped one (its SLS files shadow the shipped ones of the same name);
         ``drop_schedule``: schedule entries to leave out.
         """
-        config = saltconf.lab_master_config(role, self.base / "etc", **deskfleet)
+        config = saltconf.lab_master_config(role, self.base / "etc", self.shipped_ports, **deskfleet)
         if pillar_first:
             config["pillar_roots"]["base"].insert(0, str(pillar_first))
         for job in drop_schedule:

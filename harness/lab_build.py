@@ -35,7 +35,7 @@ def built(base, note, stop):
     """Bring the lab up under ``base``; ``note(name, pid, stopped=False)`` records each process group."""
     base = pathlib.Path(base)
     _wall_stand_in(base)
-    with Lab(base) as lab, contextlib.ExitStack() as stack:
+    with Lab(base, shipped_ports=True) as lab, contextlib.ExitStack() as stack:
         nova = stack.enter_context(novalab.NovaLab(base_dir=str(base), computes=3, timeout=600))
         note("novalab", nova.pid)
         tc, vm = _masters(lab, base, nova, note)

@@ -67,11 +67,12 @@ def _rewrite(obj, mapping):
     return obj
 
 
-def lab_master_config(role, etc_dir, **deskfleet_overrides):
+def lab_master_config(role, etc_dir, shipped_ports=False, **deskfleet_overrides):
     """
     The shipped config with paths pointed at this checkout and ``etc_dir``.
     ``deskfleet_overrides`` merge into the ``deskfleet:<role>`` block
-    (e.g. a short heartbeat for tests).
+    (e.g. a short heartbeat for tests). Metrics go to a free port unless ``shipped_ports``
+    (the one lab that stays up keeps the README's ports).
     """
     conf = _rewrite(shipped_master_config(role), {PROD_CHECKOUT: str(CHECKOUT), PROD_ETC: str(etc_dir)})
     for key in LAB_OWNED:
@@ -79,7 +80,7 @@ def lab_master_config(role, etc_dir, **deskfleet_overrides):
     if deskfleet_overrides:
         _merge(conf.setdefault("deskfleet", {}).setdefault(role, {}), deskfleet_overrides)
     metrics = (conf.get("deskfleet") or {}).get("metrics")
-    if metrics and metrics.get("exporter") == "prometheus":
+    if metrics and metrics.get("exporter") == "prometheus" and not shipped_ports:
         # masters side by side (the suite, the lab) each serve metrics on a port of their own
         metrics.setdefault("prometheus", {})["port"] = free_port()
     return conf
