@@ -6,7 +6,7 @@ PYTHON  := $(VENV)/bin/python
 T       ?=
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test bench bench-ingest bench-flood bench-filedist bench-vmpool bench-maintenance bench-active-users bench-inventory setup system-packages clean
+.PHONY: demo test bench bench-ingest bench-flood bench-filedist bench-vmpool bench-maintenance bench-active-users bench-inventory bench-swarm setup system-packages clean
 
 demo: setup
 	$(PYTHON) -m harness.demo
@@ -37,6 +37,11 @@ bench-active-users: setup
 
 bench-inventory: setup
 	$(PYTHON) -m bench.inventory_rows
+
+# the box is shared: SEATS=500 or fewer there
+SEATS ?= 200
+bench-swarm: setup
+	$(PYTHON) -m bench.swarm --seats $(SEATS)
 
 setup: system-packages $(STAMP)
 
