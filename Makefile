@@ -14,7 +14,7 @@ demo: setup
 test: setup
 	$(PYTHON) -m pytest $(T)
 
-bench: bench-ingest bench-flood bench-filedist bench-vmpool bench-maintenance bench-active-users bench-inventory
+bench: bench-ingest bench-flood bench-filedist bench-vmpool bench-maintenance bench-active-users bench-inventory bench-swarm
 
 bench-ingest: setup
 	$(PYTHON) -m bench.ingest

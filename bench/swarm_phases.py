@@ -56,7 +56,7 @@ def reauth_storm(master, seats, args):
     """Restart (new AES key), one publication to one seat, every seat signs in again."""
     t0 = time.time()
     master.restart()
-    say(f"   master restarted in {time.time() - t0:.1f} s")
+    say(f"   master restarted and settled in {time.time() - t0:.1f} s")
     before = master.usage()
     mark = time.time()
     seats.ask({"cmd": "mark"})
@@ -87,6 +87,7 @@ def loss(master, seats, wait_s=10):
 def run_variant(lab, name, overrides, key_dirs, args, seat_procs_cls):
     say(f"== {name}: {overrides or 'the shipped template'}")
     master = SwarmMaster(lab, f"{name}-master", key_dirs).start()
+    say(f"   master up, settled after {master.settled} s")
     work = lab.base / f"{name}-seats"
     work.mkdir()
     seats = seat_procs_cls(work, master, key_dirs, overrides, args.per_process, args.root)

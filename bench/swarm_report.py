@@ -19,6 +19,7 @@ def auth_figures(stats, master_auths, seats, since):
     sends = [s["auth_sends"] for s in stats.values()]
     signed = [s["signed_in"] for s in stats.values()]
     done = [min(t) - since for t in signed if t]
+    got = [min(s["pubs_seen"]) - since for s in stats.values() if s["pubs_seen"]]
     return {
         "seats": seats,
         "auth_requests": sum(sends),
@@ -28,6 +29,8 @@ def auth_figures(stats, master_auths, seats, since):
         "signed_in": len(done),
         "signed_in_p50_s": pct(done, 0.5),
         "signed_in_max_s": round(max(done), 1) if done else None,
+        "publication_reached": len(got),
+        "publication_reached_max_s": round(max(got), 1) if got else None,
     }
 
 

@@ -19,6 +19,7 @@ import copy
 import importlib.util
 import json
 import logging
+import os
 import pathlib
 import random
 import sys
@@ -36,10 +37,19 @@ def _beacon():
     return mod
 
 
-def _count_auth():
-    """Wrap Salt's clear request path and sign-in once, so every seat's auth traffic is counted."""
+def _patch_salt():
+    """
+    Wrap Salt's clear request path and sign-in once, so every seat's auth traffic is
+    counted. And: a simulated seat has no local minion event bus (a real minion's,
+    which the master never sees); Salt fires to it synchronously after each sign-in
+    and on connect, and with no bus each fire waits out its connect timeout and
+    stalls every seat of the process: here it is a no-op.
+    """
     import salt.channel.client  # pylint: disable=import-outside-toplevel
     import salt.crypt  # pylint: disable=import-outside-toplevel
+    import salt.utils.event  # pylint: disable=import-outside-toplevel
+
+    salt.utils.event.SaltEvent.fire_event = lambda self, data, tag, timeout=1000: True
 
     transfer = salt.channel.client.AsyncReqChannel._uncrypted_transfer  # pylint: disable=protected-access
     sign_in = salt.crypt.AsyncAuth.sign_in
@@ -69,7 +79,7 @@ class Seat:
         self.state = {"seq": 0, "epoch": int(time.time()) + index % 1000}
         self.acked, self.failed, self.latency = [], [], []
         self.pub = self.req = None
-        self.pubs_seen = 0
+        self.pubs_seen = []  # times a publication reached this seat (decoded)
 
     async def login(self, loop):
         import salt.channel.client  # pylint: disable=import-outside-toplevel
@@ -81,7 +91,7 @@ class Seat:
         return await self.send("start")
 
     async def _on_publish(self, _payload):
-        self.pubs_seen += 1
+        self.pubs_seen.append(time.time())
 
     def _event(self, reason):
         self.state["seq"] += 1
@@ -117,7 +127,7 @@ class Seat:
             "failed": self.failed,
             "auth_sends": sum(1 for t in AUTH_SENDS[self.id] if t >= mark),
             "signed_in": [t for t in SIGNED_IN[self.id] if t >= mark],
-            "pubs_seen": self.pubs_seen,
+            "pubs_seen": [t for t in self.pubs_seen if t >= mark],
         }
 
 
@@ -200,8 +210,8 @@ async def _serve(spec):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(pathlib.Path(argv[0]).read_text())
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    _count_auth()
+    logging.basicConfig(level=os.environ.get("SWARM_LOG", "WARNING"), stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    _patch_salt()
     asyncio.run(_serve(spec))
     return 0
 
