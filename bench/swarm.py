@@ -88,7 +88,7 @@ class SeatProcs:
 
     def summed(self, cmd):
         answers = self.ask(cmd)
-        out = {k: sum(a[k] for a in answers) for k in ("ok", "failed")}
+        out = {k: sum(a[k] for a in answers) for k in ("ok", "failed", "stuck")}
         out["wall_s"] = round(max(a["wall_s"] for a in answers), 1)
         lat = [a.get("latency_max_s") for a in answers if a.get("latency_max_s") is not None]
         if lat:

@@ -72,7 +72,8 @@ def reauth_storm(master, seats, args):
     say(f"   re-auth storm (publish {jid and jid.get('jid')}): {auth['signed_in']}/{args.seats} signed in again, "
         f"all by {auth['signed_in_max_s']} s; auth requests per seat {auth['auth_requests_per_seat']} "
         f"(max {auth['auth_requests_max_one_seat']}), master processed {auth['master_auths_processed']}; "
-        f"then {current['ok']} heartbeats ok, {current['failed']} failed, {current['within_s']} s after the publish")
+        f"then {current['ok']} heartbeats ok, {current['failed']} failed, {current['stuck']} stuck, "
+        f"{current['within_s']} s after the publish")
     return {"auth": auth, "cpu": cpu, "current": current}
 
 

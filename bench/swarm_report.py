@@ -100,6 +100,7 @@ def summary(results, args, wall):
         out[f"{name}_reauth_all_in_s"] = reauth["signed_in_max_s"] if reauth["signed_in"] == args.seats else None
         out[f"{name}_reauth_master_cpu_s"] = res["reauth"]["cpu"]["master_cpu_s"]
         out[f"{name}_current_after_publish"] = res["reauth"]["current"]["ok"]
+        out[f"{name}_stuck_after_publish"] = res["reauth"]["current"]["stuck"]
         out[f"{name}_lost"] = res["loss"]["lost"]
         out[f"{name}_duplicates_absorbed"] = res["loss"]["duplicates_absorbed"]
         out[f"{name}_inventory_seats"] = res["loss"]["inventory_seats"]

@@ -159,18 +159,21 @@ class Swarm:
         ]
         self.mark = 0.0
 
-    async def _spread(self, window, job):
+    async def _spread(self, window, job, patience=150.0):
+        """``job`` on every seat at a random moment of ``window``; a seat still waiting after ``patience`` s is stuck."""
         async def one(seat):
             await asyncio.sleep(random.uniform(0, window))
             try:
-                return await job(seat)
+                return await asyncio.wait_for(job(seat), patience)
+            except asyncio.TimeoutError:
+                return None
             except Exception as exc:  # pylint: disable=broad-except
                 logging.getLogger("swarm").warning("%s: %r", seat.id, exc)
                 return False
 
         t0 = time.time()
         done = await asyncio.gather(*(one(s) for s in self.seats))
-        return {"ok": sum(1 for d in done if d), "failed": sum(1 for d in done if not d), "wall_s": time.time() - t0}
+        return {"ok": done.count(True), "failed": done.count(False), "stuck": done.count(None), "wall_s": time.time() - t0}
 
     async def command(self, cmd, loop):
         if cmd["cmd"] == "login":
