@@ -25,6 +25,7 @@ import os
 import pathlib
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +36,7 @@ from bench import swarm_keys, swarm_phases, swarm_report
 
 CHECKOUT = pathlib.Path(__file__).resolve().parents[1]
 # Salt 3008.3's own values of what the template sets (the baseline)
-SALT_DEFAULTS = {"auth_timeout": 5, "acceptance_wait_time_max": 0, "random_reauth_delay": 10, "recon_max": 10000}
+SALT_DEFAULTS = {"auth_timeout": 5, "acceptance_wait_time_max": 0, "random_reauth_delay": 10}
 
 
 def say(text=""):
@@ -52,13 +53,13 @@ class SeatProcs:
     def __init__(self, work, master, key_dirs, overrides, per_proc, root):
         from harness import saltconf  # pylint: disable=import-outside-toplevel
         from harness.proc import spawn  # pylint: disable=import-outside-toplevel
-        import subprocess  # pylint: disable=import-outside-toplevel
 
         conf = saltconf.tc_minion_template(master="127.0.0.1")
         conf.update(overrides, master_port=master.master.config["ret_port"], user=master.master.lab.user,
                     publish_port=master.master.config["publish_port"], root_dir=str(work), log_level="warning")
         (work / "minion").write_text(yaml.safe_dump(conf))
         self.auth_timeout = conf["auth_timeout"]
+        self.recon_default, self.recon_max = conf["recon_default"], conf["recon_max"]
         seats = sorted(key_dirs)
         self.procs = []
         for first in range(0, len(seats), per_proc):
@@ -68,9 +69,9 @@ class SeatProcs:
                     "pki_dirs": [str(swarm_keys.pki_dir(key_dirs[s], work / "pki")) for s in chunk]}  # fmt: skip
             path = work / f"spec-{first}.json"
             path.write_text(json.dumps(spec))
-            proc = spawn([sys.executable, "-m", "bench.swarm_seat", str(path)], None, cwd=str(CHECKOUT),
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(work / f"seats-{first}.log", "ab"),
-                         text=True)  # fmt: skip
+            with open(work / f"seats-{first}.log", "ab") as log:
+                proc = spawn([sys.executable, "-m", "bench.swarm_seat", str(path)], None, cwd=str(CHECKOUT),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)  # fmt: skip
             self.procs.append(proc)
         for proc in self.procs:
             json.loads(proc.stdout.readline())  # {"ready": n}

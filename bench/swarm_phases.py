@@ -56,7 +56,10 @@ def reauth_storm(master, seats, args):
     """Restart (new AES key), one publication to one seat, every seat signs in again."""
     t0 = time.time()
     master.restart()
-    say(f"   master restarted and settled in {time.time() - t0:.1f} s")
+    # a seat whose publish socket has not reconnected yet would miss the publication for good
+    reconnect = (seats.recon_default + seats.recon_max) / 1000 + 5
+    time.sleep(max(0.0, t0 + reconnect - time.time()))
+    say(f"   master restarted and settled in {time.time() - t0:.1f} s (at least the seats' reconnect window)")
     before = master.usage()
     mark = time.time()
     seats.ask({"cmd": "mark"})

@@ -17,7 +17,7 @@ MINION = {
     "acceptance_wait_time": (10, 10),
     "acceptance_wait_time_max": (120, 0),
     "recon_default": (1000, 1000),
-    "recon_max": (30000, 10000),
+    "recon_max": (10000, 10000),
     "recon_randomize": (True, True),
     "ping_interval": (0, 0),
     "master_alive_interval": (0, 0),
