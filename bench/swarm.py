@@ -5,7 +5,7 @@ the beacon's real signed payload, one cached RSA key per seat, many seats per
 process) against a tc master started from the shipped ``salt_tc/master.d``.
 
 Per variant of the seats' minion config, each on a fresh master (same seats):
-``default`` = the shipped template with Salt's own auth and reconnect values
+``default`` = the shipped template with Salt's own sign-in values
 (``auth_timeout`` 5 ...), ``shipped`` = ``salt_tc/minion/deskfleet-tc.conf`` as is.
 
 1. login storm   every seat signs in and sends its ``start`` event within ``--login-window`` s
