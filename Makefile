@@ -6,7 +6,7 @@ PYTHON  := $(VENV)/bin/python
 T       ?=
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo lab-up lab-down lab-status test bench bench-ingest bench-flood bench-filedist bench-vmpool bench-maintenance bench-active-users bench-inventory setup system-packages clean
+.PHONY: demo lab-up lab-down lab-status test bench bench-ingest bench-flood bench-filedist bench-vmpool bench-maintenance bench-active-users bench-inventory bench-swarm setup system-packages clean
 
 demo: setup
 	$(PYTHON) -m harness.demo
@@ -25,7 +25,7 @@ lab-down:
 test: setup
 	$(PYTHON) -m pytest $(T)
 
-bench: bench-ingest bench-flood bench-filedist bench-vmpool bench-maintenance bench-active-users bench-inventory
+bench: bench-ingest bench-flood bench-filedist bench-vmpool bench-maintenance bench-active-users bench-inventory bench-swarm
 
 bench-ingest: setup
 	$(PYTHON) -m bench.ingest
@@ -48,6 +48,11 @@ bench-active-users: setup
 
 bench-inventory: setup
 	$(PYTHON) -m bench.inventory_rows
+
+# the box is shared: SEATS=500 or fewer there
+SEATS ?= 200
+bench-swarm: setup
+	$(PYTHON) -m bench.swarm --seats $(SEATS)
 
 setup: system-packages $(STAMP)
 

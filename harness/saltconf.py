@@ -21,6 +21,7 @@ PROD_CHECKOUT = "/srv/deskfleet"
 PROD_ETC = "/etc/deskfleet"
 ENROLL_GRAIN = "deskfleet_enroll"
 ENROLL_TOOL = CHECKOUT / "tools" / "deskfleet-enroll"
+TC_MINION_TEMPLATE = CHECKOUT / "salt_tc" / "minion" / "deskfleet-tc.conf"
 LAB_OWNED = (
     "interface",
     "publish_port",
@@ -132,6 +133,14 @@ def tc_minion_config(lab_root, enroll=None):
         # beacon intervals count minion loops; 1 s loops keep them in seconds
         "loop_interval": 1,
     }
+
+
+def tc_minion_template(master=None):
+    """The shipped thin-client minion template (``salt_tc/minion``) as a dict; ``master`` replaces its placeholder."""
+    conf = yaml.safe_load(TC_MINION_TEMPLATE.read_text())
+    if master is not None:
+        conf["master"] = master
+    return conf
 
 
 def seed_desktop(master_opts, minion_id, pki_dir):

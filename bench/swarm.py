@@ -1,0 +1,173 @@
+"""
+``make bench-swarm`` / ``python -m bench.swarm --seats N``: simulated thin clients
+(``bench/swarm_seat.py``: Salt's own sign-in, publication and request channels,
+the beacon's real signed payload, one cached RSA key per seat, many seats per
+process) against a tc master started from the shipped ``salt_tc/master.d``.
+
+Per variant of the seats' minion config, each on a fresh master (same seats):
+``default`` = the shipped template with Salt's own sign-in values
+(``auth_timeout`` 5 ...), ``shipped`` = ``salt_tc/minion/deskfleet-tc.conf`` as is.
+
+1. login storm   every seat signs in and sends its ``start`` event within ``--login-window`` s
+2. steady        one heartbeat per seat over ``--steady`` s: master CPU (share of one core), PSS
+3. status storm  one ``change`` per seat within ``--storm-window`` s
+4. re-auth storm the master restarts (new AES key), then ONE publication to one seat: every
+                 seat signs in again; auth requests counted per seat (seat side, resends
+                 included, and ``salt/auth`` events on the master), then one heartbeat each
+5. loss          per (seat, seq) against the inventory store; duplicates absorbed apart
+
+The last line is one JSON object. The box is shared: keep ``--seats`` small.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import yaml
+
+from bench import swarm_keys, swarm_phases, swarm_report
+
+CHECKOUT = pathlib.Path(__file__).resolve().parents[1]
+# Salt 3008.3's own values of what the template sets (the baseline)
+SALT_DEFAULTS = {"auth_timeout": 5, "acceptance_wait_time_max": 0, "random_reauth_delay": 10}
+
+
+def say(text=""):
+    print(text, flush=True)
+
+
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
+class SeatProcs:
+    """The seat processes of one variant: a line of JSON in, a line of JSON out."""
+
+    def __init__(self, work, master, key_dirs, overrides, per_proc, root):
+        from harness import saltconf  # pylint: disable=import-outside-toplevel
+        from harness.proc import spawn  # pylint: disable=import-outside-toplevel
+
+        conf = saltconf.tc_minion_template(master="127.0.0.1")
+        conf.update(overrides, master_port=master.master.config["ret_port"], user=master.master.lab.user,
+                    publish_port=master.master.config["publish_port"], root_dir=str(work), log_level="warning")
+        (work / "minion").write_text(yaml.safe_dump(conf))
+        self.auth_timeout = conf["auth_timeout"]
+        self.recon_default, self.recon_max = conf["recon_default"], conf["recon_max"]
+        seats = sorted(key_dirs)
+        self.procs = []
+        for first in range(0, len(seats), per_proc):
+            chunk = seats[first : first + per_proc]
+            spec = {"minion_conf": str(work / "minion"), "run_dir": str(work), "root": str(root),
+                    "indices": [int(s.rsplit("-", 1)[1]) for s in chunk],
+                    "pki_dirs": [str(swarm_keys.pki_dir(key_dirs[s], work / "pki")) for s in chunk]}  # fmt: skip
+            path = work / f"spec-{first}.json"
+            path.write_text(json.dumps(spec))
+            with open(work / f"seats-{first}.log", "ab") as log:
+                proc = spawn([sys.executable, "-m", "bench.swarm_seat", str(path)], None, cwd=str(CHECKOUT),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)  # fmt: skip
+            self.procs.append(proc)
+        for proc in self.procs:
+            json.loads(proc.stdout.readline())  # {"ready": n}
+
+    def ask(self, cmd):
+        """Send ``cmd`` to every seat process at once; their answers, merged."""
+        for proc in self.procs:
+            proc.stdin.write(json.dumps(cmd) + "\n")
+            proc.stdin.flush()
+        answers = [json.loads(proc.stdout.readline() or '{"error": "seat process died"}') for proc in self.procs]
+        errors = [a["error"] for a in answers if "error" in a]
+        if errors:
+            raise RuntimeError(f"seat process: {errors[0]}")
+        return answers
+
+    def summed(self, cmd):
+        answers = self.ask(cmd)
+        out = {k: sum(a[k] for a in answers) for k in ("ok", "failed", "stuck")}
+        out["wall_s"] = round(max(a["wall_s"] for a in answers), 1)
+        lat = [a.get("latency_max_s") for a in answers if a.get("latency_max_s") is not None]
+        if lat:
+            out["latency_max_s"] = round(max(lat), 3)
+            out["latency_p50_s"] = round(sorted(a["latency_p50_s"] for a in answers)[len(answers) // 2], 3)
+        return out
+
+    def stats(self):
+        merged = {}
+        for answer in self.ask({"cmd": "stats"}):
+            merged.update(answer)
+        return merged
+
+    def stop(self):
+        from harness.proc import stop_groups  # pylint: disable=import-outside-toplevel
+
+        for proc in self.procs:
+            try:
+                proc.stdin.write('{"cmd": "quit"}\n')
+                proc.stdin.flush()
+            except OSError:
+                pass
+        stop_groups(self.procs, grace=10)
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="python -m bench.swarm", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("--seats", type=int, default=200)
+    parser.add_argument("--per-process", type=int, default=100, help="seats per simulator process")
+    parser.add_argument("--login-window", type=float, default=30.0, help="seconds over which seats first sign in")
+    parser.add_argument("--steady", type=float, default=60.0, help="seconds of steady state (one heartbeat per seat)")
+    parser.add_argument("--storm-window", type=float, default=60.0, help="seconds for one status change per seat")
+    parser.add_argument("--reauth-deadline", type=float, default=240.0, help="max seconds to wait for re-auth")
+    parser.add_argument("--variants", default="default,shipped", help="default (Salt's auth values), shipped")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, stores)")
+    return parser
+
+
+def main(argv=None):
+    from harness import tcroot  # pylint: disable=import-outside-toplevel
+    from harness.lab import Lab, stop_daemons  # pylint: disable=import-outside-toplevel
+
+    args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    started = time.time()
+    base = pathlib.Path(tempfile.mkdtemp(prefix="dfs-"))
+    say(f"deskfleet swarm bench: {args.seats} seats, {args.per_process} per process; lab in {base}; "
+        f"load {os.getloadavg()[0]:.1f}")
+    key_dirs = swarm_keys.ensure(args.seats, say)
+    args.root = tcroot.make(base / "root", 1, session=("desk-0001", "connected"))
+    variants = {"default": SALT_DEFAULTS, "shipped": {}}
+    results = {}
+    lab = Lab(base)
+    try:
+        for name in args.variants.split(","):
+            try:
+                results[name] = swarm_phases.run_variant(lab, name, variants[name], key_dirs, args, SeatProcs)
+            except Exception as exc:  # pylint: disable=broad-except
+                say(f"   {name} FAILED: {exc!r}")
+                results[name] = {"error": repr(exc)}
+            finally:
+                stop_daemons(lab.daemons, timeout=20)
+    finally:
+        stop_daemons(lab.daemons, timeout=20)
+        if args.keep:
+            say(f"   kept {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    wall = time.time() - started
+    out = swarm_report.summary(results, args, wall)
+    out_dir = CHECKOUT / "bench" / "results"
+    out_dir.mkdir(exist_ok=True)
+    (out_dir / f"swarm-{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(
+        json.dumps({"summary": out, "detail": results, "args": {k: str(v) for k, v in vars(args).items()}}, indent=1)
+    )
+    print(json.dumps(out), flush=True)
+    return 1 if any("error" in r for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""
+One variant of the swarm bench: a fresh tc master from the shipped config, the
+seats, and the phases (login storm, steady, status storm, re-auth storm, loss).
+"""
+
+import time
+
+from bench import swarm_report as report
+from bench.swarm_master import SwarmMaster, store_rows
+
+
+def say(text=""):
+    print(text, flush=True)
+
+
+def _timed(master, fn):
+    before, t0 = master.usage(), time.time()
+    out = fn()
+    return out, report.cpu_share(before, master.usage(), time.time() - t0)
+
+
+def login(master, seats, args):
+    mark = time.time()
+    seats.ask({"cmd": "mark"})
+    res, cpu = _timed(master, lambda: seats.summed({"cmd": "login", "window": args.login_window}))
+    auth = report.auth_figures(seats.stats(), master.auth.since(mark), args.seats, mark)
+    say(f"   login storm: {res['ok']}/{args.seats} in {res['wall_s']} s, auth requests per seat "
+        f"{auth['auth_requests_per_seat']}, master {cpu['master_cpu_s']} CPU s, PSS {cpu['master_pss_mb']} MB")
+    return {"result": res, "auth": auth, "cpu": cpu}
+
+
+def steady(master, seats, args):
+    res, cpu = _timed(master, lambda: seats.summed({"cmd": "beat", "window": args.steady, "reason": "heartbeat"}))
+    say(f"   steady ({args.steady} s, one heartbeat per seat): master {cpu['master_cpu_core_share']} of a core, "
+        f"PSS {cpu['master_pss_mb']} MB, RSS {cpu['master_rss_mb']} MB; latency p50 {res.get('latency_p50_s')} s")
+    return dict(cpu, **res)
+
+
+def status_storm(master, seats, args):
+    res, cpu = _timed(master, lambda: seats.summed({"cmd": "beat", "window": args.storm_window, "reason": "change"}))
+    say(f"   status storm: {res['ok']} ok, {res['failed']} failed in {res['wall_s']} s, latency max "
+        f"{res.get('latency_max_s')} s, master {cpu['master_cpu_core_share']} of a core")
+    return dict(cpu, **res)
+
+
+def _wait_signed_in(seats, mark, deadline):
+    while True:
+        stats = seats.stats()
+        done = sum(1 for s in stats.values() if s["signed_in"])
+        if done == len(stats) or time.time() > deadline:
+            return stats
+        time.sleep(2)
+
+
+def reauth_storm(master, seats, args):
+    """Restart (new AES key), one publication to one seat, every seat signs in again."""
+    t0 = time.time()
+    master.restart()
+    # a seat whose publish socket has not reconnected yet would miss the publication for good
+    reconnect = (seats.recon_default + seats.recon_max) / 1000 + 5
+    time.sleep(max(0.0, t0 + reconnect - time.time()))
+    say(f"   master restarted and settled in {time.time() - t0:.1f} s (at least the seats' reconnect window)")
+    before = master.usage()
+    mark = time.time()
+    seats.ask({"cmd": "mark"})
+    quiet = seats.stats()  # no publication yet: nobody should have signed in again
+    jid, sent_at = master.publish("tc-swarm-00000")
+    stats = _wait_signed_in(seats, mark, sent_at + args.reauth_deadline)
+    cpu = report.cpu_share(before, master.usage(), time.time() - mark)
+    # times from the publication (the master's first publish attempts may wait for its workers)
+    auth = report.auth_figures(stats, master.auth.since(mark), args.seats, sent_at)
+    auth["signed_in_before_publish"] = sum(1 for s in quiet.values() if s["signed_in"])
+    current = seats.summed({"cmd": "beat", "window": 5, "reason": "heartbeat"})
+    current["within_s"] = round(time.time() - sent_at, 1)
+    say(f"   re-auth storm (publish {jid and jid.get('jid')}): {auth['signed_in']}/{args.seats} signed in again, "
+        f"all by {auth['signed_in_max_s']} s; auth requests per seat {auth['auth_requests_per_seat']} "
+        f"(max {auth['auth_requests_max_one_seat']}), master processed {auth['master_auths_processed']}; "
+        f"then {current['ok']} heartbeats ok, {current['failed']} failed, {current['stuck']} stuck, "
+        f"{current['within_s']} s after the publish")
+    return {"auth": auth, "cpu": cpu, "current": current}
+
+
+def loss(master, seats, wait_s=10):
+    time.sleep(wait_s)  # the engine flushes every 0.25 s; let the last batch land before reading
+    res = report.loss_and_duplication(seats.stats(), store_rows(master.opts))
+    say(f"   loss: {res['lost']} lost of {res['events_acked']} acknowledged, {res['events_failed_at_seat']} failed at "
+        f"the seat, {res['duplicates_absorbed']} duplicates absorbed, inventory {res['inventory_seats']} seats")
+    return res
+
+
+def run_variant(lab, name, overrides, key_dirs, args, seat_procs_cls):
+    say(f"== {name}: {overrides or 'the shipped template'}")
+    master = SwarmMaster(lab, f"{name}-master", key_dirs).start()
+    say(f"   master up, settled after {master.settled} s")
+    work = lab.base / f"{name}-seats"
+    work.mkdir()
+    seats = seat_procs_cls(work, master, key_dirs, overrides, args.per_process, args.root)
+    out = {"auth_timeout": seats.auth_timeout}
+    try:
+        out["login"] = login(master, seats, args)
+        out["steady"] = steady(master, seats, args)
+        out["status_storm"] = status_storm(master, seats, args)
+        out["reauth"] = reauth_storm(master, seats, args)
+        out["loss"] = loss(master, seats)
+    finally:
+        seats.stop()
+        master.stop()
+    return out
