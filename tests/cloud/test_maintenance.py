@@ -232,9 +232,14 @@ def test_wait_for_logoff_recycles_the_desktop_whose_user_left_and_moves_the_othe
                  window - 60)
         assert not live_migrations(conn, stay.id) and not live_migrations(conn, leave.id)  # both wait
         report_session(roller, "desk-leave", False, 2)  # the user logs off
-        wait_for("desk-leave recycled in the roll's journal",
-                 lambda: leave.id in roller("status")["hosts"]["compute1"].get("recycled", []),
-                 max(1, window - (time.monotonic() - started_at)))
+        try:
+            wait_for("desk-leave recycled in the roll's journal",
+                     lambda: leave.id in roller("status")["hosts"]["compute1"].get("recycled", []),
+                     max(1, window - (time.monotonic() - started_at)))
+        except TimeoutError:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate(timeout=60)
+            raise AssertionError(f"no recycle; status: {roller('status')}\nroll output: {out.decode()[-4000:]}") from None
         assert not live_migrations(conn, stay.id) and time.monotonic() - started_at < window  # still waiting
         out, _ = proc.communicate(timeout=600)
     finally:
