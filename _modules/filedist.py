@@ -10,14 +10,19 @@ File distribution onto desktops and hosts: one file, pinned by sha256.
   old file as it was.
 - Nothing is copied when the destination already has the hash; owner and mode
   are still enforced.
+- Pushes into one directory on one machine take turns (a lock on the
+  directory): two jobs placing the same file would share its partial file.
 """
 
+import contextlib
+import fcntl
 import grp
 import hashlib
 import logging
 import os
 import pwd
 import re
+import time
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +30,7 @@ __virtualname__ = "filedist"
 
 CHUNK = 1024 * 1024
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
+LOCK_WAIT = 600  # seconds a push waits for another one into the same directory
 
 try:
     import requests
@@ -181,6 +187,37 @@ def push(source, dest, sha256, user=None, group=None, mode=None, saltenv="base",
     except (KeyError, ValueError) as exc:
         return _result(False, dest, f"bad owner or mode: {exc}")
 
+    if test:
+        return _place(source, dest, sha256, uid, gid, mode, saltenv, test, timeout)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    try:
+        with _dir_lock(os.path.dirname(dest), LOCK_WAIT):
+            return _place(source, dest, sha256, uid, gid, mode, saltenv, test, timeout)
+    except TimeoutError as exc:
+        return _result(False, dest, str(exc))
+
+
+@contextlib.contextmanager
+def _dir_lock(path, wait):
+    """Exclusive flock on the directory itself: no lock file left beside the destination."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"another push into {path} held it for over {wait} s; nothing changed") from None
+                time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _place(source, dest, sha256, uid, gid, mode, saltenv, test, timeout):
+    """The push itself; under the directory lock unless ``test`` (re-checked there: a turn may find it done)."""
     if os.path.isfile(dest) and _sha256_of(dest).hexdigest() == sha256:
         changes = _meta_changes(dest, uid, gid, mode)
         if changes and not test:
@@ -190,7 +227,6 @@ def push(source, dest, sha256, user=None, group=None, mode=None, saltenv="base",
     if test:
         return _result(None, dest, f"would place {source}", {"sha256": {"old": _old_hash(dest), "new": sha256}})
 
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
     part = _part_path(dest, sha256)
     try:
         resumed, got = _fetch(source, part, saltenv, timeout)
