@@ -169,7 +169,9 @@ class Roll:
         notices = {k: [datetime.datetime.fromisoformat(t) for t in v] for k, v in (detail.get("notices") or {}).items()}
         while True:
             servers = [s for s in self.cloud.servers_on(host) if s.get("task_state") != "deleting"]
-            for spare in (s for s in servers if plan_mod.is_spare(s) or self._logged_off(s)):
+            # one read per desktop and pass: a user logging off between two reads would be moved, not recycled
+            said = {s["id"]: self._session_of(s) for s in servers}
+            for spare in (s for s in servers if plan_mod.is_spare(s) or _logged_off(said[s["id"]])):
                 self.cloud.delete(spare["id"])  # a spare now, or its user logged off: recycled, not moved
                 recycled.add(spare["id"])
             taken = [s for s in servers if s["id"] not in recycled]
@@ -188,7 +190,7 @@ class Roll:
                          "notices": {k: [t.isoformat() for t in v] for k, v in notices.items()}})
             # wait-for-logoff: a pool desktop in use waits until its user logs off (then it is
             # recycled) or the policy's end; everything else moves now, one at a time
-            waiting = [s for s in taken if self._may_log_off(s)] if not self._wait_over(now) else []
+            waiting = [s for s in taken if _may_log_off(said[s["id"]])] if not self._wait_over(now) else []
             movable = [s for s in taken if s not in waiting]
             if not movable:
                 journal.note(self.db, self.roll_id, host, "migrate", {"waiting": [s["id"] for s in waiting]})
@@ -211,19 +213,11 @@ class Roll:
         lead = self.request.get("wait_logoff")
         return lead is None or now >= self.deadline - datetime.timedelta(seconds=lead)
 
-    def _may_log_off(self, server):
-        """A pool desktop whose fresh session report says a user is on it: worth waiting for."""
+    def _session_of(self, server):
+        """What a pool desktop's own signed session beacon last said ({} for anything else)."""
         if self.sessions is None or "deskfleet_pool" not in (server.get("metadata") or {}):
-            return False
-        info = self.sessions(server) or {}
-        return bool(info.get("fresh")) and info.get("logged_on") is True
-
-    def _logged_off(self, server):
-        """A pool desktop whose own fresh, signed session report says nobody is logged on."""
-        if self.sessions is None or "deskfleet_pool" not in (server.get("metadata") or {}):
-            return False
-        info = self.sessions(server) or {}
-        return bool(info.get("fresh")) and info.get("logged_on") is False
+            return {}
+        return self.sessions(server) or {}
 
     def _migrate_one(self, host, server, detail):
         sid = server["id"]
@@ -305,6 +299,16 @@ class Roll:
             raise StepFailed(f"nova-compute is still disabled after the call: {svc}")
         journal.set_host(self.db, self.roll_id, host, self._ts(), disabled=False)
         return {"enabled": True}
+
+
+def _may_log_off(session):
+    """A fresh report says a user is on it: worth waiting for."""
+    return bool(session.get("fresh")) and session.get("logged_on") is True
+
+
+def _logged_off(session):
+    """A fresh report says nobody is logged on: recycled, not moved."""
+    return bool(session.get("fresh")) and session.get("logged_on") is False
 
 
 def _brief(result):

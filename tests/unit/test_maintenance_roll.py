@@ -450,3 +450,18 @@ def test_without_the_policy_desktops_move_at_once(world):
 def test_wait_logoff_must_be_whole_seconds(bad):
     with pytest.raises(mt.RequestError, match="wait_logoff"):
         mt.validate_request({"hosts": ["cmp-01"], "reason": "k", "wait_logoff": bad}, T0)
+
+
+def test_a_user_logging_off_mid_pass_is_recycled_next_pass_never_moved(world):
+    # t1's user logs off right after the roll's first look at t1 (seen here as: every later look says so)
+    roll = world.start(deadline="+2h", wait_logoff=1800)
+    looks = []
+
+    def reports(sid, _now):
+        looks.append(sid)
+        return {"fresh": True, "logged_on": not (sid == "t1" and looks.count("t1") > 1)}
+
+    _, started = timed(world, roll, reports)
+    result = roll.run()
+    assert result["state"] == "done" and result["hosts"]["cmp-01"]["recycled"] == ["t1"], result
+    assert [sid for sid, _ in started] == ["t2"]
