@@ -1,7 +1,9 @@
 """
 Two tc masters, one inventory (issue 15 item 5), with real daemons: two tc masters from the
 shipped config share one real PostgreSQL (a temp-dir server, tests/support/postgres.py) and one
-master key (Salt's hot multi-master); thin clients from the shipped minion template list both.
+master key (Salt's hot multi-master); thin clients from the shipped minion template list both,
+each enrolled with one token: the master that sees its sign-in first consumes the token, the
+other accepts the key deskfleet approved (the enroll store is shared too).
 
 The first-listed master is killed (SIGKILL, its engine's buffer lost with it): its connection is
 the one that runs the seats' beacons, yet every report still lands through the other master,
@@ -32,8 +34,8 @@ BEACON_TAG = "salt/beacon/tc-ha-*/tc_status/status"
 DEADLINE = 300  # a loaded 2-core box
 
 
-def _leave_pending(master, payload):  # noqa: ARG001 - factories' auth hook: keys are pre-accepted on both
-    """Keys are placed on both masters before the seats start."""
+def _leave_pending(master, payload):  # noqa: ARG001 - factories' auth hook
+    """Do not let the test harness accept keys: each tc master's enroll engine decides."""
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +68,16 @@ def masters(salt_factories, postgres_server, master_key, tmp_path_factory):  # n
 
 
 def _seat(masters, seat_no, seat, tmp_path):
-    first, second = masters
+    """A thin client from the shipped template listing both masters, enrolled with one token (issued on the first)."""
+    first = masters[0]
     root = tcroot.make(tmp_path / seat, seat_no, firmware="13.4.0", site="LON")
+    token = tmp_path / f"{seat}.token"
+    _run(first, "enroll.issue", seat, f"serial=TC{seat_no:06d}", f"path={token}")
     listed = [f"{m.config['interface']}:{m.config['ret_port']}" for m in masters]
     conf = saltconf.tc_minion_template(master=listed)
     conf["grains"] = dict(conf["grains"], **saltconf.tc_minion_config(root)["grains"])
     factory = first.salt_minion_daemon(seat, overrides=conf)
-    for master in masters:  # as enrollment on both masters would: the seat's key accepted on each
-        saltconf.preseed_key(master.config, seat, factory.config["pki_dir"])
+    saltconf.enroll_device(token, seat, factory.config["pki_dir"], root, factory.config_dir)
     assert list(factory.config["master"]) == listed and factory.config.get("master_type", "str") == "str"
     return factory
 
@@ -117,6 +121,10 @@ def test_two_tc_masters_keep_one_inventory_through_a_master_loss(masters, event_
     first, second = masters
     seats = [_seat(masters, n, seat, tmp_path) for n, seat in enumerate(SEATS, 801)]
     with running(first, seats, "tc-ha-*", start_timeout=DEADLINE):
+        # one token per seat: the first master to see its sign-in enrols it, the other accepts the approved key
+        for master in masters:
+            wait_for(lambda m=master: set(SEATS) <= set(m.salt_key_cli().run("-L").data["minions"]),
+                     timeout=DEADLINE, what=f"every seat accepted on {master.id}")
         # both masters hear every seat and either one's runner shows all of them
         wait_for(lambda: all({r[0] for r in _reports(event_listener, m)} == set(SEATS) for m in masters),
                  timeout=DEADLINE, what="reports on both masters")
@@ -156,7 +164,9 @@ def _settled(masters, event_listener):
     print(f"two tc masters: {len(union)} reports, heard {len(heard[0])} by the killed master, {len(heard[1])} by the"
           f" other; {copies} copies; counters {ingest}")
     assert ingest["accepted"] == len(union), ingest  # each report stored once, whichever master got it first
-    assert ingest.get("duplicate", 0) + ingest.get("stale", 0) + ingest.get("replayed", 0) <= copies, ingest
+    # copies were refused, not stored (their exact number is not known here: the killed master's bus records
+    # forwarded to this test die with it, while its engine may have counted them)
+    assert ingest.get("duplicate", 0) + ingest.get("stale", 0) > 0, ingest
     assert not ingest.get("missed") and not ingest.get("malformed") and not ingest.get("forged"), ingest
     for seat in SEATS:
         last = max((e, q) for s, e, q in union if s == seat)
