@@ -166,9 +166,9 @@ def decide(act, minion_id, pub_pem, grain, key, token_row, approved_fp, id_re, i
 
     Returns ``(action, reason)``: ``accept`` (the pending key is the proven one),
     ``approved`` (it is the key deskfleet approved for the id: enrolled through
-    the other tc master, which consumed the token), ``install`` (replace what Salt holds with the proven key), ``delete`` (drop
-    the pending key), ``keep`` (leave it pending for ops), ``refuse`` (record only),
-    ``ignore`` (stale or not ours).
+    the other tc master, which consumed the token), ``install`` (replace what
+    Salt holds with the proven key), ``delete`` (drop the pending key), ``keep``
+    (leave it pending for ops), ``refuse`` (record only), ``ignore`` (stale or not ours).
     """
     if not conforming(minion_id, id_re):
         return ("delete", "id does not match the id policy") if key and key["state"] == "pending" else ("ignore", "id outside policy")
