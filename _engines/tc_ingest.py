@@ -6,7 +6,9 @@ writes in batches: when ``batch_size`` events are buffered or ``flush_interval``
 seconds after the first buffered event, whichever comes first (a timer, so the
 last partial batch never waits for another event). One engine process, one
 SQLite writer, no runner per event. Validation and storage live in
-``_utils/tc_assets.py``.
+``_utils/tc_assets.py``. Two tc masters (hot multi-master) run one engine each
+on one PostgreSQL: each report reaches both, and ``tc_assets`` decides in the
+write transaction which copy is stored (README "Two tc masters, one inventory").
 
 Events are received through an asyncio handler rather than a blocking
 ``get_event()`` per event: measured in ``bench/ingest.py``, that halves the

@@ -32,6 +32,13 @@ import time
 
 log = logging.getLogger(__name__)
 
+# Imported with this module: Salt puts utils_dirs on sys.path only while it loads a runner or
+# engine, so an import at call time fails on a real master ("No module named deskfleet_store_pg").
+try:
+    import deskfleet_store_pg as _pg
+except ImportError as _exc:  # psycopg (or libpq) missing: only a postgresql:// store needs them
+    _pg, _PG_MISSING = None, str(_exc)
+
 DEFAULT_NAME = "deskfleet.sqlite"
 DEFAULT_TIMEOUT = 30.0  # seconds a write waits for another writer's lock
 ALERT_TAG = "deskfleet/alert/store"
@@ -119,13 +126,20 @@ def default_path(opts, role):
         raise StoreError(f"{key}: unknown scheme in {configured.split('://', 1)[0]!r}://...: use a file path"
                          " (SQLite) or postgresql://user@host:port/dbname", key, "config")
     if _pg_dsn(configured):
-        import deskfleet_store_pg as pg  # pylint: disable=import-outside-toplevel
+        pg = _pg_module(key)
         try:
             pg.check_dsn(configured)
         except ValueError as exc:
             raise StoreError(f"{key}: not a valid PostgreSQL DSN ({pg.redact(configured)}): {exc}",
                              key, "config") from None
     return configured
+
+
+def _pg_module(where):
+    if _pg is None:
+        raise StoreError(f"{where}: a PostgreSQL store needs the psycopg driver ({_PG_MISSING}):"
+                         " pip install -r requirements.lock", where, "config")
+    return _pg
 
 
 def _pg_dsn(path):
@@ -219,9 +233,7 @@ def connect(path, migrations, timeout=DEFAULT_TIMEOUT):
 
 
 def _connect_pg(dsn, migrations, timeout):
-    import deskfleet_store_pg as pg  # pylint: disable=import-outside-toplevel
-
-    conn = pg.connect(dsn, timeout, StoreError)
+    conn = _pg_module("deskfleet store").connect(dsn, timeout, StoreError)
     try:
         _store_id(conn)
         for component, steps in migrations.items():

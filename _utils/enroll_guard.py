@@ -56,6 +56,10 @@ class Guard:
         fp = _fp(pub)
         if action in ("accept", "install"):
             self._enrol(now, minion_id, pub, fp, token, key, reason)
+        elif action == "approved":  # two tc masters share the store: the other one enrolled this very key
+            self.keys.install(minion_id, pub)
+            enroll_store.audit(self.conn, now, "accepted", self.actor, reason, minion_id, None, fp)
+            self.fire(TAG + "enrolled", {"id": minion_id, "token_id": None, "fingerprint": fp, "replaced": None})
         elif action == "delete":
             if self.keys.drop_pending(minion_id, key["pub"]):
                 self._refused(now, minion_id, _fp(key["pub"]), reason, deleted=True)

@@ -165,9 +165,10 @@ def decide(act, minion_id, pub_pem, grain, key, token_row, approved_fp, id_re, i
     is_reserved: the id is only ever pre-seeded
 
     Returns ``(action, reason)``: ``accept`` (the pending key is the proven one),
-    ``install`` (replace what Salt holds with the proven key), ``delete`` (drop
-    the pending key), ``keep`` (leave it pending for ops), ``refuse`` (record only),
-    ``ignore`` (stale or not ours).
+    ``approved`` (it is the key deskfleet approved for the id: enrolled through
+    the other tc master, which consumed the token), ``install`` (replace what
+    Salt holds with the proven key), ``delete`` (drop the pending key), ``keep``
+    (leave it pending for ops), ``refuse`` (record only), ``ignore`` (stale or not ours).
     """
     if not conforming(minion_id, id_re):
         return ("delete", "id does not match the id policy") if key and key["state"] == "pending" else ("ignore", "id outside policy")
@@ -178,6 +179,8 @@ def decide(act, minion_id, pub_pem, grain, key, token_row, approved_fp, id_re, i
             return "ignore", "the pending key is not the one of this request"
         if proven:
             return "accept", "token proven"
+        if approved_fp and _same_fp(pub_pem, approved_fp):
+            return "approved", "the key deskfleet approved for this id (enrolled through another tc master)"
         if token_row is not None or approved_fp or is_reserved:
             return "delete", f"pre-claim of a protected id refused: {why}"
         return "keep", why
@@ -193,6 +196,13 @@ def decide(act, minion_id, pub_pem, grain, key, token_row, approved_fp, id_re, i
 def _same_key(a, b):
     try:
         return fingerprint(a) == fingerprint(b)
+    except EnrollError:
+        return False
+
+
+def _same_fp(pub_pem, fp):
+    try:
+        return fingerprint(pub_pem) == fp
     except EnrollError:
         return False
 

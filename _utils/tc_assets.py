@@ -7,7 +7,9 @@ about the sender of a bus event).
 
 Guards, in order: tag, size and signature (forged, oversize, malformed);
 freshness per seat on ``(epoch, seq)`` (duplicate, stale, replayed: an old
-signed payload never rolls a seat back nor keeps it online); a per-seat budget
+signed payload never rolls a seat back nor keeps it online), decided in the
+transaction that stores the row, against what any master stored (two tc masters
+on one store both get each report: stored once, the other copy a duplicate); a per-seat budget
 of events per window (rate_limited, charged to the proven signer only, never
 to a seat someone else claims to be). Seq gaps are counted as ``missed``.
 Refusals go to per-minute aggregates (sender, claimed seat, reason) and to a
@@ -174,17 +176,20 @@ class RateLimit:
 
 # ---- batched ingestion -------------------------------------------------------
 
-_UPSERT = "INSERT INTO seats ({cols}) VALUES ({marks}) ON CONFLICT(seat) DO UPDATE SET {sets}".format(
+# Only a newer (epoch, seq) overwrites: the last line of defence between masters sharing a store.
+_NEWER = "WHERE (excluded.epoch, excluded.seq) > ({table}.epoch, {table}.seq)"
+_UPSERT = "INSERT INTO seats ({cols}) VALUES ({marks}) ON CONFLICT(seat) DO UPDATE SET {sets} {newer}".format(
     cols=", ".join(SEAT_COLUMNS),
     marks=", ".join("?" for _ in SEAT_COLUMNS),
     sets=", ".join(
         [f"{c} = excluded.{c}" for c in SEAT_COLUMNS if c not in ("seat", "first_seen", "last_change")]
         + ["last_change = COALESCE(excluded.last_change, seats.last_change)"]
     ),
+    newer=_NEWER.format(table="seats"),
 )
 _SEQ_UPSERT = (
     "INSERT INTO ingest_seq (seat, epoch, seq, missed) VALUES (?, ?, ?, ?) ON CONFLICT(seat) DO UPDATE"
-    " SET epoch = excluded.epoch, seq = excluded.seq, missed = excluded.missed"
+    " SET epoch = excluded.epoch, seq = excluded.seq, missed = excluded.missed " + _NEWER.format(table="ingest_seq")
 )
 
 
@@ -206,12 +211,13 @@ class Ingestor:
         self.clock = clock
         self.log_rejects = log_rejects
         self.limit = RateLimit(rate_limit, rate_window)
-        self.seen = {}  # seat -> [epoch, seq, missed], mirrors ingest_seq
+        self.seen = {}  # seat -> [epoch, seq, missed]: this process's view of ingest_seq
         self.known = {r[0] for r in conn.execute("SELECT seat FROM seats")}
         self._reset()
 
     def _reset(self):
-        self.rows, self.rejects, self.dirty = {}, [], set()
+        self.rows, self.rejects = {}, []
+        self.events = {}  # seat -> [(epoch, seq, accepted), ...] taken in this batch, in order
         self.counts = collections.Counter(accepted=0)
         self.stats = collections.Counter()
         self.sampled = collections.Counter()
@@ -232,12 +238,13 @@ class Ingestor:
         except Rejected as exc:
             exc.claimed = sender
             raise
-        # received and fresh: later copies are duplicates, earlier gaps are counted once
+        # fresh here: later copies are duplicates; gaps are counted when the batch is settled
         self.seen[sender] = [epoch, seq, (seen[2] if seen else 0) + missed]
-        self.dirty.add(sender)
-        self.counts["missed"] += missed
+        taken = self.events.setdefault(sender, [])
         if not self.limit.admit(sender, now):
+            taken.append((epoch, seq, False))
             raise Rejected("rate_limited", sender, f"over {self.limit.limit} events in {self.limit.window:g} s")
+        taken.append((epoch, seq, True))
         return _row(sender, epoch, seq, ts, reason, facts, now)
 
     def add(self, tag, data):
@@ -284,22 +291,59 @@ class Ingestor:
             self.deadline is not None and self.clock() >= self.deadline
         )
 
+    def _stored(self, ids):
+        ids, found = sorted(ids), {}
+        for part in (ids[i:i + 500] for i in range(0, len(ids), 500)):
+            sql = f"SELECT seat, epoch, seq, missed FROM ingest_seq WHERE seat IN ({', '.join('?' * len(part))})"
+            found.update((r[0], tuple(r[1:])) for r in self.conn.execute(sql, part))
+        return found
+
+    def _settle(self, rows):
+        """Under the write lock: each event against what any master stored; not newer: refused, not stored."""
+        stored, now, views = self._stored(self.events), self.clock(), {}
+        for seat_id, taken in self.events.items():
+            view = stored.get(seat_id)
+            for epoch, seq, accepted in taken:
+                try:
+                    missed = freshness(view, epoch, seq)
+                except Rejected as exc:
+                    if accepted:  # a rate-limited event was refused already
+                        exc.claimed = seat_id
+                        self.counts["accepted"] -= 1
+                        self._reject(now, exc)
+                    continue
+                self.counts["missed"] += missed
+                view = (epoch, seq, (view[2] if view else 0) + missed)
+            views[seat_id] = view
+        fresh = [r for r in rows if r["seat"] not in stored or (r["epoch"], r["seq"]) > stored[r["seat"]][:2]]
+        return fresh, [(s, *v) for s, v in views.items() if v is not None and v != stored.get(s)], views
+
     def _write(self, rows):
-        with store.transaction(self.conn):
-            self.conn.executemany(_UPSERT, [tuple(r[c] for c in SEAT_COLUMNS) for r in rows])
-            self.conn.executemany(_SEQ_UPSERT, [(s, *self.seen[s]) for s in self.dirty])
-            self.conn.executemany(
-                "INSERT INTO ingest_counters (name, value) VALUES (?, ?)"
-                " ON CONFLICT(name) DO UPDATE SET value = ingest_counters.value + excluded.value",
-                [(k, v) for k, v in self.counts.items() if v or k == "accepted"],
-            )
-            self.conn.executemany(
-                "INSERT INTO ingest_reject_stats (minute, sender, claimed, reason, count) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT(minute, sender, claimed, reason) DO UPDATE"
-                " SET count = ingest_reject_stats.count + excluded.count",
-                [(*k, v) for k, v in self.stats.items()],
-            )
-            self._write_samples()
+        saved = (self.counts.copy(), self.stats.copy(), self.sampled.copy(), list(self.rejects))
+        try:
+            with store.transaction(self.conn):
+                rows, seqs, views = self._settle(rows)
+                self._write_rows(rows, seqs)
+        except BaseException:
+            self.counts, self.stats, self.sampled, self.rejects = saved  # the retry settles again
+            raise
+        self.seen.update((s, list(v)) for s, v in views.items() if v is not None)
+
+    def _write_rows(self, rows, seqs):
+        self.conn.executemany(_UPSERT, [tuple(r[c] for c in SEAT_COLUMNS) for r in rows])
+        self.conn.executemany(_SEQ_UPSERT, seqs)
+        self.conn.executemany(
+            "INSERT INTO ingest_counters (name, value) VALUES (?, ?)"
+            " ON CONFLICT(name) DO UPDATE SET value = ingest_counters.value + excluded.value",
+            [(k, v) for k, v in self.counts.items() if v or k == "accepted"],
+        )
+        self.conn.executemany(
+            "INSERT INTO ingest_reject_stats (minute, sender, claimed, reason, count) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT(minute, sender, claimed, reason) DO UPDATE"
+            " SET count = ingest_reject_stats.count + excluded.count",
+            [(*k, v) for k, v in self.stats.items()],
+        )
+        self._write_samples()
 
     def _write_samples(self):
         if not self.rejects:
@@ -327,12 +371,13 @@ class Ingestor:
             except STORE_REFUSALS as exc:
                 del self.rows[seat_id]
                 self.counts["accepted"] -= 1
+                self.events.pop(seat_id, None)  # not stored: its seq is not taken either
                 self._reject(self.clock(), Rejected("malformed", seat_id, f"refused by the store: {exc}"))
         self._write([])  # counters and rejects; the good rows are in
 
     def flush(self):
         """Write the buffer in one transaction. On a store error the buffer is kept for the next try."""
-        if not self.pending() and not self.dirty:
+        if not self.pending() and not self.events:
             self.deadline = None
             return {"accepted": 0, "rejected": 0}
         try:

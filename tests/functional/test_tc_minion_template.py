@@ -36,7 +36,9 @@ def test_template_parses_as_salt_minion_config_with_the_shipped_values(tmp_path)
     for key, (shipped, default) in MINION.items():
         assert opts[key] == shipped, (key, opts[key])
         assert defaults[key] == default, (key, "Salt's default moved: re-measure (make bench-swarm)")
-    assert opts["master"] == ["tc-master-1.example.invalid"]
+    # hot multi-master: both tc masters listed, Salt's default master_type (README "Two tc masters, one inventory")
+    assert opts["master"] == ["tc-master-1.example.invalid", "tc-master-2.example.invalid"]
+    assert opts["master_type"] == "str" and opts["master_alive_interval"] == 0
     assert opts["autosign_grains"] == ["deskfleet_enroll"] and opts["grains"] == {"deskfleet_role": "tc"}
 
 

@@ -108,6 +108,10 @@ def test_decide(pubs):
     assert d("pend", "tc-new-0001", attacker, "", pend(attacker), None, None) == "keep"
     # an id ops deleted a key of (approved before, no token): deleted
     assert d("pend", "tc-lon-0001", attacker, "", pend(attacker), None, "aa:bb") == "delete"
+    # the approved key itself, pending on the second tc master (the first one consumed the token): accepted there
+    approved = enrollment.fingerprint(real)
+    assert d("pend", "tc-lon-0001", real, good, pend(real), None, approved) == "approved"
+    assert d("pend", "tc-lon-0001", attacker, good, pend(attacker), None, approved) == "delete"
     # outside the id policy: deleted
     assert d("pend", "evil", attacker, "", pend(attacker), None, None) == "delete"
     # the real device denied because a pre-claim holds the pending slot: its key replaces it

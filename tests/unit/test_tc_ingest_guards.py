@@ -4,6 +4,7 @@ on (epoch, seq) with missed-event counting, and the per-seat rate limit.
 """
 
 import base64
+import threading
 
 import pytest
 import salt.crypt
@@ -182,3 +183,118 @@ def test_forgeries_and_replays_do_not_spend_the_victims_budget(conn, verify, clo
     ing.add(*event("tc-0002", seq=2))
     assert ing.flush()["accepted"] == 2
     assert _seat(conn, "tc-0002")["seq"] == 2
+
+
+# ---- two tc masters, one store (both backends) ---------------------------------------------
+
+
+@pytest.fixture
+def masters(store_db, verify, clock):
+    """Two ingestors (the engines of two tc masters) on one store, each with its own connection."""
+    conns = [store.connect(store_db, tc_assets.MIGRATIONS) for _ in range(2)]
+    yield [tc_assets.Ingestor(c, verify, clock=clock) for c in conns]
+    for c in conns:
+        c.close()
+
+
+def _rows(conn):
+    return conn.execute("SELECT seat, epoch, seq, firmware FROM seats ORDER BY seat").fetchall()
+
+
+def test_one_report_received_by_both_masters_is_stored_once_and_counted_duplicate(masters, event):
+    a, b = masters
+    report = event(seq=1, firmware="13.2.0")
+    a.add(*report)
+    b.add(*report)  # both buffered before either wrote: each process's own view says fresh
+    assert a.flush() == {"accepted": 1, "rejected": 0}
+    assert b.flush() == {"accepted": 0, "rejected": 1}
+    assert [tuple(r) for r in _rows(a.conn)] == [("tc-0001", 100, 1, "13.2.0")]
+    assert tc_assets.counters(a.conn) == {"accepted": 1, "duplicate": 1}
+    b.add(*event(seq=2))  # B now knows seq 1 was stored: the next report is fresh, nothing missed
+    assert b.flush() == {"accepted": 1, "rejected": 0}
+    assert tc_assets.seat(a.conn, "tc-0001", 2000.0, 300, 3)["missed"] == 0
+
+
+def test_an_older_report_after_a_newer_one_from_the_other_master_is_stale(masters, event):
+    a, b = masters
+    b.add(*event(seq=3, firmware="12.0.0"))
+    b.flush()
+    a.add(*event(seq=5, firmware="13.2.0"))
+    a.flush()
+    b.add(*event(seq=4, firmware="12.0.0"))  # newer than B's own view (3), older than the store (5)
+    b.add(*event(seq=90, epoch=99, firmware="11.0.0"))  # an old boot's payload, replayed at B
+    assert b.flush() == {"accepted": 0, "rejected": 2}
+    assert [tuple(r) for r in _rows(a.conn)] == [("tc-0001", 100, 5, "13.2.0")]  # nothing rolled back
+    counted = tc_assets.counters(a.conn)
+    assert (counted["accepted"], counted["stale"], counted["replayed"]) == (2, 1, 1)
+    assert [r["claimed"] for r in tc_assets.recent_rejects(a.conn)] == ["tc-0001", "tc-0001"]
+
+
+def test_a_stream_split_over_two_masters_lands_once_per_report_without_gaps(masters, event):
+    a, b = masters
+    reports = [event(seq=seq) for seq in range(1, 13)]
+    for seq, report in enumerate(reports, 1):
+        if not 5 <= seq <= 8:  # A was down for seq 5-8: only B got those
+            a.add(*report)
+        b.add(*report)
+        if seq % 3 == 0:
+            b.flush()
+        if seq % 4 == 0:
+            a.flush()
+    a.flush()
+    b.flush()
+    assert [tuple(r)[:3] for r in _rows(a.conn)] == [("tc-0001", 100, 12)]
+    counted = tc_assets.counters(a.conn)
+    assert counted["accepted"] == 12 and counted["duplicate"] + counted.get("stale", 0) == 8
+    assert counted.get("missed", 0) == 0  # a report only one master got is not a gap
+
+
+def test_the_upserts_never_store_an_older_report(store_db, verify, clock, event):
+    conn = store.connect(store_db, tc_assets.MIGRATIONS)
+    try:
+        ing = tc_assets.Ingestor(conn, verify, clock=clock)
+        ing.add(*event(seq=5, firmware="13.2.0"))
+        ing.flush()
+        with store.transaction(conn):  # what a settle that let the old report through would write
+            stale = tc_assets._row("tc-0001", 100, 4, 1.0, "change", {"firmware": "12.0.0"}, 2000.0)
+            conn.execute(tc_assets._UPSERT, tuple(stale[c] for c in tc_assets.SEAT_COLUMNS))
+            conn.execute(tc_assets._SEQ_UPSERT, ("tc-0001", 100, 4, 0))
+        assert [tuple(r) for r in _rows(conn)] == [("tc-0001", 100, 5, "13.2.0")]
+        assert tuple(conn.execute("SELECT epoch, seq FROM ingest_seq").fetchone()) == (100, 5)
+    finally:
+        conn.close()
+
+
+def test_two_masters_writing_at_once_store_each_report_once(store_db, verify, clock, event):
+    reports = [event(seat, seq=seq) for seq in range(1, 31) for seat in SEATS]
+    results, errors = [], []
+
+    def master(every):
+        conn = store.connect(store_db, tc_assets.MIGRATIONS)  # its own connection, as another host would
+        try:
+            ing = tc_assets.Ingestor(conn, verify, clock=clock)
+            for n, report in enumerate(reports, 1):
+                ing.add(*report)
+                if n % every == 0:
+                    results.append(ing.flush())
+            results.append(ing.flush())
+        except Exception as exc:  # pylint: disable=broad-except
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=master, args=(every,)) for every in (5, 7)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    conn = store.connect(store_db, tc_assets.MIGRATIONS)
+    try:
+        assert [tuple(r)[:3] for r in _rows(conn)] == [(seat, 100, 30) for seat in SEATS]
+        counted = tc_assets.counters(conn)
+        assert sum(r["accepted"] for r in results) == counted["accepted"] == 60
+        assert counted.get("duplicate", 0) + counted.get("stale", 0) == 60
+        assert counted.get("missed", 0) == 0
+    finally:
+        conn.close()
