@@ -87,6 +87,14 @@ def test_minion_from_template_signs_in_and_reports(tc_master, enroll_tokens, tmp
     assert minion.config["master"] == "127.0.0.1" and minion.config["master_port"] == tc_master.config["ret_port"]
     assert minion.config["auth_timeout"] == 120 and minion.config["acceptance_wait_time_max"] == 120
     # pending until the enroll engine accepts; the template's 10 s acceptance wait, then signed in
+    try:
+        _signs_in_and_reports(tc_master, minion)
+    finally:  # the tc master is the session's: later tests count its seats and sites
+        ret = tc_master.salt_run_cli(timeout=120).run("seat.retire", SEAT)
+        assert ret.returncode == 0 and ret.data["retired"] is True, ret
+
+
+def _signs_in_and_reports(tc_master, minion):
     with minions_running(tc_master, [minion], SEAT, start_timeout=240):
         cli = tc_master.salt_cli(timeout=120)
         ret = cli.run("config.get", "auth_timeout", minion_tgt=SEAT)
