@@ -361,6 +361,32 @@ def mark_ready(server):
 TAKEN_TAG = "deskfleet/pool/taken"
 
 
+def taken(pool):
+    """
+    The broker's call: a user took a desktop of ``pool``. Fires ``deskfleet/pool/taken``
+    on the vm master's bus (the reactor tops the pool up); the broker role in salt-api
+    may call this and nothing else (``salt_vm/master.d/80-portal.conf``). An unknown pool
+    is an error naming it (exit 1), nothing fired.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run vmpool.taken callcentre-win11
+    """
+    try:
+        pools, bad = _pools()
+    except pool_plan.PoolConfigError as exc:
+        return _error(f"pool pillar: {exc}", kind="config")
+    if pool not in pools:
+        known = f"; known: {', '.join(sorted(pools))}" if pools else ""
+        why = f"config: {bad[pool]}" if pool in bad else f"unknown pool {pool!r}{known}"
+        return glue.error(__context__, f"pool: {why}", parameter="pool")
+    if not glue.alert(__opts__, TAKEN_TAG, {"pool": pool}):
+        return _error(f"pool {pool}: could not fire {TAKEN_TAG} on the master bus", kind="event", pool=pool)
+    return {"pool": pool, "fired": TAKEN_TAG}
+
+
 @deskfleet_store.guard
 def on_event(tag, data):
     """

@@ -146,6 +146,32 @@ class Minion(Daemon):
         self.master = master
 
 
+class Api:
+    """salt-api beside a master, from the master's ``rest_cherrypy`` block: the portal and the broker's door."""
+
+    def __init__(self, master):
+        self.master = master
+        self.name = f"{master.name}-api"
+        self.port = master.config["rest_cherrypy"]["port"]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self):
+        argv = [str(BIN / "salt-api"), "-c", str(self.master.conf_dir), "-l", "warning"]
+        self.proc = spawn(argv, self.master.root / "api.out")
+        return self
+
+    def wait_ready(self, timeout=120):
+        def ready():
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+        return wait_for(ready, timeout, what=f"{self.name} to listen on {self.port}", proc=self.proc)
+
+    def stop(self, timeout=20):
+        stop_daemons([self], timeout)
+
+
 class Lab:
     """``with Lab(tmpdir) as lab:`` … every daemon is stopped on exit."""
 
@@ -174,6 +200,11 @@ class Lab:
         minion = Minion(self, name, master, config)
         self.daemons.append(minion)
         return minion
+
+    def api(self, master):
+        api = Api(master)
+        self.daemons.append(api)
+        return api
 
     def stop(self):
         stop_daemons(list(reversed(self.daemons)))

@@ -88,6 +88,10 @@ def _masters(lab, base, nova, note):
         note(master.name, master.proc.pid)
     for master in (tc, vm):
         master.wait_ready(timeout=300)
+    for master in (tc, vm):  # the portal and the broker's door (README: "Portal and roles")
+        api = lab.api(master).start()
+        note(api.name, api.proc.pid)
+        api.wait_ready(timeout=300)
     return tc, vm
 
 
@@ -170,6 +174,9 @@ def env_sh(base, tc, vm):
 # use_tc / use_vm point every Salt CLI (salt, salt-run, salt-key) at one master: SALT_CONFIG_DIR is their -c default.
 export DESKFLEET_LAB={base}
 export PATH={BIN}:$PATH
+# portals (salt-api, file eauth users viewer/operator/broker, password lab-<user>): {tc.config['rest_cherrypy']['port']} tc, {vm.config['rest_cherrypy']['port']} vm
+export DESKFLEET_TC_PORTAL=http://127.0.0.1:{tc.config['rest_cherrypy']['port']}/portal
+export DESKFLEET_VM_PORTAL=http://127.0.0.1:{vm.config['rest_cherrypy']['port']}/portal
 use_tc() {{ export SALT_CONFIG_DIR={tc.conf_dir}; }}
 use_vm() {{ export SALT_CONFIG_DIR={vm.conf_dir}; }}
 use_tc

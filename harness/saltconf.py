@@ -8,6 +8,7 @@ daemons listen, who runs them and where their state lives is the lab's choice.
 """
 
 import copy
+import hashlib
 import pathlib
 import subprocess
 import sys
@@ -80,11 +81,42 @@ def lab_master_config(role, etc_dir, shipped_ports=False, **deskfleet_overrides)
         conf.pop(key, None)
     if deskfleet_overrides:
         _merge(conf.setdefault("deskfleet", {}).setdefault(role, {}), deskfleet_overrides)
+    lab_portal(conf, pathlib.Path(etc_dir), shipped_ports)
     metrics = (conf.get("deskfleet") or {}).get("metrics")
     if metrics and metrics.get("exporter") == "prometheus" and not shipped_ports:
         # masters side by side (the suite, the lab) each serve metrics on a port of their own
         metrics.setdefault("prometheus", {})["port"] = free_port()
     return conf
+
+
+# The lab's portal users: one per role, password "lab-<user>" (loopback only; production: PAM groups)
+PORTAL_USERS = {"viewer": "viewer", "operator": "operator", "broker": "broker"}
+
+
+def portal_password(user):
+    return f"lab-{user}"
+
+
+def lab_portal(conf, etc_dir, shipped_ports=False):
+    """
+    salt-api for a lab: plain HTTP on 127.0.0.1 (no site certificate here), Salt's file
+    eauth with one user per role (the roles' ACLs as shipped) instead of PAM.
+    """
+    api = conf.get("rest_cherrypy")
+    if not api:
+        return
+    for key in ("ssl_crt", "ssl_key"):
+        api.pop(key, None)
+    api.update(disable_ssl=True, host="127.0.0.1")
+    if not shipped_ports:
+        api["port"] = free_port()
+    roles = ((conf.get("deskfleet") or {}).get("portal") or {}).get("roles") or {}
+    etc_dir.mkdir(parents=True, exist_ok=True)
+    acl = {user: roles[role] for user, role in PORTAL_USERS.items() if roles.get(role)}  # no user for an empty role
+    users = etc_dir / "portal-users.txt"
+    users.write_text("".join(f"{u}:{hashlib.sha256(portal_password(u).encode()).hexdigest()}\n" for u in acl))
+    users.chmod(0o600)
+    conf["external_auth"] = {"file": {"^filename": str(users), "^hashtype": "sha256", **acl}}
 
 
 def enroll_device(token_file, minion_id, pki_dir, lab_root, conf_dir=None):
