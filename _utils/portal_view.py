@@ -67,6 +67,11 @@ def section(sid, title, columns, rows, note=None, actions=(), page=1, size=None)
     return out
 
 
+def _key(value):
+    """A grouping key: text, whatever the store held."""
+    return str(value) if value not in (None, "") else "unknown"
+
+
 def _cell(value):
     if value is None:
         return ""
@@ -84,14 +89,12 @@ def _cell(value):
 
 def tc_sections(seats, ingest, activity, pages=None, size=PAGE_SIZE):
     """``seats``: tc_inventory.list rows; ``ingest``: summary counters; ``activity``: activity.now rows or None."""
-    by_site = {}
+    by_site, firmware = {}, {}
     for s in seats:
-        counts = by_site.setdefault(s.get("site") or "unknown", dict.fromkeys(STATUSES, 0))
+        counts = by_site.setdefault(_key(s.get("site")), dict.fromkeys(STATUSES, 0))
         counts[s.get("status")] = counts.get(s.get("status"), 0) + 1
+        firmware[_key(s.get("firmware"))] = firmware.get(_key(s.get("firmware")), 0) + 1
     site_rows = [[site] + [c.get(k, 0) for k in STATUSES] + [sum(c.values())] for site, c in sorted(by_site.items())]
-    firmware = {}
-    for s in seats:
-        firmware[s.get("firmware") or "unknown"] = firmware.get(s.get("firmware") or "unknown", 0) + 1
     fw_rows = [[fw, n, f"{100 * n / len(seats):.0f}%"] for fw, n in sorted(firmware.items(), key=lambda kv: (-kv[1], kv[0]))]
     sections = [
         section("sites", "Seats by site and status", ["site", *STATUSES, "total"], site_rows),

@@ -18,9 +18,11 @@ import sys
 
 import pytest
 
-from harness import lab_up, novalab, readme_examples, saltconf
+from harness import lab_build, lab_up, novalab, readme_examples, saltconf
+from harness.lab import last_json
 from harness.proc import signal_group
 from harness.wait import wait_for
+from tests.support import browser
 
 LAB = lab_up.lab_dir(lab_up.DEFAULT_DIR)  # the README's examples name this directory
 README = saltconf.CHECKOUT / "README.md"
@@ -76,6 +78,37 @@ def test_every_readme_example_exits_as_marked(running_lab):
     assert not failed, f"{len(failed)} README example(s) did not exit as marked:\n{report}"
     ran = len(examples) - len(not_run)
     assert ran >= 50, f"only {ran} examples ran"
+
+
+def test_vm_portal_shows_the_lab_and_refuses_a_viewers_drain(running_lab, tmp_path):
+    """The vm master's portal in a real browser, on the lab's real pool and compute hosts."""
+    from selenium.webdriver.common.by import By  # pylint: disable=import-outside-toplevel
+
+    url = f"http://127.0.0.1:{saltconf.shipped_master_config('vm')['rest_cherrypy']['port']}/portal"
+    with browser.chromium(tmp_path) as driver:
+        browser.login(driver, url, "viewer", saltconf.portal_password("viewer"), "file")
+        browser.wait_text(driver, "#master", "vm master")
+        pools = browser.wait_text(driver, "#section-pools", lab_build.POOL)
+        row = next(r for r in driver.find_elements(By.CSS_SELECTOR, "#section-pools tr") if lab_build.POOL in r.text)
+        cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+        assert cells[1:3] == ["2", "2"] and cells[5] == "ok" and cells[6] == "no", (cells, pools)  # target, ready, health
+        hosts = browser.wait_text(driver, "#section-hosts", "of 1.5")  # the lab's ram_allocation_ratio
+        assert sum(1 for r in driver.find_elements(By.CSS_SELECTOR, "#section-hosts tr")) == 1 + 3, hosts
+        browser.wait_text(driver, "#section-passwords", "desk-0042")
+        driver.save_screenshot(str(tmp_path / "vm-portal.png"))
+        row.find_element(By.CSS_SELECTOR, "button[data-fun='vmpool.drain']").click()
+        browser.wait_text(driver, "#status", "refused: viewer may not run vmpool.drain")
+        driver.find_element(By.ID, "logout").click()
+        browser.wait_text(driver, "#status", "logged out")
+    code, out, _ = _vm_cli("vmpool.status")
+    assert code == 0 and last_json(out)["pools"][lab_build.POOL]["drained"] is False, out
+
+
+def _vm_cli(*args):
+    env_sh = LAB / "env.sh"
+    proc = subprocess.run(["bash", "-c", f". {env_sh} && use_vm && salt-run --out=json {' '.join(args)}"],
+                          capture_output=True, text=True, timeout=300, check=False, stdin=subprocess.DEVNULL)
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 def test_half_dead_lab_is_reported_and_down_leaves_nothing(running_lab):
