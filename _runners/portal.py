@@ -52,7 +52,7 @@ def view(page=1, size=portal_view.PAGE_SIZE, pages=None):
     sections = _tc(pages, size) if role == "tc" else _vm()
     # the runners read above set a retcode for what they found (a degraded pool): the page itself is fine
     __context__.pop("retcode", None)
-    return {"master": role, "id": __opts__.get("id"), "sections": sections}
+    return {"master": role, "id": __opts__.get("id"), "tiles": portal_view.tiles(sections), "sections": sections}
 
 
 def _tc(pages, size):

@@ -82,6 +82,27 @@ def _cell(value):
     return str(value)
 
 
+def tiles(sections):
+    """The headline numbers above the tables, read off the sections (never counted twice)."""
+    got = {sec["id"]: sec for sec in sections}
+    out = []
+    if "sites" in got:
+        cols = got["sites"]["columns"]
+        for status in ("total",) + STATUSES:
+            i = cols.index(status)
+            out.append({"label": "seats" if status == "total" else status, "value": sum(r[i] for r in got["sites"]["rows"]),
+                        "status": status})
+    if "pools" in got:
+        for label, i in (("ready", 2), ("in flight", 3), ("taken", 4)):
+            out.append({"label": f"desktops {label}", "value": sum(r[i] or 0 for r in got["pools"]["rows"]), "status": ""})
+        degraded = sum(1 for r in got["pools"]["rows"] if r[5] != "ok")
+        out.append({"label": "pools not ok", "value": degraded, "status": "degraded" if degraded else "ok"})
+    if "passwords" in got:
+        due = sum(1 for r in got["passwords"]["rows"] if r[1] != "ok")
+        out.append({"label": "passwords due", "value": due, "status": "due" if due else "ok"})
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # tc master: seats
 # ---------------------------------------------------------------------------------------------

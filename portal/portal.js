@@ -58,6 +58,7 @@ async function logout() {
   dropSessionCookie();
   state.token = null;
   $("sections").replaceChildren();
+  $("tiles").replaceChildren();
   $("master").textContent = "";
   $("who").hidden = true;
   $("login").hidden = false;
@@ -82,12 +83,19 @@ async function refresh() {
     return;
   }
   $("master").textContent = "— " + view.master + " master " + (view.id || "");
+  $("tiles").replaceChildren(...(view.tiles || []).map(tile));
   $("sections").replaceChildren(...view.sections.map(render));
   $("sections").dataset.loaded = new Date().toISOString();
 }
 
+function tile(t) {
+  const box = el("div", null, "tile" + (STATUS_CLASS.has(t.status) ? " s-" + t.status : ""));
+  box.append(el("div", t.value, "value"), el("div", t.label, "label"));
+  return box;
+}
+
 function render(sec) {
-  const box = el("section");
+  const box = el("section", null, sec.columns.length > 5 ? "wide" : "");
   box.id = "section-" + sec.id;
   box.append(el("h2", sec.title + (sec.total > sec.rows.length ? " (" + sec.total + ")" : "")));
   if (sec.note) box.append(el("p", sec.note, "note"));

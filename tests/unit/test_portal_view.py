@@ -107,3 +107,14 @@ def test_shipped_roles_name_real_runners_and_no_secret_reader(role):
         assert [f for e in roles["broker"] for f in e["@runner"]] == ["vmpool.taken"]
     else:
         assert roles["broker"] == [] and "deskfleet-brokers%" not in conf["external_auth"]["pam"]
+
+
+def test_tiles_are_read_off_the_sections():
+    tc = pv.tc_sections([seat("a", "online"), seat("b", "offline"), seat("c", "offline", site="MAN")], {}, None)
+    assert [(t["label"], t["value"]) for t in pv.tiles(tc)] == [("seats", 3), ("online", 1), ("stale", 0), ("offline", 2)]
+    pools = {"pools": {"p1": {"ready": 2, "in_flight": 1, "taken": 4, "health": "ok"},
+                       "p2": {"ready": 0, "in_flight": 0, "taken": 1, "health": "degraded"}}}
+    vm = pv.vm_sections(pools, [], {"due": {"d1": "never escrowed"}, "ok": ["d2"]}, [], None)
+    assert [(t["label"], t["value"], t["status"]) for t in pv.tiles(vm)] == [
+        ("desktops ready", 2, ""), ("desktops in flight", 1, ""), ("desktops taken", 5, ""),
+        ("pools not ok", 1, "degraded"), ("passwords due", 1, "due")]
