@@ -82,7 +82,7 @@ async function refresh() {
     say("the master answered " + status + ": " + JSON.stringify(data), true);
     return;
   }
-  $("master").textContent = "— " + view.master + " master " + (view.id || "");
+  $("master").textContent = "— " + view.master + " master";
   $("tiles").replaceChildren(...(view.tiles || []).map(tile));
   $("sections").replaceChildren(...view.sections.map(render));
   $("sections").dataset.loaded = new Date().toISOString();

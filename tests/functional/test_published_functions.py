@@ -34,6 +34,7 @@ RUNNERS = {
     "enroll": ("tc", ["accept", "audit", "issue", "list", "pending", "revoke"]),
     "message": ("tc vm", ["audit", "send"]),  # desktops on the vm master, seats on the tc master
     "maintenance": ("vm", ["abort", "plan", "resume", "start", "status", "tick"]),
+    "portal": ("tc vm", ["view"]),  # what the portal page shows, on either master
     "seat": ("tc", ["retire"]),
     "filedist": ("vm", ["distribute"]),
     "password": ("vm", ["audit", "collect", "history", "rotate", "rotate_due", "show", "status"]),
@@ -41,7 +42,7 @@ RUNNERS = {
     "tc_inventory": ("tc", ["list", "report", "show", "summary"]),
     "userdata": ("vm", ["audit", "fetch"]),
     "vmpool": ("vm", ["drain", "mark_ready", "on_event", "reclaim", "reclaimable", "reconcile", "replenish", "reset",
-                      "status"]),
+                      "status", "taken"]),
 }
 
 

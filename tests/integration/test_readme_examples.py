@@ -80,7 +80,7 @@ def test_every_readme_example_exits_as_marked(running_lab):
     assert ran >= 50, f"only {ran} examples ran"
 
 
-def test_vm_portal_shows_the_lab_and_refuses_a_viewers_drain(running_lab, tmp_path):
+def test_vm_portal_shows_the_lab_refuses_a_viewers_drain_and_an_operator_drains(running_lab, tmp_path):
     """The vm master's portal in a real browser, on the lab's real pool and compute hosts."""
     from selenium.webdriver.common.by import By  # pylint: disable=import-outside-toplevel
 
@@ -101,8 +101,19 @@ def test_vm_portal_shows_the_lab_and_refuses_a_viewers_drain(running_lab, tmp_pa
         browser.wait_text(driver, "#status", "refused: viewer may not run vmpool.drain")
         driver.find_element(By.ID, "logout").click()
         browser.wait_text(driver, "#status", "logged out")
-    code, out, _ = _vm_cli("vmpool.status")
-    assert code == 0 and last_json(out)["pools"][lab_build.POOL]["drained"] is False, out
+        code, out, _ = _vm_cli("vmpool.status")
+        assert code == 0 and last_json(out)["pools"][lab_build.POOL]["drained"] is False, out
+
+        browser.login(driver, url, "operator", saltconf.portal_password("operator"), "file")
+        browser.wait_text(driver, "#section-pools", lab_build.POOL)
+        driver.find_element(By.CSS_SELECTOR, "#section-pools button[data-fun='vmpool.drain']").click()
+        browser.wait_text(driver, "#status", f"vmpool.drain {lab_build.POOL}: done")
+        browser.wait_text(driver, "#section-pools", "yes")  # the page re-read: drained
+    try:
+        code, out, _ = _vm_cli("vmpool.status")
+        assert code == 0 and last_json(out)["pools"][lab_build.POOL]["drained"] is True, out
+    finally:
+        _vm_cli("vmpool.drain", lab_build.POOL, "undo=True")
 
 
 def _vm_cli(*args):
