@@ -22,8 +22,9 @@ lab-status:
 lab-down:
 	@$(PYTHON) -m harness.lab_up down
 
+# no T: integration beside the other tiers (tools/run-tests.sh); T="...": one pytest with those arguments
 test: setup
-	$(PYTHON) -m pytest $(T)
+	@tools/run-tests.sh $(PYTHON) $(T)
 
 bench: bench-ingest bench-flood bench-filedist bench-vmpool bench-maintenance bench-active-users bench-inventory bench-swarm
 

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# `make test`: every tier. The integration tier (real masters, mostly waiting on daemons) runs in one pytest and
+# the other tiers in a second one beside it: on 2 cores the run takes the longer of the two, not their sum.
+# The second pytest gets its own TMPDIR: salt-factories names its daemons' dirs after their ids under it.
+# With arguments (`make test T=...`): one pytest with exactly those.
+set -uo pipefail
+py=$1
+shift
+if [ $# -gt 0 ]; then
+  exec "$py" -m pytest "$@"
+fi
+second_tmp=$(mktemp -d /tmp/deskfleet-tests-b.XXXXXX)
+trap 'kill 0 2>/dev/null' INT TERM
+started=$(date +%s)
+( "$py" -m pytest tests/integration 2>&1 | sed -u 's/^/[integration] /'; exit "${PIPESTATUS[0]}" ) &
+first=$!
+( TMPDIR=$second_tmp "$py" -m pytest tests/unit tests/functional tests/cloud tests/lab 2>&1 \
+    | sed -u 's/^/[unit functional cloud lab] /'; exit "${PIPESTATUS[0]}" ) &
+second=$!
+wait "$first"; rc_first=$?
+wait "$second"; rc_second=$?
+rm -rf "$second_tmp"
+echo "make test: integration exit $rc_first; unit functional cloud lab exit $rc_second; $(( $(date +%s) - started )) s"
+[ "$rc_first" -eq 0 ] && [ "$rc_second" -eq 0 ]
