@@ -10,6 +10,7 @@ if [ $# -gt 0 ]; then
   exec "$py" -m pytest "$@"
 fi
 second_tmp=$(mktemp -d /tmp/deskfleet-tests-b.XXXXXX)
+chmod 1777 "$second_tmp"  # as /tmp: daemons that drop root (PostgreSQL's initdb) make their dirs in it
 trap 'kill 0 2>/dev/null' INT TERM
 started=$(date +%s)
 ( "$py" -m pytest tests/integration 2>&1 | sed -u 's/^/[integration] /'; exit "${PIPESTATUS[0]}" ) &
