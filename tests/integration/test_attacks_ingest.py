@@ -65,7 +65,7 @@ def seats(master, tmp_path_factory):
     tokens = tmp_path_factory.mktemp("attack-tokens")
     minions = [enrolled_minion(master, seat, root, tokens) for seat, root in roots.items()]
     with minions_running(master, minions, "tc-01*") as running:
-        wait_for(lambda: len(_inventory(master)) == 3, timeout=90, what="3 seats in the inventory")
+        wait_for(lambda: len(_inventory(master)) == 3, timeout=300, what="3 seats in the inventory")
         yield running
 
 
@@ -142,7 +142,7 @@ def _capture(master, seat, timeout=60):
 
 def test_replay_of_another_seats_old_payload_is_refused_and_counted(master, seats):
     old = _capture(master, VICTIM)
-    wait_for(lambda: _show(master, VICTIM)["seq"] > old["seq"], timeout=60, what="the victim to move on")
+    wait_for(lambda: _show(master, VICTIM)["seq"] > old["seq"], timeout=300, what="the victim to move on")
     seats[VICTIM].terminate()  # the victim's thin client freezes
     try:
         frozen = _show(master, VICTIM)
@@ -167,11 +167,11 @@ def test_replay_of_another_seats_old_payload_is_refused_and_counted(master, seat
     finally:
         seats[VICTIM].start()
     # rebooted victim: a new epoch lands; the old boot's payload stays refused
-    wait_for(lambda: _inventory(master)[VICTIM]["status"] == "online", timeout=90, what="victim back online")
+    wait_for(lambda: _inventory(master)[VICTIM]["status"] == "online", timeout=300, what="victim back online")
     assert _show(master, VICTIM)["epoch"] > old["epoch"]
     before = _summary(master)["ingest"].get("replayed", 0)
     _send(master, ATTACKER, TAG.format(VICTIM), old)
-    wait_for(lambda: _summary(master)["ingest"].get("replayed", 0) > before, timeout=30, what="replayed counted")
+    wait_for(lambda: _summary(master)["ingest"].get("replayed", 0) > before, timeout=300, what="replayed counted")
 
 
 def test_a_flood_from_one_seat_is_limited_and_charged_to_it(master, seats):
@@ -187,12 +187,12 @@ def test_a_flood_from_one_seat_is_limited_and_charged_to_it(master, seats):
         # all 150 land within one window, or straddle one boundary at worst
         return _by_sender(summary, "rate_limited", sender=ATTACKER) >= 150 - 2 * limit and summary
 
-    summary = wait_for(limited, timeout=60, what="the flood to be limited")
+    summary = wait_for(limited, timeout=300, what="the flood to be limited")
     # charged to the attacker, proven by its own signature; nobody else charged
     assert all(r["sender"] in (None, ATTACKER) for r in summary["rejects_by_sender"])
     assert any(r["attribution"] == ATTACKER and r["reason"] == "rate_limited" for r in summary["rejects_by_sender"])
     # the other seat's heartbeats keep landing
-    wait_for(lambda: _epoch(_show(master, VICTIM)["last_seen"]) > _epoch(victim_seen) + HEARTBEAT, timeout=60, what="victim beats")
+    wait_for(lambda: _epoch(_show(master, VICTIM)["last_seen"]) > _epoch(victim_seen) + HEARTBEAT, timeout=300, what="victim beats")
     assert _inventory(master)[VICTIM]["status"] == "online"
 
 

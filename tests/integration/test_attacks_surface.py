@@ -203,7 +203,7 @@ class Publications(threading.Thread):
                 bus.fire_event({}, self.ready_tag)
             return self.ready.wait(1)
 
-        wait_for(ping, timeout=60, what="the bus listener")
+        wait_for(ping, timeout=300, what="the bus listener")
 
 
 def _secret_values(tree, path=""):

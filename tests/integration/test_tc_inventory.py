@@ -118,7 +118,7 @@ def test_offline_after_missed_heartbeats(tc_master, thin_clients):
             found = seats(tc_master)
             return found["tc-0002"]["status"] == "offline" and found["tc-0001"]["status"] == "online"
 
-        wait_for(only_two_offline, timeout=90, what="tc-0002 offline while tc-0001 online")
+        wait_for(only_two_offline, timeout=300, what="tc-0002 offline while tc-0001 online")
     finally:
         minion.start()
     wait_for(lambda: seats(tc_master, "status=online").get("tc-0002"), timeout=120, what="tc-0002 back online")
@@ -149,7 +149,7 @@ def test_forged_and_malformed_events_are_counted_not_stored(tc_master, thin_clie
             and now
         )
 
-    wait_for(counted, timeout=60, what="forged and malformed counters to rise")
+    wait_for(counted, timeout=300, what="forged and malformed counters to rise")
     rejects = run(tc_master, "tc_inventory.summary")["recent_rejects"]
     # never blame the victim: the forgery claims tc-0002, its sender is unproven
     assert any(r["reason"] == "forged" and r["sender"] is None and r["claimed"] == "tc-0002" for r in rejects)
@@ -158,7 +158,7 @@ def test_forged_and_malformed_events_are_counted_not_stored(tc_master, thin_clie
     assert after["firmware"] == before["firmware"] == "12.9.4"
     assert after["serial"] == "TC000002"
     # the pipeline keeps going: tc-0002's own heartbeats still land
-    wait_for(lambda: run(tc_master, "tc_inventory.show", "tc-0002")["last_seen"] != after["last_seen"], timeout=60, what="next heartbeat")
+    wait_for(lambda: run(tc_master, "tc_inventory.show", "tc-0002")["last_seen"] != after["last_seen"], timeout=300, what="next heartbeat")
 
 
 @pytest.fixture
@@ -179,7 +179,7 @@ def replaced_store(tc_master):
 def test_a_store_fault_is_an_error_exit_1_and_an_alert_never_a_traceback(tc_master, thin_clients, replaced_store, args):
     with Alerts(tc_master) as alerts:
         ret = tc_master.salt_run_cli(timeout=120).run(*args)
-        wait_for(lambda: alerts.events, timeout=60, what="a deskfleet/alert/store event")
+        wait_for(lambda: alerts.events, timeout=300, what="a deskfleet/alert/store event")
     assert ret.returncode == 1, ret
     assert "Traceback" not in ret.stdout + ret.stderr, ret
     assert ret.data["retcode"] == 1 and ret.data["store_fault"] == "replaced" and replaced_store in ret.data["error"], ret
