@@ -3,6 +3,7 @@ One variant of the swarm bench: a fresh tc master from the shipped config, the
 seats, and the phases (login storm, steady, status storm, re-auth storm, loss).
 """
 
+import os
 import time
 
 from bench import swarm_report as report
@@ -30,10 +31,24 @@ def login(master, seats, count, window, procs=None):
     return {"result": res, "auth": auth, "cpu": cpu}
 
 
+def _sim_rss_mb(seats):
+    import psutil  # pylint: disable=import-outside-toplevel
+
+    total = 0
+    for proc in seats.procs:
+        try:
+            total += psutil.Process(proc.pid).memory_info().rss
+        except psutil.Error:
+            pass
+    return round(total / 2**20)
+
+
 def steady(master, seats, args):
     res, cpu = _timed(master, lambda: seats.summed({"cmd": "beat", "window": args.steady, "reason": "heartbeat"}))
+    res.update(load=round(os.getloadavg()[0], 1), sim_rss_mb=_sim_rss_mb(seats))
     say(f"   steady ({args.steady} s, one heartbeat per seat): master {cpu['master_cpu_core_share']} of a core, "
-        f"PSS {cpu['master_pss_mb']} MB, RSS {cpu['master_rss_mb']} MB; latency p50 {res.get('latency_p50_s')} s")
+        f"PSS {cpu['master_pss_mb']} MB, RSS {cpu['master_rss_mb']} MB; latency p50 {res.get('latency_p50_s')} s; "
+        f"load {res['load']}, seat processes RSS {res['sim_rss_mb']} MB")
     return dict(cpu, **res)
 
 

@@ -108,6 +108,7 @@ def summary(results, args, wall):
             out[f"{name}_login_auth_per_seat_at_{at}"] = step["login"]["auth"]["auth_requests_per_seat"]
             out[f"{name}_steady_cpu_core_share_at_{at}"] = step["steady"]["master_cpu_core_share"]
             out[f"{name}_steady_pss_mb_at_{at}"] = step["steady"]["master_pss_mb"]
+            out[f"{name}_steady_load_at_{at}"] = step["steady"].get("load")
         out[f"{name}_status_storm_seats"] = seats
         out[f"{name}_status_storm_failed"] = res["status_storm"]["failed"] + res["status_storm"]["stuck"]
         out[f"{name}_status_storm_cpu_core_share"] = res["status_storm"]["master_cpu_core_share"]
