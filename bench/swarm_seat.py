@@ -24,6 +24,7 @@ import pathlib
 import random
 import sys
 import time
+import types
 
 CHECKOUT = pathlib.Path(__file__).resolve().parents[1]
 AUTH_SENDS = collections.defaultdict(list)  # seat -> times an _auth request went out
@@ -61,6 +62,15 @@ def _patch_salt():
         return await recv(self, 10 if timeout == 0.3 else timeout)
 
     salt.transport.zeromq.PublishClient.recv = patient_recv
+
+    # Same for the request client's idle loop (``wait_for(queue.get(), 0.3)``): the get
+    # returns as soon as a request is queued, so only idle wake-ups go away.
+    wait_for = asyncio.wait_for
+
+    async def patient_wait_for(aw, timeout):
+        return await wait_for(aw, 10 if timeout == 0.3 else timeout)
+
+    salt.transport.zeromq.asyncio = types.SimpleNamespace(**dict(vars(asyncio), wait_for=patient_wait_for))
 
     transfer = salt.channel.client.AsyncReqChannel._uncrypted_transfer  # pylint: disable=protected-access
     sign_in = salt.crypt.AsyncAuth.sign_in
