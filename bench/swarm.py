@@ -90,8 +90,22 @@ class SeatProcs:
         self.procs.extend(new)
         for proc in new:
             if "ready" not in json.loads(proc.stdout.readline() or '{"error": "seat process died"}'):
+                self.drop(new)
                 raise RuntimeError(f"a seat process died at start (see {work}/seats-*.log)")
         return new
+
+    def drop(self, procs):
+        """Stop ``procs`` (a failed ramp step) so the later phases run on the seats that were reached."""
+        from harness.proc import stop_groups  # pylint: disable=import-outside-toplevel
+
+        for proc in procs:
+            try:
+                proc.stdin.write('{"cmd": "quit"}\n')
+                proc.stdin.flush()
+            except OSError:
+                pass
+        stop_groups(procs, grace=10)
+        self.procs = [p for p in self.procs if p not in procs]
 
     def ask(self, cmd, procs=None):
         """Send ``cmd`` to every seat process (or ``procs``) at once; their answers, merged."""

@@ -154,18 +154,22 @@ def ramp(master, seats, key_dirs, args):
             break
         new = {s: key_dirs[s] for s in order[reached:size]}
         say(f"-- {size} seats: {len(new)} more")
+        procs = []
         try:
             procs = seats.add(new)
             args.seats = size
             got = login(master, seats, len(new), args.login_window * len(new) / top, procs)
             stats = steady(master, seats, args)
         except Exception as exc:  # pylint: disable=broad-except
+            # e.g. a seat process aborted: ZeroMQ could not start a thread (4 per seat: kernel.pid_max)
             stopped = f"{size}-seat step: {exc!r}"
+        else:
+            steps.append({"seats": size, "login": got, "steady": stats})
+            if got["result"]["ok"] < len(new) or stats["ok"] < size:
+                stopped = f"{size}-seat step: {len(new) - got['result']['ok']} sign-ins, {size - stats['ok']} heartbeats failed"
+        if stopped:
+            seats.drop(procs)  # the later phases run on the seats reached
             args.seats = reached
-            break
-        steps.append({"seats": size, "login": got, "steady": stats})
-        if got["result"]["ok"] < len(new) or stats["ok"] < size:
-            stopped = f"{size}-seat step: {len(new) - got['result']['ok']} sign-ins, {size - stats['ok']} heartbeats failed"
             break
         reached = size
     return steps, reached, stopped
