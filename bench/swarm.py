@@ -126,7 +126,8 @@ class SeatProcs:
         lat = [a.get("latency_max_s") for a in answers if a.get("latency_max_s") is not None]
         if lat:
             out["latency_max_s"] = round(max(lat), 3)
-            out["latency_p50_s"] = round(sorted(a["latency_p50_s"] for a in answers)[len(answers) // 2], 3)
+            p50 = sorted(a["latency_p50_s"] for a in answers if a.get("latency_p50_s") is not None)
+            out["latency_p50_s"] = round(p50[len(p50) // 2], 3)  # a process whose seats all failed has none
         return out
 
     def stats(self):
