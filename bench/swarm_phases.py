@@ -166,7 +166,8 @@ def ramp(master, seats, key_dirs, args):
         else:
             steps.append({"seats": size, "login": got, "steady": stats})
             if got["result"]["ok"] < len(new) or stats["ok"] < size:
-                stopped = f"{size}-seat step: {len(new) - got['result']['ok']} sign-ins, {size - stats['ok']} heartbeats failed"
+                stopped = (f"{size}-seat step: {len(new) - got['result']['ok']} sign-ins, "
+                           f"{size - stats['ok']} heartbeats failed")
         if stopped:
             seats.drop(procs)  # the later phases run on the seats reached
             args.seats = reached
