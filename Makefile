@@ -50,10 +50,13 @@ bench-active-users: setup
 bench-inventory: setup
 	$(PYTHON) -m bench.inventory_rows
 
-# the box is shared: SEATS=500 or fewer there
+# the box is shared: SEATS=500 or fewer there; SIZES=1000,2500,5000,10000 ramps one master through them in one run
+# (about 40 min with STEADY=300, the shipped heartbeat; see README "Capacity (tc master)")
 SEATS ?= 200
+SIZES ?= $(SEATS)
+STEADY ?= 60
 bench-swarm: setup
-	$(PYTHON) -m bench.swarm --seats $(SEATS)
+	$(PYTHON) -m bench.swarm --sizes $(SIZES) --steady $(STEADY)
 
 setup: system-packages $(STAMP)
 

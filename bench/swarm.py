@@ -8,12 +8,16 @@ Per variant of the seats' minion config, each on a fresh master (same seats):
 ``default`` = the shipped template with Salt's own sign-in values
 (``auth_timeout`` 5 ...), ``shipped`` = ``salt_tc/minion/deskfleet-tc.conf`` as is.
 
-1. login storm   every seat signs in and sends its ``start`` event within ``--login-window`` s
-2. steady        one heartbeat per seat over ``--steady`` s: master CPU (share of one core), PSS
-3. status storm  one ``change`` per seat within ``--storm-window`` s
-4. re-auth storm the master restarts (new AES key), then ONE publication to one seat: every
+1. ramp          per size of ``--sizes`` (default: ``--seats`` only), one master throughout:
+   login storm   the step's new seats sign in and send ``start`` (``--login-window`` s for the largest size, pro rata)
+   steady        one heartbeat per seat over ``--steady`` s: master CPU (share of one core), PSS
+                 (the ramp stops at the first size not fully signed in or short of memory: largest reached)
+2. status storm  one ``change`` per seat within ``--storm-window`` s
+3. re-auth storm the master restarts (new AES key), then ONE publication to one seat: every
                  seat signs in again; auth requests counted per seat (seat side, resends
                  included, and ``salt/auth`` events on the master), then one heartbeat each
+4. AES rotation  ``salt-key -d`` of one key (a retired seat): the maintenance loop makes a new AES
+                 key, then ONE publication: the same storm without a restart (``--no-rotation`` skips it)
 5. loss          per (seat, seq) against the inventory store; duplicates absorbed apart
 
 The last line is one JSON object. The box is shared: keep ``--seats`` small.
@@ -52,7 +56,6 @@ class SeatProcs:
 
     def __init__(self, work, master, key_dirs, overrides, per_proc, root):
         from harness import saltconf  # pylint: disable=import-outside-toplevel
-        from harness.proc import spawn  # pylint: disable=import-outside-toplevel
 
         conf = saltconf.tc_minion_template(master="127.0.0.1")
         conf.update(overrides, master_port=master.master.config["ret_port"], user=master.master.lab.user,
@@ -60,41 +63,71 @@ class SeatProcs:
         (work / "minion").write_text(yaml.safe_dump(conf))
         self.auth_timeout = conf["auth_timeout"]
         self.recon_default, self.recon_max = conf["recon_default"], conf["recon_max"]
-        seats = sorted(key_dirs)
+        self.work, self.per_proc, self.root = work, per_proc, root
         self.procs = []
-        for first in range(0, len(seats), per_proc):
-            chunk = seats[first : first + per_proc]
-            spec = {"minion_conf": str(work / "minion"), "run_dir": str(work), "root": str(root),
+        if key_dirs:
+            self.add(key_dirs)
+
+    def add(self, key_dirs):
+        """Start processes for more seats (a ramp step); returns the new processes (they have not signed in)."""
+        from harness.proc import spawn  # pylint: disable=import-outside-toplevel
+
+        work = self.work
+        seats = sorted(key_dirs)
+        new = []
+        for first in range(0, len(seats), self.per_proc):
+            chunk = seats[first : first + self.per_proc]
+            tag = chunk[0].rsplit("-", 1)[1]
+            spec = {"minion_conf": str(work / "minion"), "run_dir": str(work), "root": str(self.root),
                     "indices": [int(s.rsplit("-", 1)[1]) for s in chunk],
                     "pki_dirs": [str(swarm_keys.pki_dir(key_dirs[s], work / "pki")) for s in chunk]}  # fmt: skip
-            path = work / f"spec-{first}.json"
+            path = work / f"spec-{tag}.json"
             path.write_text(json.dumps(spec))
-            with open(work / f"seats-{first}.log", "ab") as log:
+            with open(work / f"seats-{tag}.log", "ab") as log:
                 proc = spawn([sys.executable, "-m", "bench.swarm_seat", str(path)], None, cwd=str(CHECKOUT),
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)  # fmt: skip
-            self.procs.append(proc)
-        for proc in self.procs:
-            json.loads(proc.stdout.readline())  # {"ready": n}
+            new.append(proc)
+        self.procs.extend(new)
+        for proc in new:
+            if "ready" not in json.loads(proc.stdout.readline() or '{"error": "seat process died"}'):
+                self.drop(new)
+                raise RuntimeError(f"a seat process died at start (see {work}/seats-*.log)")
+        return new
 
-    def ask(self, cmd):
-        """Send ``cmd`` to every seat process at once; their answers, merged."""
-        for proc in self.procs:
+    def drop(self, procs):
+        """Stop ``procs`` (a failed ramp step) so the later phases run on the seats that were reached."""
+        from harness.proc import stop_groups  # pylint: disable=import-outside-toplevel
+
+        for proc in procs:
+            try:
+                proc.stdin.write('{"cmd": "quit"}\n')
+                proc.stdin.flush()
+            except OSError:
+                pass
+        stop_groups(procs, grace=10)
+        self.procs = [p for p in self.procs if p not in procs]
+
+    def ask(self, cmd, procs=None):
+        """Send ``cmd`` to every seat process (or ``procs``) at once; their answers, merged."""
+        procs = self.procs if procs is None else procs
+        for proc in procs:
             proc.stdin.write(json.dumps(cmd) + "\n")
             proc.stdin.flush()
-        answers = [json.loads(proc.stdout.readline() or '{"error": "seat process died"}') for proc in self.procs]
+        answers = [json.loads(proc.stdout.readline() or '{"error": "seat process died"}') for proc in procs]
         errors = [a["error"] for a in answers if "error" in a]
         if errors:
             raise RuntimeError(f"seat process: {errors[0]}")
         return answers
 
-    def summed(self, cmd):
-        answers = self.ask(cmd)
+    def summed(self, cmd, procs=None):
+        answers = self.ask(cmd, procs)
         out = {k: sum(a[k] for a in answers) for k in ("ok", "failed", "stuck")}
         out["wall_s"] = round(max(a["wall_s"] for a in answers), 1)
         lat = [a.get("latency_max_s") for a in answers if a.get("latency_max_s") is not None]
         if lat:
             out["latency_max_s"] = round(max(lat), 3)
-            out["latency_p50_s"] = round(sorted(a["latency_p50_s"] for a in answers)[len(answers) // 2], 3)
+            p50 = sorted(a["latency_p50_s"] for a in answers if a.get("latency_p50_s") is not None)
+            out["latency_p50_s"] = round(p50[len(p50) // 2], 3)  # a process whose seats all failed has none
         return out
 
     def stats(self):
@@ -118,7 +151,10 @@ class SeatProcs:
 def _parser():
     parser = argparse.ArgumentParser(prog="python -m bench.swarm", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--seats", type=int, default=200)
-    parser.add_argument("--per-process", type=int, default=100, help="seats per simulator process")
+    parser.add_argument("--sizes", default="", help="a ramp in one run, e.g. 1000,2500,5000,10000 (overrides --seats)")
+    parser.add_argument("--no-rotation", action="store_true", help="skip the AES key rotation phase")
+    parser.add_argument("--per-process", type=int, default=250,
+                        help="seats per simulator process (about 4,000 descriptors and 1,000 threads each)")
     parser.add_argument("--login-window", type=float, default=30.0, help="seconds over which seats first sign in")
     parser.add_argument("--steady", type=float, default=60.0, help="seconds of steady state (one heartbeat per seat)")
     parser.add_argument("--storm-window", type=float, default=60.0, help="seconds for one status change per seat")
@@ -133,10 +169,12 @@ def main(argv=None):
     from harness.lab import Lab, stop_daemons  # pylint: disable=import-outside-toplevel
 
     args = _parser().parse_args(argv)
+    args.sizes = args.sizes or str(args.seats)
+    args.seats = max(int(x) for x in args.sizes.split(","))
     signal.signal(signal.SIGTERM, _interrupt)
     started = time.time()
     base = pathlib.Path(tempfile.mkdtemp(prefix="dfs-"))
-    say(f"deskfleet swarm bench: {args.seats} seats, {args.per_process} per process; lab in {base}; "
+    say(f"deskfleet swarm bench: {args.sizes} seats, {args.per_process} per process; lab in {base}; "
         f"load {os.getloadavg()[0]:.1f}")
     key_dirs = swarm_keys.ensure(args.seats, say)
     args.root = tcroot.make(base / "root", 1, session=("desk-0001", "connected"))

@@ -18,6 +18,7 @@ import psutil
 from bench import swarm_keys
 
 CHECKOUT = pathlib.Path(__file__).resolve().parents[1]
+RETIRED = "tc-swarm-retired"
 
 
 class SwarmMaster:
@@ -31,6 +32,10 @@ class SwarmMaster:
         self.master = Master(lab, name, conf)
         lab.daemons.append(self.master)
         swarm_keys.accept(self.master.opts["pki_dir"], key_dirs)
+        # one key no seat uses: ``salt-key -d`` of it is the AES rotation phase's trigger (a retired seat)
+        if key_dirs:
+            first = key_dirs[min(key_dirs)]
+            swarm_keys.accept(self.master.opts["pki_dir"], {RETIRED: first})
         self.auth = None
 
     @property
@@ -65,6 +70,26 @@ class SwarmMaster:
             self.auth.stop()
         stop_daemons([self.master], timeout=20)
         return self.start()
+
+    def rotate_aes(self, timeout=None):
+        """
+        ``salt-key -d`` one accepted key (as ``seat.retire`` does); seconds until the
+        maintenance loop took the drop file, i.e. made the new AES key.
+        """
+        import subprocess  # pylint: disable=import-outside-toplevel
+
+        dfn = pathlib.Path(self.opts["cachedir"]) / ".dfn"
+        t0 = time.time()
+        subprocess.run([str(pathlib.Path(sys.executable).parent / "salt-key"), "-c", str(self.master.conf_dir),
+                        "-y", "-d", RETIRED], capture_output=True, check=True, timeout=120)  # fmt: skip
+        if not dfn.exists():
+            raise RuntimeError(f"salt-key -d {RETIRED} left no {dfn} (rotate_aes_key off?)")
+        deadline = t0 + (timeout or self.opts["loop_interval"] + 60)
+        while dfn.exists():
+            if time.time() > deadline:
+                raise RuntimeError(f"{dfn} still there after {time.time() - t0:.0f} s: no AES rotation")
+            time.sleep(0.5)
+        return round(time.time() - t0, 1)
 
     def stop(self):
         if self.auth:

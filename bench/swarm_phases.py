@@ -3,6 +3,7 @@ One variant of the swarm bench: a fresh tc master from the shipped config, the
 seats, and the phases (login storm, steady, status storm, re-auth storm, loss).
 """
 
+import os
 import time
 
 from bench import swarm_report as report
@@ -19,20 +20,35 @@ def _timed(master, fn):
     return out, report.cpu_share(before, master.usage(), time.time() - t0)
 
 
-def login(master, seats, args):
+def login(master, seats, count, window, procs=None):
+    """``count`` seats (the processes ``procs``, default all) sign in and send ``start`` within ``window`` s."""
     mark = time.time()
     seats.ask({"cmd": "mark"})
-    res, cpu = _timed(master, lambda: seats.summed({"cmd": "login", "window": args.login_window}))
-    auth = report.auth_figures(seats.stats(), master.auth.since(mark), args.seats, mark)
-    say(f"   login storm: {res['ok']}/{args.seats} in {res['wall_s']} s, auth requests per seat "
+    res, cpu = _timed(master, lambda: seats.summed({"cmd": "login", "window": window}, procs))
+    auth = report.auth_figures(seats.stats(), master.auth.since(mark), count, mark)
+    say(f"   login storm: {res['ok']}/{count} in {res['wall_s']} s, auth requests per seat "
         f"{auth['auth_requests_per_seat']}, master {cpu['master_cpu_s']} CPU s, PSS {cpu['master_pss_mb']} MB")
     return {"result": res, "auth": auth, "cpu": cpu}
 
 
+def _sim_rss_mb(seats):
+    import psutil  # pylint: disable=import-outside-toplevel
+
+    total = 0
+    for proc in seats.procs:
+        try:
+            total += psutil.Process(proc.pid).memory_info().rss
+        except psutil.Error:
+            pass
+    return round(total / 2**20)
+
+
 def steady(master, seats, args):
     res, cpu = _timed(master, lambda: seats.summed({"cmd": "beat", "window": args.steady, "reason": "heartbeat"}))
+    res.update(load=round(os.getloadavg()[0], 1), sim_rss_mb=_sim_rss_mb(seats))
     say(f"   steady ({args.steady} s, one heartbeat per seat): master {cpu['master_cpu_core_share']} of a core, "
-        f"PSS {cpu['master_pss_mb']} MB, RSS {cpu['master_rss_mb']} MB; latency p50 {res.get('latency_p50_s')} s")
+        f"PSS {cpu['master_pss_mb']} MB, RSS {cpu['master_rss_mb']} MB; latency p50 {res.get('latency_p50_s')} s; "
+        f"load {res['load']}, seat processes RSS {res['sim_rss_mb']} MB")
     return dict(cpu, **res)
 
 
@@ -52,14 +68,8 @@ def _wait_signed_in(seats, mark, deadline):
         time.sleep(2)
 
 
-def reauth_storm(master, seats, args):
-    """Restart (new AES key), one publication to one seat, every seat signs in again."""
-    t0 = time.time()
-    master.restart()
-    # a seat whose publish socket has not reconnected yet would miss the publication for good
-    reconnect = (seats.recon_default + seats.recon_max) / 1000 + 5
-    time.sleep(max(0.0, t0 + reconnect - time.time()))
-    say(f"   master restarted and settled in {time.time() - t0:.1f} s (at least the seats' reconnect window)")
+def _publish_and_wait(master, seats, args, label):
+    """One publication to one seat after a new AES key: every seat signs in again, then one heartbeat each."""
     before = master.usage()
     mark = time.time()
     seats.ask({"cmd": "mark"})
@@ -72,12 +82,41 @@ def reauth_storm(master, seats, args):
     auth["signed_in_before_publish"] = sum(1 for s in quiet.values() if s["signed_in"])
     current = seats.summed({"cmd": "beat", "window": 5, "reason": "heartbeat"})
     current["within_s"] = round(time.time() - sent_at, 1)
-    say(f"   re-auth storm (publish {jid and jid.get('jid')}): {auth['signed_in']}/{args.seats} signed in again, "
+    say(f"   {label} (publish {jid and jid.get('jid')}): {auth['signed_in']}/{args.seats} signed in again, "
         f"all by {auth['signed_in_max_s']} s; auth requests per seat {auth['auth_requests_per_seat']} "
-        f"(max {auth['auth_requests_max_one_seat']}), master processed {auth['master_auths_processed']}; "
-        f"then {current['ok']} heartbeats ok, {current['failed']} failed, {current['stuck']} stuck, "
-        f"{current['within_s']} s after the publish")
+        f"(max {auth['auth_requests_max_one_seat']}), master processed {auth['master_auths_processed']}, "
+        f"{cpu['master_cpu_s']} CPU s, PSS {cpu['master_pss_mb']} MB; then {current['ok']} heartbeats ok, "
+        f"{current['failed']} failed, {current['stuck']} stuck, {current['within_s']} s after the publish")
     return {"auth": auth, "cpu": cpu, "current": current}
+
+
+def reauth_storm(master, seats, args):
+    """Restart (new AES key), one publication to one seat, every seat signs in again."""
+    t0 = time.time()
+    master.restart()
+    # a seat whose publish socket has not reconnected yet would miss the publication for good
+    reconnect = (seats.recon_default + seats.recon_max) / 1000 + 5
+    time.sleep(max(0.0, t0 + reconnect - time.time()))
+    say(f"   master restarted and settled in {time.time() - t0:.1f} s (at least the seats' reconnect window)")
+    return _publish_and_wait(master, seats, args, "re-auth storm")
+
+
+def aes_rotation(master, seats, args):
+    """
+    ``salt-key -d`` of one key (a retired seat): Salt 3008 drops ``.dfn`` (``rotate_aes_key``,
+    default True) and the master's maintenance loop makes a new AES key within ``loop_interval``
+    (without ``cluster_id`` ``publish_session`` only ages per-seat request keys, it rotates
+    nothing). Seats' requests keep working (their own session keys); the next publication
+    makes every seat sign in again, as after a restart.
+    """
+    t0 = time.time()
+    waited = master.rotate_aes()
+    beat = seats.summed({"cmd": "beat", "window": 5, "reason": "heartbeat"})
+    say(f"   AES key rotated {waited} s after the key delete; heartbeats before any publication: {beat['ok']} ok, "
+        f"{beat['failed']} failed, {beat['stuck']} stuck")
+    out = _publish_and_wait(master, seats, args, "rotation storm")
+    out.update(rotated_after_s=waited, before_publish=beat, wall_s=round(time.time() - t0, 1))
+    return out
 
 
 def loss(master, seats, wait_s=10):
@@ -88,19 +127,72 @@ def loss(master, seats, wait_s=10):
     return res
 
 
+def _ramp_sizes(args):
+    return sorted({int(x) for x in args.sizes.split(",") if x.strip()}) if args.sizes else [args.seats]
+
+
+def _room(min_free_mb=3000):
+    """Free memory left for one more step (the box's, the seats' and master's share it)."""
+    import psutil  # pylint: disable=import-outside-toplevel
+
+    return psutil.virtual_memory().available / 2**20 > min_free_mb
+
+
+def ramp(master, seats, key_dirs, args):
+    """
+    Seats added in steps (``--sizes``): each step's new seats sign in (spread at the rate
+    ``--login-window`` gives the largest size), then one heartbeat per seat over ``--steady`` s.
+    Stops at the first step that does not sign every seat in, or when memory runs short;
+    ``args.seats`` becomes the largest size reached.
+    """
+    order = sorted(key_dirs)
+    sizes, top = _ramp_sizes(args), max(_ramp_sizes(args))
+    steps, reached, stopped = [], 0, None
+    for size in sizes:
+        if not _room():
+            stopped = f"free memory under 3 GB before the {size}-seat step"
+            break
+        new = {s: key_dirs[s] for s in order[reached:size]}
+        say(f"-- {size} seats: {len(new)} more")
+        procs = []
+        try:
+            procs = seats.add(new)
+            args.seats = size
+            got = login(master, seats, len(new), args.login_window * len(new) / top, procs)
+            stats = steady(master, seats, args)
+        except Exception as exc:  # pylint: disable=broad-except
+            # e.g. a seat process aborted: ZeroMQ could not start a thread (4 per seat: kernel.pid_max)
+            stopped = f"{size}-seat step: {exc!r}"
+        else:
+            steps.append({"seats": size, "login": got, "steady": stats})
+            if got["result"]["ok"] < len(new) or stats["ok"] < size:
+                stopped = (f"{size}-seat step: {len(new) - got['result']['ok']} sign-ins, "
+                           f"{size - stats['ok']} heartbeats failed")
+        if stopped:
+            seats.drop(procs)  # the later phases run on the seats reached
+            args.seats = reached
+            break
+        reached = size
+    return steps, reached, stopped
+
+
 def run_variant(lab, name, overrides, key_dirs, args, seat_procs_cls):
     say(f"== {name}: {overrides or 'the shipped template'}")
     master = SwarmMaster(lab, f"{name}-master", key_dirs).start()
     say(f"   master up, settled after {master.settled} s")
     work = lab.base / f"{name}-seats"
     work.mkdir()
-    seats = seat_procs_cls(work, master, key_dirs, overrides, args.per_process, args.root)
+    seats = seat_procs_cls(work, master, {}, overrides, args.per_process, args.root)
     out = {"auth_timeout": seats.auth_timeout}
     try:
-        out["login"] = login(master, seats, args)
-        out["steady"] = steady(master, seats, args)
+        out["ramp"], out["reached"], out["stopped_by"] = ramp(master, seats, key_dirs, args)
+        if out["stopped_by"]:
+            say(f"   ramp stopped: {out['stopped_by']}")
+        out["seats"] = args.seats
         out["status_storm"] = status_storm(master, seats, args)
         out["reauth"] = reauth_storm(master, seats, args)
+        if not args.no_rotation:
+            out["rotation"] = aes_rotation(master, seats, args)
         out["loss"] = loss(master, seats)
     finally:
         seats.stop()

@@ -81,27 +81,43 @@ def cpu_share(before, after, wall):
     }
 
 
+def _storm(out, key, res, seats):
+    auth = res["auth"]
+    out[f"{key}_signed_in"] = auth["signed_in"]
+    out[f"{key}_auth_per_seat"] = auth["auth_requests_per_seat"]
+    out[f"{key}_all_in_s"] = auth["signed_in_max_s"] if auth["signed_in"] == seats else None
+    out[f"{key}_master_cpu_s"] = res["cpu"]["master_cpu_s"]
+    out[f"{key}_pss_mb"] = res["cpu"]["master_pss_mb"]
+    out[f"{key}_current_after_publish"] = res["current"]["ok"]
+    out[f"{key}_stuck_after_publish"] = res["current"]["stuck"]
+
+
 def summary(results, args, wall):
-    """One flat JSON object: per variant, the figures the issue names."""
-    out = {"bench": "swarm", "seats": args.seats, "wall_s": round(wall, 1)}
+    """One flat JSON object: per variant, the figures the issue names (per ramp size: ``_at_<seats>``)."""
+    out = {"bench": "swarm", "sizes": args.sizes, "wall_s": round(wall, 1)}
     for name, res in results.items():
         if "error" in res:
             out[f"{name}_error"] = res["error"]
             continue
+        seats = res["seats"]
         out[f"{name}_auth_timeout"] = res["auth_timeout"]
-        out[f"{name}_login_signed_in"] = res["login"]["auth"]["signed_in"]
-        out[f"{name}_login_auth_per_seat"] = res["login"]["auth"]["auth_requests_per_seat"]
-        out[f"{name}_steady_cpu_core_share"] = res["steady"]["master_cpu_core_share"]
-        out[f"{name}_steady_pss_mb"] = res["steady"]["master_pss_mb"]
-        out[f"{name}_status_storm_failed"] = res["status_storm"]["failed"]
-        reauth = res["reauth"]["auth"]
-        out[f"{name}_reauth_signed_in"] = reauth["signed_in"]
-        out[f"{name}_reauth_auth_per_seat"] = reauth["auth_requests_per_seat"]
-        out[f"{name}_reauth_all_in_s"] = reauth["signed_in_max_s"] if reauth["signed_in"] == args.seats else None
-        out[f"{name}_reauth_master_cpu_s"] = res["reauth"]["cpu"]["master_cpu_s"]
-        out[f"{name}_current_after_publish"] = res["reauth"]["current"]["ok"]
-        out[f"{name}_stuck_after_publish"] = res["reauth"]["current"]["stuck"]
+        out[f"{name}_largest_reached"] = res["reached"]
+        out[f"{name}_stopped_by"] = res["stopped_by"]
+        for step in res["ramp"]:
+            at = step["seats"]
+            out[f"{name}_login_auth_per_seat_at_{at}"] = step["login"]["auth"]["auth_requests_per_seat"]
+            out[f"{name}_steady_cpu_core_share_at_{at}"] = step["steady"]["master_cpu_core_share"]
+            out[f"{name}_steady_pss_mb_at_{at}"] = step["steady"]["master_pss_mb"]
+            out[f"{name}_steady_load_at_{at}"] = step["steady"].get("load")
+        out[f"{name}_status_storm_seats"] = seats
+        out[f"{name}_status_storm_failed"] = res["status_storm"]["failed"] + res["status_storm"]["stuck"]
+        out[f"{name}_status_storm_cpu_core_share"] = res["status_storm"]["master_cpu_core_share"]
+        _storm(out, f"{name}_reauth", res["reauth"], seats)
+        if "rotation" in res:
+            out[f"{name}_rotation_after_key_delete_s"] = res["rotation"]["rotated_after_s"]
+            _storm(out, f"{name}_rotation", res["rotation"], seats)
         out[f"{name}_lost"] = res["loss"]["lost"]
+        out[f"{name}_failed_at_seat"] = res["loss"]["events_failed_at_seat"]
         out[f"{name}_duplicates_absorbed"] = res["loss"]["duplicates_absorbed"]
         out[f"{name}_inventory_seats"] = res["loss"]["inventory_seats"]
     return out
