@@ -11,15 +11,23 @@ if [ $# -gt 0 ]; then
 fi
 second_tmp=$(mktemp -d /tmp/deskfleet-tests-b.XXXXXX)
 chmod 1777 "$second_tmp"  # as /tmp: daemons that drop root (PostgreSQL's initdb) make their dirs in it
+logs=$(mktemp -d /tmp/deskfleet-test-logs.XXXXXX)
 trap 'kill 0 2>/dev/null' INT TERM
 started=$(date +%s)
-( "$py" -m pytest tests/integration 2>&1 | sed -u 's/^/[integration] /'; exit "${PIPESTATUS[0]}" ) &
+( "$py" -m pytest tests/integration 2>&1 | sed -u 's/^/[integration] /' | tee "$logs/first"
+  exit "${PIPESTATUS[0]}" ) &
 first=$!
 ( TMPDIR=$second_tmp "$py" -m pytest tests/unit tests/functional tests/cloud tests/lab 2>&1 \
-    | sed -u 's/^/[unit functional cloud lab] /'; exit "${PIPESTATUS[0]}" ) &
+    | sed -u 's/^/[unit functional cloud lab] /' | tee "$logs/second"; exit "${PIPESTATUS[0]}" ) &
 second=$!
 wait "$first"; rc_first=$?
 wait "$second"; rc_second=$?
 rm -rf "$second_tmp"
+# the halves interleave and the first to end scrolls away: repeat both summaries last, where a log's tail shows them
+echo "make test: summary of both halves"
+for half in first second; do
+  grep -E '^\[[^]]*\] ((FAILED|ERROR|SKIPPED|XPASS) |=+ .*(passed|failed|error|skipped|no tests).* =+$)' "$logs/$half" || true
+done
+rm -rf "$logs"
 echo "make test: integration exit $rc_first; unit functional cloud lab exit $rc_second; $(( $(date +%s) - started )) s"
 [ "$rc_first" -eq 0 ] && [ "$rc_second" -eq 0 ]

@@ -8,6 +8,7 @@ through the master's own ``_auth`` pool, and its beacon reaches the inventory.
 import datetime
 import json
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -40,14 +41,16 @@ def _enrolled_from_template(master, lab_root, tokens):
 
 
 def _workers(master):
-    """(process title, process) of the master's children; titles are cut to the original command line's length."""
-    found = []
-    for child in psutil.Process(master.pid).children(recursive=True):
-        try:
-            found.append((" ".join(child.cmdline()), child))
-        except psutil.Error:  # a short-lived helper already gone (zombie)
-            pass
-    return found
+    """{worker name: live process} of the master's request workers.
+
+    Names come from the master's debug log ("Started 'MWorker-auth-0' with pid 123"), not from process titles:
+    Salt appends each name to the title, which setproctitle cuts to the space of the original argv and
+    environment, so on a lean environment the names fall off the end.
+    """
+    log = pathlib.Path(master.config["log_file"]).read_text()
+    started = re.findall(r"Started '(MWorker-[\w-]+)' with pid (\d+)", log)
+    live = {p.pid: p for p in psutil.Process(master.pid).children(recursive=True)}
+    return {name: live[int(pid)] for name, pid in dict(started).items() if int(pid) in live}  # a restart: last pid
 
 
 def _last_seen(master):
@@ -58,7 +61,7 @@ def _last_seen(master):
 
 def _sign_in_waits_for_the_auth_pool(master, minion):
     """Auth worker stopped: beacon events still land (default pool), a fresh sign-in waits until it resumes."""
-    auth = next(p for name, p in _workers(master) if "MWorker-auth-0" in name)
+    auth = _workers(master)["MWorker-auth-0"]
     call = [str(pathlib.Path(sys.executable).parent / "salt-call"), "-c", str(minion.config_dir),
             "--out=json", "test.ping"]  # fmt: skip
     stopped_at = time.time()
@@ -77,11 +80,15 @@ def _sign_in_waits_for_the_auth_pool(master, minion):
 def test_minion_from_template_signs_in_and_reports(tc_master, enroll_tokens, tmp_path):
     # the shipped pools run: one auth worker, four for everything else (not Salt's single catch-all pool of 5)
     def pools():
-        names = [name for name, _ in _workers(tc_master)]
-        return sum("MWorker-default" in n for n in names) == 4 and names
+        names = sorted(_workers(tc_master))
+        default = [n for n in names if n.startswith("MWorker-default-")]
+        return default == [f"MWorker-default-{i}" for i in range(4)] and names
 
-    names = wait_for(pools, timeout=300, what="4 default-pool workers")
-    assert sum("MWorker-auth-" in n for n in names) == 1, names
+    try:
+        names = wait_for(pools, timeout=300, what="4 default-pool workers")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; the master's workers: {sorted(_workers(tc_master))}") from None
+    assert [n for n in names if n.startswith("MWorker-auth-")] == ["MWorker-auth-0"], names
     root = tcroot.make(tmp_path / SEAT, 901, firmware="13.4.0", site="LON")
     minion = _enrolled_from_template(tc_master, root, enroll_tokens)
     assert minion.config["master"] == "127.0.0.1" and minion.config["master_port"] == tc_master.config["ret_port"]
