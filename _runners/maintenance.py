@@ -35,12 +35,9 @@ try:
     import maintenance_nova
     import maintenance_roll
 
-    import keystoneauth1.exceptions
-    import openstack
-    import openstack.config
-    import openstack.exceptions
+    import pool_cloud
+    from pool_cloud import CLOUD_ERRORS
 
-    CLOUD_ERRORS = (openstack.exceptions.SDKException, keystoneauth1.exceptions.ClientException)
     _MISSING = None
 except ImportError as _exc:  # pragma: no cover - utils_dirs or openstacksdk missing
     glue, _MISSING = None, f"maintenance: missing dependency: {_exc}"
@@ -69,15 +66,7 @@ def _conf():
 
 
 def _connect():
-    conf = _vm_conf()
-    cloud = conf.get("cloud") or os.environ.get("OS_CLOUD")
-    if not cloud:
-        raise openstack.exceptions.ConfigException(
-            "no cloud configured: set deskfleet:vm:cloud in the vm master config or OS_CLOUD"
-        )
-    files = [conf["clouds_yaml"]] if conf.get("clouds_yaml") else None
-    region = openstack.config.OpenStackConfig(config_files=files).get_one(cloud=cloud)
-    return openstack.connection.Connection(config=region)
+    return pool_cloud.connect_conf(_vm_conf())
 
 
 def _store():

@@ -79,9 +79,8 @@ def _providers():
     """Placement's per-host inventories and usages, or why not (the page still shows the rest)."""
     import pool_cloud  # pylint: disable=import-outside-toplevel  (openstacksdk: vm master only)
 
-    settings = glue.settings(__opts__, "vm:pool_keeper", {"cloud_timeout": 30, "cloud_retries": 1})
     try:
-        conn = pool_cloud.connect(glue.conf(__opts__, "vm"), settings["cloud_timeout"], settings["cloud_retries"])
+        conn = pool_cloud.connect_conf(glue.conf(__opts__, "vm"))
         try:
             return pool_cloud.providers(conn)
         finally:

@@ -8,6 +8,7 @@ clouds.yaml only (``_utils/pool_cloud.py``). Reactor events and the master sched
 every error exits 1 and fires ``deskfleet/alert/pool``.
 """
 
+import functools
 import logging
 import re
 import sqlite3
@@ -25,6 +26,7 @@ try:
     import desktop_seed
     import pool_cloud
     import pool_config
+    import pool_events
     import pool_health
     import pool_plan
     import pool_reclaim_pass
@@ -35,13 +37,12 @@ try:
 except ImportError as _exc:  # pragma: no cover
     glue, _MISSING = None, f"vmpool: missing dependency: {_exc}"
     deskfleet_store = types.SimpleNamespace(guard=lambda func: func)  # __virtual__ reports the import error
+    pool_cloud = types.SimpleNamespace(CONNECT_DEFAULTS={})
 
 ALERT_TAG = "deskfleet/alert/pool"
 # bounded cloud calls: a hung API costs at most (retries + 1) x timeout per call, and a pass sends
 # no more deletes or boots after pass_timeout, so the keeper lock is always released in bounded time
-CLOUD_DEFAULTS = {"cloud_timeout": 10, "cloud_retries": 1, "pass_timeout": 120, "lock_timeout": 180, "start_ping_timeout": 30}
-
-
+CLOUD_DEFAULTS = {**pool_cloud.CONNECT_DEFAULTS, "pass_timeout": 120, "lock_timeout": 180, "start_ping_timeout": 30}
 KeeperBusy = glue.Busy if glue else Exception  # another keeper pass holds the lock past lock_timeout
 
 
@@ -59,8 +60,8 @@ def _error(message, kind="error", **extra):
 
 
 def _connect():
-    settings = _settings()
-    return pool_cloud.connect(glue.conf(__opts__, "vm"), settings["cloud_timeout"], settings["cloud_retries"])
+    _settings()  # a bad bound is an error naming it, before any call
+    return pool_cloud.connect_conf(glue.conf(__opts__, "vm"))
 
 
 def _store():
@@ -355,12 +356,6 @@ def mark_ready(server):
             conn.close()
 
 
-# Events are only triggers: the keeper re-reads the cloud, so a dropped, duplicated or forged
-# "taken" event costs one bounded keeper pass. A start event leads to a baseline and a ready
-# mark, so its subject is checked against what a desktop cannot forge (pool_plan.check_start).
-TAKEN_TAG = "deskfleet/pool/taken"
-
-
 def taken(pool):
     """
     The broker's call: a user took a desktop of ``pool``. Fires ``deskfleet/pool/taken``
@@ -382,9 +377,10 @@ def taken(pool):
         known = f"; known: {', '.join(sorted(pools))}" if pools else ""
         why = f"config: {bad[pool]}" if pool in bad else f"unknown pool {pool!r}{known}"
         return glue.error(__context__, f"pool: {why}", parameter="pool")
-    if not glue.alert(__opts__, TAKEN_TAG, {"pool": pool}):
-        return _error(f"pool {pool}: could not fire {TAKEN_TAG} on the master bus", kind="event", pool=pool)
-    return {"pool": pool, "fired": TAKEN_TAG}
+    tag = pool_events.TAKEN_TAG
+    if not glue.alert(__opts__, tag, {"pool": pool}):
+        return _error(f"pool {pool}: could not fire {tag} on the master bus", kind="event", pool=pool)
+    return {"pool": pool, "fired": tag}
 
 
 @deskfleet_store.guard
@@ -398,7 +394,8 @@ def on_event(tag, data):
       baselines and marks ready): ``<id>`` must have an accepted minion key and be a Nova server of
       a known pool that is ACTIVE and not yet ready or taken. ``data.id`` is not trusted.
 
-    Anything else is refused with a reason (and logged), never acted on.
+    Anything else is refused with a reason (and logged), never acted on. The checks are
+    ``_utils/pool_events.py``.
 
     CLI Example:
 
@@ -406,43 +403,25 @@ def on_event(tag, data):
 
         salt-run vmpool.on_event deskfleet/pool/taken '{"pool": "callcentre-win11"}'
     """
-    if not isinstance(data, dict):
-        return _refuse(tag, "event data is not a mapping")
     try:
+        kind = pool_events.kind(tag, data)  # before any lookup: junk is refused cheaply
         pools, _bad = _pools()
-        if tag == TAKEN_TAG:
-            return _on_taken(tag, data, pools)
-        if pool_plan.START_TAG_RE.fullmatch(str(tag)):
-            return _on_start(tag, data, pools)
+        if kind == "taken":
+            return replenish(pool_events.taken_pool(data, pools, __opts__["id"], _is_member))
+        key_accepted = functools.partial(desktop_probe.key_accepted, __opts__)
+        vm, pool = pool_events.started_desktop(tag, data, pools, key_accepted, _find, _answers_ping)
+        return {"server": vm, "pool": pool, "pool_member": True}
+    except pool_events.Refused as exc:
+        return _refuse(tag, str(exc))
     except pool_plan.PoolConfigError as exc:
         return _refuse(tag, f"pool pillar: {exc}")
     except CLOUD_ERRORS as exc:
         return _refuse(tag, f"cloud error while checking the event: {exc}")
-    return _refuse(tag, "not a pool event")
 
 
-def _on_taken(tag, data, pools):
-    sender = data.get("id")
-    payload = data.get("data") if isinstance(data.get("data"), dict) else data
-    pool = payload.get("pool")
-    if not isinstance(pool, str) or pool not in pools:
-        return _refuse(tag, f"unknown pool {str(pool)[:64]!r}")
-    if sender is not None and sender != __opts__["id"] and not _is_member(sender, pool):
-        return _refuse(tag, f"{str(sender)[:64]} is neither the master nor a desktop of pool {pool}")
-    return replenish(pool)
-
-
-def _on_start(tag, data, pools):
-    vm = pool_plan.START_TAG_RE.fullmatch(str(tag)).group(1)
-    accepted = desktop_probe.key_accepted(__opts__, vm)
-    server = _find(vm) if accepted else None
-    reason = pool_plan.check_start(tag, data, server, accepted, pools)
+def _answers_ping(vm):
     lookup = lambda jid: __salt__["jobs.lookup_jid"](jid, display_progress=False)  # noqa: E731 - the job cache
-    if not reason and not desktop_probe.answers_ping(__opts__, lookup, vm, _settings()["start_ping_timeout"]):
-        reason = f"{vm} did not answer a ping over the authenticated return path (a forged start event?)"
-    if reason:
-        return _refuse(tag, reason)
-    return {"server": vm, "pool": server["metadata"][pool_plan.POOL_KEY], "pool_member": True}
+    return desktop_probe.answers_ping(__opts__, lookup, vm, _settings()["start_ping_timeout"])
 
 
 def _refuse(tag, reason):

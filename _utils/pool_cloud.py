@@ -21,6 +21,16 @@ from pool_config import POOL_KEY
 CLOUD_ERRORS = (openstack.exceptions.SDKException, keystoneauth1.exceptions.ClientException)
 
 
+# deskfleet:vm:pool_keeper's bounds hold for every cloud call the vm master makes (keeper, portal, maintenance)
+CONNECT_DEFAULTS = {"cloud_timeout": 10, "cloud_retries": 1}
+
+
+def connect_conf(vm_conf):
+    """``connect`` bounded by ``cloud_timeout``/``cloud_retries`` of ``vm_conf`` (``deskfleet:vm``) ``pool_keeper``."""
+    bounds = {**CONNECT_DEFAULTS, **(vm_conf.get("pool_keeper") or {})}
+    return connect(vm_conf, bounds["cloud_timeout"], bounds["cloud_retries"])
+
+
 def connect(vm_conf, timeout, retries):
     """A Connection from clouds.yaml (``deskfleet:vm:cloud`` / ``clouds_yaml``, else ``$OS_CLOUD``) with
     ``timeout`` seconds per API call and ``retries`` retries of failed connections and 5xx/429 answers."""

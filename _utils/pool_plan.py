@@ -15,7 +15,6 @@ the source of truth:
 """
 
 import datetime
-import re
 
 import host_capacity
 import pool_config
@@ -212,39 +211,6 @@ def shortage(entry, short_since, now_ts, settings):
     alert = {"kind": "short", "ready": entry["ready"], "target": entry["target"], "short_for": int(lasted)}
     alert["message"] = f"{entry['ready']}/{entry['target']} ready for {int(lasted)} s ({entry.get('reason') or 'booting'})"
     return since, alert
-
-
-START_TAG_RE = re.compile(r"salt/minion/([^/]{1,128})/start")
-
-
-def check_start(tag, data, server, key_accepted, pools):
-    """
-    Why a ``salt/minion/<id>/start`` event must not start the ready flow, or None.
-
-    The tag and ``data["id"]`` are NOT proof of the sender: a desktop can put any tag and data on the
-    bus through the batched ``events`` form of ``_minion_event``. What a desktop cannot forge: the
-    minion key for ``<id>`` accepted on this master, and a Nova server named ``<id>`` in a known pool,
-    still booting (not ready, not taken). ``server`` is that Nova server (dict with name, status,
-    metadata) or None. The baseline job that follows is answered over the authenticated return path.
-    """
-    match = START_TAG_RE.fullmatch(str(tag))
-    if not match:
-        return "not a minion start event"
-    vm = match.group(1)
-    if isinstance(data, dict) and data.get("id") not in (None, vm):
-        return f"start event for {vm} carries id {str(data.get('id'))[:64]}"
-    if not key_accepted:
-        return f"{vm} has no accepted minion key"
-    if server is None or server.get("name") != vm:
-        return f"{vm} is not a server in the cloud"
-    meta = server.get("metadata") or {}
-    if meta.get(POOL_KEY) not in pools:
-        return f"{vm} is not a desktop of a known pool"
-    if meta.get(STATE_KEY) in ("ready", "taken"):
-        return f"{vm} is already {meta[STATE_KEY]}"
-    if (server.get("status") or "").upper() != "ACTIVE":
-        return f"{vm} is {server.get('status')}, not ACTIVE"
-    return None
 
 
 def utcnow():

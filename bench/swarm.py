@@ -154,7 +154,7 @@ def _parser():
     parser.add_argument("--sizes", default="", help="a ramp in one run, e.g. 1000,2500,5000,10000 (overrides --seats)")
     parser.add_argument("--no-rotation", action="store_true", help="skip the AES key rotation phase")
     parser.add_argument("--per-process", type=int, default=250,
-                        help="seats per simulator process (about 4,000 descriptors and 1,000 threads each)")
+                        help="seats per simulator process (about 4,000 descriptors each; 5 threads)")
     parser.add_argument("--login-window", type=float, default=30.0, help="seconds over which seats first sign in")
     parser.add_argument("--steady", type=float, default=60.0, help="seconds of steady state (one heartbeat per seat)")
     parser.add_argument("--storm-window", type=float, default=60.0, help="seconds for one status change per seat")

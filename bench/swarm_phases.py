@@ -31,24 +31,26 @@ def login(master, seats, count, window, procs=None):
     return {"result": res, "auth": auth, "cpu": cpu}
 
 
-def _sim_rss_mb(seats):
+def _sim_usage(seats):
+    """The seat processes' RSS (MB) and threads: the simulator's own cost, which shares the box."""
     import psutil  # pylint: disable=import-outside-toplevel
 
-    total = 0
+    rss = threads = 0
     for proc in seats.procs:
         try:
-            total += psutil.Process(proc.pid).memory_info().rss
+            ps = psutil.Process(proc.pid)
+            rss, threads = rss + ps.memory_info().rss, threads + ps.num_threads()
         except psutil.Error:
             pass
-    return round(total / 2**20)
+    return {"sim_rss_mb": round(rss / 2**20), "sim_threads": threads}
 
 
 def steady(master, seats, args):
     res, cpu = _timed(master, lambda: seats.summed({"cmd": "beat", "window": args.steady, "reason": "heartbeat"}))
-    res.update(load=round(os.getloadavg()[0], 1), sim_rss_mb=_sim_rss_mb(seats))
+    res.update(load=round(os.getloadavg()[0], 1), **_sim_usage(seats))
     say(f"   steady ({args.steady} s, one heartbeat per seat): master {cpu['master_cpu_core_share']} of a core, "
         f"PSS {cpu['master_pss_mb']} MB, RSS {cpu['master_rss_mb']} MB; latency p50 {res.get('latency_p50_s')} s; "
-        f"load {res['load']}, seat processes RSS {res['sim_rss_mb']} MB")
+        f"load {res['load']}, seat processes RSS {res['sim_rss_mb']} MB, {res['sim_threads']} threads")
     return dict(cpu, **res)
 
 

@@ -52,6 +52,7 @@ def _patch_salt():
     import salt.utils.event  # pylint: disable=import-outside-toplevel
 
     salt.utils.event.SaltEvent.fire_event = lambda self, data, tag, timeout=1000: True
+    _share_zmq_contexts()
 
     # The publication reader wakes every 0.3 s to check it is still wanted: nothing for one
     # minion, but 250 seats in one process spent 17% of a core on it (10,000 seats: 7 cores).
@@ -88,6 +89,27 @@ def _patch_salt():
 
     salt.channel.client.AsyncReqChannel._uncrypted_transfer = counted_transfer  # pylint: disable=protected-access
     salt.crypt.AsyncAuth.sign_in = counted_sign_in
+
+
+def _share_zmq_contexts():
+    """
+    One ZeroMQ context of each kind per process instead of one per channel. libzmq starts two
+    threads per context (I/O and reaper) and Salt opens one per channel: 4 threads a seat, so
+    10,000 seats need 40,000 threads, over this box's ``kernel.pid_max``. Salt closes every
+    socket itself before it destroys the channel's context, so the shared one ignores destroy.
+    A real thin client runs one seat, with its own contexts: nothing on the wire changes.
+    """
+    import zmq.asyncio  # pylint: disable=import-outside-toplevel
+    import zmq.eventloop.future  # pylint: disable=import-outside-toplevel
+
+    def one_of(cls):
+        shared = type(f"Shared{cls.__name__}", (cls,), {"destroy": lambda *a, **k: None, "term": lambda self: None})
+        context = shared(io_threads=2)
+        context.max_sockets = 8192  # libzmq's default is 1023 per context; a seat holds two, a sign-in one more
+        return lambda *args, **kwargs: context
+
+    zmq.asyncio.Context = one_of(zmq.asyncio.Context)
+    zmq.eventloop.future.Context = one_of(zmq.eventloop.future.Context)
 
 
 class Seat:

@@ -338,38 +338,6 @@ def test_short_pool_alerts_only_after_the_grace_period():
     assert pool_plan.shortage(dict(entry, ready=5), since, 5000.0, pool_plan.DEFAULTS) == (None, None)
 
 
-# ---- the sender check on pool start events ---------------------------------------------------
-
-
-POOLS = {"sales": {}}
-
-
-def srv(name="dfp-sales-aaaa", status="ACTIVE", **meta):
-    return {"name": name, "status": status, "metadata": dict({pool_plan.POOL_KEY: "sales"}, **meta)}
-
-
-def test_start_event_of_a_booting_pool_desktop_with_accepted_key_passes():
-    assert pool_plan.check_start("salt/minion/dfp-sales-aaaa/start", {"id": "dfp-sales-aaaa"}, srv(), True, POOLS) is None
-
-
-@pytest.mark.parametrize(
-    "tag, data, server, key, reason",
-    [
-        ("salt/minion/dfp-sales-aaaa/start", {"id": "dfp-sales-bbbb"}, srv(), True, "carries id"),
-        ("salt/minion/dfp-sales-aaaa/start", {"id": "dfp-sales-aaaa"}, srv(), False, "no accepted minion key"),
-        ("salt/minion/dfp-sales-aaaa/start", {}, None, True, "not a server"),
-        ("salt/minion/dfp-sales-aaaa/start", {}, srv(name="dfp-sales-aaaab"), True, "not a server"),
-        ("salt/minion/dfp-sales-aaaa/start", {}, srv(deskfleet_pool="ghost"), True, "not a desktop of a known pool"),
-        ("salt/minion/dfp-sales-aaaa/start", {}, srv(deskfleet_state="taken"), True, "already taken"),
-        ("salt/minion/dfp-sales-aaaa/start", {}, srv(deskfleet_state="ready"), True, "already ready"),
-        ("salt/minion/dfp-sales-aaaa/start", {}, srv(status="BUILD"), True, "not ACTIVE"),
-        ("salt/minion/a/b/start", {}, srv(), True, "not a minion start"),
-    ],
-)
-def test_forged_or_premature_start_events_are_refused(tag, data, server, key, reason):
-    assert reason in pool_plan.check_start(tag, data, server, key, POOLS)
-
-
 def test_pillar_example_validates():
     import pathlib  # pylint: disable=import-outside-toplevel
 
