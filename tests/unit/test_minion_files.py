@@ -13,7 +13,7 @@ import pytest
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 UTILS = {p.stem for p in (CHECKOUT / "_utils").glob("*.py")}
 MASTER_ONLY = {"deskfleet_store", "escrow_check", "escrow_rotation", "escrow_store", "rollout_engine", "rollout_lease",
-               "rollout_schedule", "rollout_store", "pool_plan", "pool_cloud", "pool_health"}
+               "rollout_schedule", "rollout_store", "pool_plan", "pool_cloud", "pool_events", "pool_health"}
 
 
 def served(role, kind):
