@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make test`: every tier. The integration tier (real masters, mostly waiting on daemons) runs in one pytest and
 # the other tiers in a second one beside it: on 2 cores the run takes the longer of the two, not their sum.
+# The README lab test (its own lab, no shared fixture) goes with the second: the two halves then take about as long.
 # The second pytest gets its own TMPDIR: salt-factories names its daemons' dirs after their ids under it.
 # With arguments (`make test T=...`): one pytest with exactly those.
 set -uo pipefail
@@ -14,11 +15,12 @@ chmod 1777 "$second_tmp"  # as /tmp: daemons that drop root (PostgreSQL's initdb
 logs=$(mktemp -d /tmp/deskfleet-test-logs.XXXXXX)
 trap 'kill 0 2>/dev/null' INT TERM
 started=$(date +%s)
-( "$py" -m pytest tests/integration 2>&1 | sed -u 's/^/[integration] /' | tee "$logs/first"
+readme=tests/integration/test_readme_examples.py
+( "$py" -m pytest tests/integration --ignore="$readme" 2>&1 | sed -u 's/^/[integration] /' | tee "$logs/first"
   exit "${PIPESTATUS[0]}" ) &
 first=$!
-( TMPDIR=$second_tmp "$py" -m pytest tests/unit tests/functional tests/cloud tests/lab 2>&1 \
-    | sed -u 's/^/[unit functional cloud lab] /' | tee "$logs/second"; exit "${PIPESTATUS[0]}" ) &
+( TMPDIR=$second_tmp "$py" -m pytest tests/unit tests/functional tests/cloud tests/lab "$readme" 2>&1 \
+    | sed -u 's/^/[unit functional cloud lab readme] /' | tee "$logs/second"; exit "${PIPESTATUS[0]}" ) &
 second=$!
 wait "$first"; rc_first=$?
 wait "$second"; rc_second=$?
@@ -29,5 +31,5 @@ for half in first second; do
   grep -E '^\[[^]]*\] ((FAILED|ERROR|SKIPPED|XPASS) |=+ .*(passed|failed|error|skipped|no tests).* =+$)' "$logs/$half" || true
 done
 rm -rf "$logs"
-echo "make test: integration exit $rc_first; unit functional cloud lab exit $rc_second; $(( $(date +%s) - started )) s"
+echo "make test: integration exit $rc_first; unit functional cloud lab readme exit $rc_second; $(( $(date +%s) - started )) s"
 [ "$rc_first" -eq 0 ] && [ "$rc_second" -eq 0 ]
