@@ -83,3 +83,28 @@ def test_the_simulator_shares_one_zeromq_context_per_process_and_salt_cannot_des
     """)
     out = subprocess.run([sys.executable, "-c", probe], cwd=CHECKOUT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_the_simulator_loads_its_own_keys_without_the_rsa_consistency_check():
+    # an inconsistent key (wrong CRT exponent) loads only when the check is skipped: proof the skip is in force
+    probe = textwrap.dedent("""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        good = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_numbers()
+        bad = rsa.RSAPrivateNumbers(good.p, good.q, good.d, good.dmp1 + 2, good.dmq1, good.iqmp, good.public_numbers)
+        pem = bad.private_key(unsafe_skip_rsa_key_validation=True).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        try:
+            serialization.load_pem_private_key(pem, None)
+        except ValueError:
+            pass
+        else:
+            raise SystemExit("the inconsistent key loaded before the patch")
+        from bench import swarm_seat
+        swarm_seat._trust_own_keys()
+        import salt.crypt
+        salt.crypt.PrivateKey(pem)  # Salt's own loader, as a seat's sign-in uses it
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", probe], cwd=CHECKOUT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.stdout[-500:], out.stderr[-2000:])
