@@ -22,6 +22,7 @@ and verifier passed in), so it is tested without Salt; the engine and runner are
 import collections
 import json
 import logging
+import os
 import sqlite3
 import time
 
@@ -202,10 +203,11 @@ class Ingestor:
 
     def __init__(  # pylint: disable=too-many-arguments
         self, conn, verify, batch_size=500, flush_interval=0.25, clock=time.time, log_rejects=20,
-        rate_limit=64, rate_window=300.0,
+        rate_limit=64, rate_window=300.0, accepted=None,
     ):
         self.conn = conn
         self.verify = verify
+        self.accepted = accepted  # seat -> its key is still accepted (asked again at flush); None: not asked
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.clock = clock
@@ -375,11 +377,23 @@ class Ingestor:
                 self._reject(self.clock(), Rejected("malformed", seat_id, f"refused by the store: {exc}"))
         self._write([])  # counters and rejects; the good rows are in
 
+    def _drop_retired(self):
+        """
+        A seat retired while its event waited in the buffer (verified at ``add``, its key deleted since):
+        writing the row would bring the retired seat back into the inventory.
+        """
+        for seat_id in [s for s in self.rows if self.accepted is not None and not self.accepted(s)]:
+            del self.rows[seat_id]
+            self.counts["accepted"] -= sum(1 for *_, ok in self.events.pop(seat_id, []) if ok)
+            detail = "the seat's key was deleted while its event was buffered"
+            self._reject(self.clock(), Rejected("forged", seat_id, detail))
+
     def flush(self):
         """Write the buffer in one transaction. On a store error the buffer is kept for the next try."""
         if not self.pending() and not self.events:
             self.deadline = None
             return {"accepted": 0, "rejected": 0}
+        self._drop_retired()
         try:
             self._write(list(self.rows.values()))
         except STORE_REFUSALS:
@@ -404,6 +418,7 @@ def ingestor(opts, batch_size=500, flush_interval=0.25, rate_limit=64, rate_wind
     return Ingestor(
         open_store(opts), pki_verifier(opts["pki_dir"]), batch_size, flush_interval,
         rate_limit=rate_limit, rate_window=rate_window,
+        accepted=lambda seat: os.path.isfile(os.path.join(opts["pki_dir"], "minions", seat)),
     )
 
 

@@ -121,6 +121,21 @@ def test_a_resent_request_is_absorbed_in_the_same_batch(conn, verify, clock, eve
     assert tc_assets.counters(conn)["duplicate"] == 1
 
 
+def test_a_seat_retired_while_its_event_is_buffered_does_not_come_back(conn, verify, clock, event):
+    # seat.retire deletes the key, then the rows; an event verified just before sat in the buffer
+    retired = set()
+    ing = tc_assets.Ingestor(conn, verify, clock=clock, accepted=lambda seat: seat not in retired)
+    ing.add(*event("tc-0001", seq=1))
+    ing.add(*event("tc-0001", seq=2))
+    ing.add(*event("tc-0002", seq=1))
+    retired.add("tc-0001")
+    assert ing.flush() == {"accepted": 1, "rejected": 1}
+    assert _seat(conn, "tc-0001") is None and _seat(conn, "tc-0002")["seq"] == 1
+    assert tc_assets.counters(conn) == {"accepted": 1, "forged": 1}
+    (rej,) = tc_assets.recent_rejects(conn)
+    assert rej["sender"] == "tc-0001" and "key was deleted" in rej["detail"]
+
+
 def test_a_reboot_starts_a_new_epoch_and_an_old_boot_cannot_come_back(conn, verify, clock, event):
     ing = tc_assets.Ingestor(conn, verify, clock=clock)
     ing.add(*event(seq=40, epoch=100, firmware="13.1.0"))
