@@ -183,4 +183,5 @@ def test_a_store_fault_is_an_error_exit_1_and_an_alert_never_a_traceback(tc_mast
     assert ret.returncode == 1, ret
     assert "Traceback" not in ret.stdout + ret.stderr, ret
     assert ret.data["retcode"] == 1 and ret.data["store_fault"] == "replaced" and replaced_store in ret.data["error"], ret
-    assert alerts.events[0]["runner"] == args[0] and alerts.events[0]["fault"] == "replaced", alerts.events
+    # the master's scheduled activity.tick may hit the replaced store first and alert too
+    assert any(e["runner"] == args[0] and e["fault"] == "replaced" for e in alerts.events), alerts.events
