@@ -6,8 +6,8 @@ writes in batches: when ``batch_size`` events are buffered or ``flush_interval``
 seconds after the first buffered event, whichever comes first (a timer, so the
 last partial batch never waits for another event). One engine process, one
 SQLite writer, no runner per event. Validation and storage live in
-``_utils/tc_assets.py``. Two tc masters (hot multi-master) run one engine each
-on one PostgreSQL: each report reaches both, and ``tc_assets`` decides in the
+``_utils/tc_ingest_batch.py``. Two tc masters (hot multi-master) run one engine each
+on one PostgreSQL: each report reaches both, and ``tc_ingest_batch`` decides in the
 write transaction which copy is stored (README "Two tc masters, one inventory").
 
 Events are received through an asyncio handler rather than a blocking
@@ -42,10 +42,11 @@ __virtualname__ = "tc_ingest"
 try:
     import deskfleet_salt as glue
     import tc_assets
+    import tc_ingest_batch
 
     _MISSING = None
 except ImportError as _exc:  # pragma: no cover - utils_dirs missing from the master config
-    glue, _MISSING = None, f"tc_ingest: _utils/tc_assets.py not importable (utils_dirs?): {_exc}"
+    glue, _MISSING = None, f"tc_ingest: _utils/tc_assets.py or tc_ingest_batch.py not importable (utils_dirs?): {_exc}"
 
 
 def __virtual__():
@@ -57,7 +58,7 @@ def start(batch_size=500, flush_interval=0.25, retry_delay=1.0, rate_limit=64, r
     Run until SIGTERM/SIGINT: read beacon events, flush batches to the store,
     and flush what is buffered before returning.
     """
-    ingest = tc_assets.ingestor(__opts__, batch_size, flush_interval, rate_limit, rate_window)
+    ingest = tc_ingest_batch.ingestor(__opts__, batch_size, flush_interval, rate_limit, rate_window)
     asyncio.run(_run(__opts__, ingest, retry_delay))
 
 

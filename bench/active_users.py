@@ -27,13 +27,14 @@ import active_users as au  # noqa: E402
 import active_users_store as aus  # noqa: E402
 import deskfleet_store as store  # noqa: E402
 import tc_assets  # noqa: E402
+import tc_ingest_batch  # noqa: E402
 
 HB = 300
 NOW = 1_796_025_600.0
 
 
 def fill(conn, seats, departments):
-    ingest = tc_assets.Ingestor(conn, lambda *a: True, batch_size=10**6, clock=lambda: NOW, rate_limit=10**6)
+    ingest = tc_ingest_batch.Ingestor(conn, lambda *a: True, batch_size=10**6, clock=lambda: NOW, rate_limit=10**6)
     for n in range(seats):
         dept = n % departments
         facts = {"site": f"S{dept // 10:02d}", "department": f"d{dept % 10}", "session_state": "connected",

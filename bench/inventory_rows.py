@@ -23,6 +23,7 @@ sys.path.insert(0, str(CHECKOUT / "_utils"))
 import deskfleet_store as store  # noqa: E402
 import seat_rows  # noqa: E402
 import tc_assets  # noqa: E402
+import tc_ingest_batch  # noqa: E402
 
 HB = 300
 NOW = 1_796_025_600.0
@@ -30,7 +31,7 @@ KNOWN = seat_rows.known_fields(tc_assets.SEAT_COLUMNS + ("ips",))
 
 
 def fill(conn, seats):
-    ingest = tc_assets.Ingestor(conn, lambda *a: True, batch_size=10**6, clock=lambda: NOW - (seats % 7), rate_limit=10**6)
+    ingest = tc_ingest_batch.Ingestor(conn, lambda *a: True, batch_size=10**6, clock=lambda: NOW - (seats % 7), rate_limit=10**6)
     for n in range(seats):
         facts = {"site": f"S{n % 50:02d}", "department": f"d{n % 10}", "session_state": "connected",
                  "session_target": f"desk-{n}", "idle_seconds": float(n % 900), "firmware": f"13.{n % 4}.0",

@@ -277,9 +277,29 @@ def main(argv=None):
     spec = json.loads(pathlib.Path(argv[0]).read_text())
     logging.basicConfig(level=os.environ.get("SWARM_LOG", "WARNING"), stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     _patch_salt()
+    profile_dir = os.environ.get("SWARM_PROFILE")  # a directory: one cProfile dump per seat process
+    dump = _profile_to(f"{profile_dir}/seat-{os.getpid()}.prof") if profile_dir else None
     asyncio.run(_serve(spec))
+    if dump:
+        dump()
     return 0
 
+
+def _profile_to(path):
+    """Profile this process until it ends (the bench stops seat processes with SIGTERM)."""
+    import cProfile  # pylint: disable=import-outside-toplevel
+    import signal  # pylint: disable=import-outside-toplevel
+
+    prof = cProfile.Profile()
+
+    def dump(*_):
+        prof.disable()
+        prof.dump_stats(path)
+        os._exit(0)  # pylint: disable=protected-access
+
+    signal.signal(signal.SIGTERM, dump)
+    prof.enable()
+    return dump
 
 if __name__ == "__main__":
     sys.exit(main())

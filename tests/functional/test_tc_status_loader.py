@@ -17,6 +17,7 @@ import salt.crypt
 import salt.loader
 
 import tc_assets
+import tc_ingest_batch
 from harness import tcroot
 
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
@@ -121,7 +122,7 @@ def test_minion_beacon_machinery_emits_an_event_the_master_accepts(minion_opts, 
 
     data = json.loads(json.dumps(event["data"]))  # as it arrives on the master bus
     verify = tc_assets.pki_verifier(str(master_pki))
-    row = tc_assets.parse_event(event["tag"], data, verify, 1000.0)
+    row = tc_ingest_batch.parse_event(event["tag"], data, verify, 1000.0)
     assert row["seat"] == MINION_ID
     assert row["firmware"] == "13.1.0"
     assert row["session_target"] == "desk-0042"

@@ -1,7 +1,7 @@
 """
 Unit tests for active users against the shift plan: the counts
 (``_utils/active_users.py``) over seats ingested through the real
-``tc_assets.Ingestor``, the anomaly rule, the tick over a real SQLite store
+``tc_ingest_batch.Ingestor``, the anomaly rule, the tick over a real SQLite store
 (``_utils/active_users_store.py``) and the report (``_utils/tc_report.py``).
 The clock is passed in everywhere.
 """
@@ -15,6 +15,7 @@ import active_users_store as aus
 import deskfleet_store as store
 import shift_plan
 import tc_assets
+import tc_ingest_batch
 import tc_report
 
 NOW = 1_796_025_600.0  # 2026-11-30T08:00:00Z
@@ -36,7 +37,7 @@ class Fleet:
     def __init__(self, path):
         self.conn = store.connect(str(path), dict(tc_assets.MIGRATIONS, **aus.MIGRATIONS))
         self.clock = NOW
-        self.ingest = tc_assets.Ingestor(self.conn, lambda *a: True, clock=lambda: self.clock, rate_limit=10**6)
+        self.ingest = tc_ingest_batch.Ingestor(self.conn, lambda *a: True, clock=lambda: self.clock, rate_limit=10**6)
         self.seq = {}
 
     def report(self, seat, site="LON", dept="sales", state="connected", idle=5.0, at=None):

@@ -13,7 +13,8 @@ import pytest
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 UTILS = {p.stem for p in (CHECKOUT / "_utils").glob("*.py")}
 MASTER_ONLY = {"deskfleet_store", "escrow_check", "escrow_rotation", "escrow_store", "rollout_engine", "rollout_lease",
-               "rollout_schedule", "rollout_store", "pool_plan", "pool_cloud", "pool_events", "pool_health"}
+               "rollout_schedule", "rollout_store", "pool_plan", "pool_cloud", "pool_events", "pool_health",
+               "tc_assets", "tc_ingest_batch"}
 
 
 def served(role, kind):

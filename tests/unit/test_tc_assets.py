@@ -17,6 +17,7 @@ import salt.crypt
 
 import deskfleet_store as store
 import tc_assets
+import tc_ingest_batch
 from tc_assets import Rejected
 from tests.support.postgres import raw_connect
 
@@ -114,7 +115,7 @@ def event(keys):
 def test_signed_bare_payload_is_accepted(event, verify):
     tag, data = event("tc-0001", seq=4, ts=1234.5, mac="52:54:00:AB:CD:EF")
     data = dict(data, id="tc-0001", _stamp="2026-01-01T00:00:00.000000")  # keys salt adds on the way
-    row = tc_assets.parse_event(tag, data, verify, 2000.0)
+    row = tc_ingest_batch.parse_event(tag, data, verify, 2000.0)
     assert row["seat"] == "tc-0001"
     assert row["seq"] == 4
     assert row["reported_at"] == 1234.5
@@ -131,14 +132,14 @@ def test_signed_bare_payload_is_accepted(event, verify):
 def test_signed_payload_wrapped_by_fire_master_is_accepted(event, verify):
     tag, data = event("tc-0002")
     wrapped = {"data": data, "tag": tag, "_stamp": "2026-01-01T00:00:00.000000"}
-    row = tc_assets.parse_event(tag, wrapped, verify, 2000.0)
+    row = tc_ingest_batch.parse_event(tag, wrapped, verify, 2000.0)
     assert row["seat"] == "tc-0002"
-    assert row == tc_assets.parse_event(tag, data, verify, 2000.0)
+    assert row == tc_ingest_batch.parse_event(tag, data, verify, 2000.0)
 
 
 def test_heartbeat_row_has_no_last_change(event, verify):
     tag, data = event("tc-0001", reason="heartbeat")
-    row = tc_assets.parse_event(tag, data, verify, 2000.0)
+    row = tc_ingest_batch.parse_event(tag, data, verify, 2000.0)
     assert row["last_reason"] == "heartbeat"
     assert row["last_change"] is None
 
@@ -146,7 +147,7 @@ def test_heartbeat_row_has_no_last_change(event, verify):
 def test_missing_facts_are_stored_as_null(keys, verify):
     body = payload("tc-0001")
     body["facts"] = {"serial": "TC000001"}
-    row = tc_assets.parse_event(TAG.format("tc-0001"), sign(body, keys["tc-0001"][0]), verify, 1.0)
+    row = tc_ingest_batch.parse_event(TAG.format("tc-0001"), sign(body, keys["tc-0001"][0]), verify, 1.0)
     assert row["serial"] == "TC000001"
     assert row["firmware"] is None and row["mac"] is None
     assert row["ips"] == "[]"
@@ -191,7 +192,7 @@ FORGED = [
 def test_forged_events_are_rejected(keys, verify, case):
     tag, data = _forged_cases(keys)[case]
     with pytest.raises(Rejected) as info:
-        tc_assets.parse_event(tag, data, verify, 1.0)
+        tc_ingest_batch.parse_event(tag, data, verify, 1.0)
     assert info.value.reason == "forged"
     # nothing proves who sent it: the claimed seat is named, never blamed
     assert info.value.sender is None
@@ -201,7 +202,7 @@ def test_forged_events_are_rejected(keys, verify, case):
 def test_forged_event_wrapped_is_still_rejected(keys, verify):
     forged = sign(payload("tc-0001"), keys["intruder"][0])
     with pytest.raises(Rejected) as info:
-        tc_assets.parse_event(TAG.format("tc-0001"), {"data": forged, "tag": "x"}, verify, 1.0)
+        tc_ingest_batch.parse_event(TAG.format("tc-0001"), {"data": forged, "tag": "x"}, verify, 1.0)
     assert info.value.reason == "forged"
 
 
@@ -228,7 +229,7 @@ def test_forged_event_wrapped_is_still_rejected(keys, verify):
 def test_bad_tag_shape_is_malformed(event, verify, tag):
     _, data = event("tc-0001")
     with pytest.raises(Rejected) as info:
-        tc_assets.parse_event(tag, data, verify, 1.0)
+        tc_ingest_batch.parse_event(tag, data, verify, 1.0)
     assert info.value.reason == "malformed"
     assert info.value.sender is None
 
@@ -236,7 +237,7 @@ def test_bad_tag_shape_is_malformed(event, verify, tag):
 @pytest.mark.parametrize("data", [None, ["a", "b"], "payload", 42])
 def test_non_mapping_payload_is_malformed(verify, data):
     with pytest.raises(Rejected) as info:
-        tc_assets.parse_event(TAG.format("tc-0001"), data, verify, 1.0)
+        tc_ingest_batch.parse_event(TAG.format("tc-0001"), data, verify, 1.0)
     assert info.value.reason == "malformed"
     assert info.value.sender is None and info.value.claimed == "tc-0001"
 
@@ -274,7 +275,7 @@ MALFORMED = [
 def test_signed_but_invalid_envelope_is_malformed(keys, verify, field, value):
     data = sign(_body_with(field, value), keys["tc-0001"][0])
     with pytest.raises(Rejected) as info:
-        tc_assets.parse_event(TAG.format("tc-0001"), data, verify, 1.0)
+        tc_ingest_batch.parse_event(TAG.format("tc-0001"), data, verify, 1.0)
     assert info.value.reason == "malformed"
     assert info.value.sender == "tc-0001"  # signed: the signer is proven
 
@@ -309,7 +310,7 @@ ODD = [
 @pytest.mark.parametrize("field, value, stored", ODD, ids=[f"{f}-{i}" for i, (f, _, _) in enumerate(ODD)])
 def test_odd_fact_is_cut_and_flagged_and_the_rest_kept(keys, verify, field, value, stored):
     data = sign(_body_with(field, value), keys["tc-0001"][0])
-    row = tc_assets.parse_event(TAG.format("tc-0001"), data, verify, 1.0)
+    row = tc_ingest_batch.parse_event(TAG.format("tc-0001"), data, verify, 1.0)
     assert row[field] == stored
     assert row["flags"] == field
     assert row["serial" if field != "serial" else "firmware"] in ("TC000001", "13.1.0")
@@ -319,7 +320,7 @@ def test_odd_fact_is_cut_and_flagged_and_the_rest_kept(keys, verify, field, valu
 @pytest.mark.parametrize("mac", [None, ""])
 def test_no_mac_on_a_tunnel_route_is_not_odd(keys, verify, mac):
     data = sign(_body_with("mac", mac), keys["tc-0001"][0])
-    row = tc_assets.parse_event(TAG.format("tc-0001"), data, verify, 1.0)
+    row = tc_ingest_batch.parse_event(TAG.format("tc-0001"), data, verify, 1.0)
     assert row["mac"] is None and row["flags"] == ""
 
 
@@ -334,13 +335,13 @@ def _padded_to(size, key):
 
 def test_payload_of_exactly_max_bytes_is_accepted(keys, verify):
     data = _padded_to(tc_assets.MAX_PAYLOAD_BYTES, keys["tc-0001"][0])
-    assert tc_assets.parse_event(TAG.format("tc-0001"), data, verify, 1.0)["seat"] == "tc-0001"
+    assert tc_ingest_batch.parse_event(TAG.format("tc-0001"), data, verify, 1.0)["seat"] == "tc-0001"
 
 
 def test_oversized_signed_payload_is_refused_and_attributed_to_its_signer(keys, verify):
     data = _padded_to(tc_assets.MAX_PAYLOAD_BYTES + 1, keys["tc-0001"][0])
     with pytest.raises(Rejected) as info:
-        tc_assets.parse_event(TAG.format("tc-0001"), data, verify, 1.0)
+        tc_ingest_batch.parse_event(TAG.format("tc-0001"), data, verify, 1.0)
     assert info.value.reason == "oversize"
     assert info.value.sender == "tc-0001"
     assert str(tc_assets.MAX_PAYLOAD_BYTES) in info.value.detail
@@ -349,7 +350,7 @@ def test_oversized_signed_payload_is_refused_and_attributed_to_its_signer(keys, 
 def test_oversized_unsigned_payload_is_not_attributed(keys, verify):
     data = _padded_to(tc_assets.MAX_PAYLOAD_BYTES + 1, keys["intruder"][0])
     with pytest.raises(Rejected) as info:
-        tc_assets.parse_event(TAG.format("tc-0001"), data, verify, 1.0)
+        tc_ingest_batch.parse_event(TAG.format("tc-0001"), data, verify, 1.0)
     assert info.value.reason == "forged" and info.value.sender is None
 
 
@@ -362,7 +363,7 @@ def test_huge_event_is_refused_before_any_signature_check(keys):
 
     data = _padded_to(tc_assets.MAX_EVENT_BYTES + 1, keys["tc-0001"][0])
     with pytest.raises(Rejected) as info:
-        tc_assets.parse_event(TAG.format("tc-0001"), data, spy, 1.0)
+        tc_ingest_batch.parse_event(TAG.format("tc-0001"), data, spy, 1.0)
     assert calls == []
     assert info.value.reason == "oversize" and info.value.sender is None and info.value.claimed == "tc-0001"
 
@@ -371,7 +372,7 @@ def test_event_trimmed_by_salt_max_event_size_is_oversize_not_forged(event, veri
     tag, data = event("tc-0001")
     data["facts"]["image"] = "VALUE_TRIMMED"  # what the master bus does to a value over max_event_size
     with pytest.raises(Rejected) as info:
-        tc_assets.parse_event(tag, {"data": data, "id": "tc-0001"}, verify, 1.0)
+        tc_ingest_batch.parse_event(tag, {"data": data, "id": "tc-0001"}, verify, 1.0)
     assert info.value.reason == "oversize" and info.value.sender is None
 
 
@@ -410,7 +411,7 @@ def clock():
 
 
 def _ingestor(conn, verify, clock, **kw):
-    return tc_assets.Ingestor(conn, verify, clock=clock, **kw)
+    return tc_ingest_batch.Ingestor(conn, verify, clock=clock, **kw)
 
 
 def _row(conn, seat):
@@ -494,7 +495,7 @@ def test_a_flood_cannot_erase_the_evidence(conn, verify, clock, event, keys):
         ing.add(*event("tc-0001", seq=seq))
     ing.flush()
     forged = sign(payload("tc-0002"), keys["intruder"][0])
-    for i in range(3 * tc_assets.SAMPLE_KEEP):  # then a forged flood claiming tc-0002 and invented ids
+    for i in range(3 * tc_ingest_batch.SAMPLE_KEEP):  # then a forged flood claiming tc-0002 and invented ids
         clock.t += 1
         ing.add(TAG.format("tc-0002" if i % 2 else f"ghost-{i}"), forged)
         if i % 40 == 0:
@@ -502,14 +503,14 @@ def test_a_flood_cannot_erase_the_evidence(conn, verify, clock, event, keys):
     ing.flush()
     rows = conn.execute("SELECT MIN(sender), reason, COUNT(*) FROM ingest_rejects GROUP BY origin, reason").fetchall()
     assert ("tc-0001", "rate_limited", 3) in [tuple(r) for r in rows]  # the flooder's rows survive
-    assert max(r[2] for r in rows) <= tc_assets.SAMPLE_KEEP
+    assert max(r[2] for r in rows) <= tc_ingest_batch.SAMPLE_KEEP
     stats = {(s["sender"], s["claimed"], s["reason"]): s for s in tc_assets.reject_stats(conn)}
     assert stats[("tc-0001", "tc-0001", "rate_limited")]["count"] == 3
     assert stats[("tc-0001", "tc-0001", "rate_limited")]["attribution"] == "tc-0001"
     assert stats[(None, "tc-0002", "forged")]["count"] == 75
     assert stats[(None, "tc-0002", "forged")]["attribution"] == "claimed tc-0002, unproven"
     # invented ids share one key: a flood cannot mint aggregate rows
-    assert stats[(None, tc_assets.UNKNOWN_SEAT, "forged")]["count"] == 75
+    assert stats[(None, tc_ingest_batch.UNKNOWN_SEAT, "forged")]["count"] == 75
     assert len(stats) == 3
     assert tc_assets.counters(conn)["forged"] == 150
     # the victim's own events still land
@@ -521,9 +522,9 @@ def test_rejects_are_logged_up_to_log_rejects_per_batch(conn, verify, clock, cap
     ing = _ingestor(conn, verify, clock, log_rejects=2)
     for i in range(5):
         ing.add(f"bad/tag/{i}", {})
-    with caplog.at_level(logging.WARNING, logger=tc_assets.__name__):
+    with caplog.at_level(logging.WARNING, logger=tc_ingest_batch.__name__):
         ing.flush()
-    messages = [r.getMessage() for r in caplog.records if r.name == tc_assets.__name__]
+    messages = [r.getMessage() for r in caplog.records if r.name == tc_ingest_batch.__name__]
     assert len(messages) == 3
     assert "bad/tag/0" in messages[0] and "bad/tag/1" in messages[1]
     assert "3 more rejected events" in messages[2]
@@ -792,7 +793,7 @@ def test_seats_rejects_an_unknown_status(fleet, status):
 def test_open_store_and_ingestor_use_the_configured_path(tmp_path, pki_dir, event):
     db = tmp_path / "configured" / "tc.sqlite"
     opts = {"cachedir": str(tmp_path / "cache"), "pki_dir": str(pki_dir), "deskfleet": {"tc": {"db": str(db)}}}
-    ing = tc_assets.ingestor(opts, batch_size=10, flush_interval=0.5)
+    ing = tc_ingest_batch.ingestor(opts, batch_size=10, flush_interval=0.5)
     ing.add(*event("tc-0003"))
     ing.flush()
     ing.conn.close()
@@ -828,7 +829,7 @@ def test_a_sqlite_store_is_wal_and_private(sqlite_path):
 
 def test_reopening_is_idempotent_and_keeps_data(db_path, verify, event):
     conn = store.connect(db_path, tc_assets.MIGRATIONS)
-    ing = tc_assets.Ingestor(conn, verify, clock=Clock())
+    ing = tc_ingest_batch.Ingestor(conn, verify, clock=Clock())
     ing.add(*event("tc-0001"))
     ing.flush()
     conn.close()

@@ -18,6 +18,7 @@ import salt.crypt
 
 import deskfleet_store as store
 import tc_assets
+import tc_ingest_batch
 from tests.support.loading import load
 
 SEAT = "tc-0001"
@@ -87,7 +88,7 @@ async def _until(cond, what):
 
 
 def _ingestor(db, verify, **kw):
-    return tc_assets.Ingestor(store.connect(db, tc_assets.MIGRATIONS), verify, **kw)
+    return tc_ingest_batch.Ingestor(store.connect(db, tc_assets.MIGRATIONS), verify, **kw)
 
 
 def test_a_lone_event_is_stored_on_the_engines_own_timer(db, signed):

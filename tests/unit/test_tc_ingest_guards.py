@@ -11,6 +11,7 @@ import salt.crypt
 
 import deskfleet_store as store
 import tc_assets
+import tc_ingest_batch
 
 TAG = "salt/beacon/{}/tc_status/status"
 SEATS = ("tc-0001", "tc-0002")
@@ -85,7 +86,7 @@ def _reasons(conn):
     [((100, 5), "duplicate"), ((100, 3), "stale"), ((99, 40), "replayed"), ((0, 900), "replayed")],
 )
 def test_an_event_not_newer_than_the_stored_one_is_refused(conn, verify, clock, event, old, reason):
-    ing = tc_assets.Ingestor(conn, verify, clock=clock)
+    ing = tc_ingest_batch.Ingestor(conn, verify, clock=clock)
     ing.add(*event(seq=5, epoch=100, firmware="13.2.0"))
     ing.flush()
     clock.t += 600  # later than the offline threshold
@@ -102,10 +103,10 @@ def test_an_event_not_newer_than_the_stored_one_is_refused(conn, verify, clock, 
 
 def test_freshness_survives_an_engine_restart(tmp_path, verify, clock, event):
     path = str(tmp_path / "s.sqlite")
-    first = tc_assets.Ingestor(store.connect(path, tc_assets.MIGRATIONS), verify, clock=clock)
+    first = tc_ingest_batch.Ingestor(store.connect(path, tc_assets.MIGRATIONS), verify, clock=clock)
     first.add(*event(seq=7))
     first.flush()
-    second = tc_assets.Ingestor(store.connect(path, tc_assets.MIGRATIONS), verify, clock=clock)
+    second = tc_ingest_batch.Ingestor(store.connect(path, tc_assets.MIGRATIONS), verify, clock=clock)
     second.add(*event(seq=7))
     second.add(*event(seq=6))
     assert second.flush() == {"accepted": 0, "rejected": 2}
@@ -113,7 +114,7 @@ def test_freshness_survives_an_engine_restart(tmp_path, verify, clock, event):
 
 
 def test_a_resent_request_is_absorbed_in_the_same_batch(conn, verify, clock, event):
-    ing = tc_assets.Ingestor(conn, verify, clock=clock)
+    ing = tc_ingest_batch.Ingestor(conn, verify, clock=clock)
     tag, data = event(seq=1)
     ing.add(tag, data)
     ing.add(tag, dict(data))
@@ -124,7 +125,7 @@ def test_a_resent_request_is_absorbed_in_the_same_batch(conn, verify, clock, eve
 def test_a_seat_retired_while_its_event_is_buffered_does_not_come_back(conn, verify, clock, event):
     # seat.retire deletes the key, then the rows; an event verified just before sat in the buffer
     retired = set()
-    ing = tc_assets.Ingestor(conn, verify, clock=clock, accepted=lambda seat: seat not in retired)
+    ing = tc_ingest_batch.Ingestor(conn, verify, clock=clock, accepted=lambda seat: seat not in retired)
     ing.add(*event("tc-0001", seq=1))
     ing.add(*event("tc-0001", seq=2))
     ing.add(*event("tc-0002", seq=1))
@@ -136,8 +137,34 @@ def test_a_seat_retired_while_its_event_is_buffered_does_not_come_back(conn, ver
     assert rej["sender"] == "tc-0001" and "key was deleted" in rej["detail"]
 
 
+def test_the_key_is_asked_under_the_write_lock_so_a_retire_cannot_slip_between(store_db, verify, clock, event):
+    # seat.retire deletes the key, then the rows in a transaction of its own. Asked under the ingest's
+    # write lock, the key is either gone (row refused) or the retire's row delete waits for this commit.
+    conn = store.connect(store_db, tc_assets.MIGRATIONS)
+    retire = store.connect(store_db, tc_assets.MIGRATIONS, timeout=0.5)
+    tried = []
+
+    def accepted(seat):
+        try:
+            with store.transaction(retire):
+                retire.execute("DELETE FROM seats WHERE seat = ?", (seat,))
+            tried.append("wrote")
+        except store.StoreError as exc:
+            tried.append(exc.fault)
+        return True
+
+    try:
+        ing = tc_ingest_batch.Ingestor(conn, verify, clock=clock, accepted=accepted)
+        ing.add(*event("tc-0001", seq=1))
+        assert ing.flush() == {"accepted": 1, "rejected": 0}
+        assert tried == ["locked"], tried
+    finally:
+        retire.close()
+        conn.close()
+
+
 def test_a_reboot_starts_a_new_epoch_and_an_old_boot_cannot_come_back(conn, verify, clock, event):
-    ing = tc_assets.Ingestor(conn, verify, clock=clock)
+    ing = tc_ingest_batch.Ingestor(conn, verify, clock=clock)
     ing.add(*event(seq=40, epoch=100, firmware="13.1.0"))
     ing.add(*event(seq=1, epoch=200, firmware="13.2.0"))  # rebooted: seq restarts
     ing.add(*event(seq=41, epoch=100, firmware="13.1.0"))  # the old boot's payload, replayed
@@ -148,7 +175,7 @@ def test_a_reboot_starts_a_new_epoch_and_an_old_boot_cannot_come_back(conn, veri
 
 
 def test_seq_gaps_are_counted_as_missed_per_seat(conn, verify, clock, event):
-    ing = tc_assets.Ingestor(conn, verify, clock=clock)
+    ing = tc_ingest_batch.Ingestor(conn, verify, clock=clock)
     for seq in (1, 2, 5, 6, 10):  # 3, 4, 7, 8, 9 never arrived
         ing.add(*event(seq=seq))
     ing.add(*event("tc-0002", seq=1))
@@ -161,7 +188,7 @@ def test_seq_gaps_are_counted_as_missed_per_seat(conn, verify, clock, event):
 
 
 def test_a_v1_payload_cannot_roll_back_a_v2_seat(conn, verify, clock, event):
-    ing = tc_assets.Ingestor(conn, verify, clock=clock)
+    ing = tc_ingest_batch.Ingestor(conn, verify, clock=clock)
     ing.add(*event(seq=1, epoch=100, firmware="13.2.0"))
     ing.add(*event(seq=99, v=1, firmware="12.0.0"))  # an old beacon's payload: epoch 0
     assert ing.flush() == {"accepted": 1, "rejected": 1}
@@ -172,7 +199,7 @@ def test_a_v1_payload_cannot_roll_back_a_v2_seat(conn, verify, clock, event):
 
 
 def test_a_flooding_seat_is_limited_and_charged_while_its_neighbour_lands(conn, verify, clock, event):
-    ing = tc_assets.Ingestor(conn, verify, clock=clock, rate_limit=3, rate_window=300)
+    ing = tc_ingest_batch.Ingestor(conn, verify, clock=clock, rate_limit=3, rate_window=300)
     for seq in range(1, 11):
         ing.add(*event("tc-0001", seq=seq))
     ing.add(*event("tc-0002", seq=1))
@@ -190,7 +217,7 @@ def test_a_flooding_seat_is_limited_and_charged_while_its_neighbour_lands(conn, 
 
 
 def test_forgeries_and_replays_do_not_spend_the_victims_budget(conn, verify, clock, event, keys):
-    ing = tc_assets.Ingestor(conn, verify, clock=clock, rate_limit=2, rate_window=300)
+    ing = tc_ingest_batch.Ingestor(conn, verify, clock=clock, rate_limit=2, rate_window=300)
     ing.add(*event("tc-0002", seq=1))
     for seq in range(2, 50):
         ing.add(*event("tc-0002", seq=seq, key=keys["intruder"][0]))  # forged
@@ -207,7 +234,7 @@ def test_forgeries_and_replays_do_not_spend_the_victims_budget(conn, verify, clo
 def masters(store_db, verify, clock):
     """Two ingestors (the engines of two tc masters) on one store, each with its own connection."""
     conns = [store.connect(store_db, tc_assets.MIGRATIONS) for _ in range(2)]
-    yield [tc_assets.Ingestor(c, verify, clock=clock) for c in conns]
+    yield [tc_ingest_batch.Ingestor(c, verify, clock=clock) for c in conns]
     for c in conns:
         c.close()
 
@@ -267,13 +294,13 @@ def test_a_stream_split_over_two_masters_lands_once_per_report_without_gaps(mast
 def test_the_upserts_never_store_an_older_report(store_db, verify, clock, event):
     conn = store.connect(store_db, tc_assets.MIGRATIONS)
     try:
-        ing = tc_assets.Ingestor(conn, verify, clock=clock)
+        ing = tc_ingest_batch.Ingestor(conn, verify, clock=clock)
         ing.add(*event(seq=5, firmware="13.2.0"))
         ing.flush()
         with store.transaction(conn):  # what a settle that let the old report through would write
-            stale = tc_assets._row("tc-0001", 100, 4, 1.0, "change", {"firmware": "12.0.0"}, 2000.0)
-            conn.execute(tc_assets._UPSERT, tuple(stale[c] for c in tc_assets.SEAT_COLUMNS))
-            conn.execute(tc_assets._SEQ_UPSERT, ("tc-0001", 100, 4, 0))
+            stale = tc_ingest_batch._row("tc-0001", 100, 4, 1.0, "change", {"firmware": "12.0.0"}, 2000.0)
+            conn.execute(tc_ingest_batch._UPSERT, tuple(stale[c] for c in tc_assets.SEAT_COLUMNS))
+            conn.execute(tc_ingest_batch._SEQ_UPSERT, ("tc-0001", 100, 4, 0))
         assert [tuple(r) for r in _rows(conn)] == [("tc-0001", 100, 5, "13.2.0")]
         assert tuple(conn.execute("SELECT epoch, seq FROM ingest_seq").fetchone()) == (100, 5)
     finally:
@@ -287,7 +314,7 @@ def test_two_masters_writing_at_once_store_each_report_once(store_db, verify, cl
     def master(every):
         conn = store.connect(store_db, tc_assets.MIGRATIONS)  # its own connection, as another host would
         try:
-            ing = tc_assets.Ingestor(conn, verify, clock=clock)
+            ing = tc_ingest_batch.Ingestor(conn, verify, clock=clock)
             for n, report in enumerate(reports, 1):
                 ing.add(*report)
                 if n % every == 0:

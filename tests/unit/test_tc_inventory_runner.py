@@ -10,6 +10,7 @@ import pathlib
 import pytest
 
 import tc_assets
+import tc_ingest_batch
 import deskfleet_store
 
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
@@ -50,7 +51,7 @@ def test_rows_over_a_real_store(runner, tmp_path, store_db):
     runner.__opts__["deskfleet"]["tc"]["db"] = store_db  # a SQLite file, or a PostgreSQL DSN
     conn = deskfleet_store.connect(runner.__opts__["deskfleet"]["tc"]["db"], tc_assets.MIGRATIONS)
     now = 1_800_000_000.0
-    ingest = tc_assets.Ingestor(conn, lambda *a: True, clock=lambda: now, rate_limit=100)
+    ingest = tc_ingest_batch.Ingestor(conn, lambda *a: True, clock=lambda: now, rate_limit=100)
     for n, site in ((1, "LON"), (2, "MAN")):
         ingest.add(f"salt/beacon/tc-{n:04d}/tc_status/status",
                    {"v": 2, "epoch": 1, "seat": f"tc-{n:04d}", "seq": 1, "ts": now, "reason": "start", "changed": [],

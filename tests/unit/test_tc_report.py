@@ -11,6 +11,7 @@ import pytest
 
 import deskfleet_store as store
 import tc_assets
+import tc_ingest_batch
 import tc_report
 
 NOW = 1_750_000_000.0
@@ -195,7 +196,7 @@ def test_report_from_the_store(tmp_path):
     """What the runner does: seats() from the store straight into render()."""
     conn = store.connect(str(tmp_path / "db.sqlite"), tc_assets.MIGRATIONS)
     clock = [NOW - 5000]
-    ing = tc_assets.Ingestor(conn, lambda *_: True, clock=lambda: clock[0])
+    ing = tc_ingest_batch.Ingestor(conn, lambda *_: True, clock=lambda: clock[0])
     for i, (age, firmware) in enumerate([(10, "13.1.0"), (500, "13.1.0"), (5000, "12.9.4")], start=1):
         name = f"tc-{i:04d}"
         clock[0] = NOW - age

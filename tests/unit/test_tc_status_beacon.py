@@ -15,6 +15,7 @@ import pytest
 import salt.crypt  # imported up front: beacon() imports it lazily, never under the no-subprocess patch
 
 import tc_assets
+import tc_ingest_batch
 import tc_status
 from harness import tcroot
 
@@ -456,7 +457,7 @@ def test_beacon_payload_is_accepted_by_the_master_as_salt_delivers_it(minion, ro
     tag = f"salt/beacon/{SEAT}/tc_status/" + data.pop("tag")
     data["id"] = SEAT
     data = json.loads(json.dumps(data))  # over the wire: tuples become lists, etc.
-    row = tc_assets.parse_event(tag, data, tc_assets.pki_verifier(str(minion["master_pki"])), 5000.0)
+    row = tc_ingest_batch.parse_event(tag, data, tc_assets.pki_verifier(str(minion["master_pki"])), 5000.0)
     assert row["seat"] == SEAT
     assert row["firmware"] == "13.1.0"
     assert row["mac"] == "52:54:00:00:00:07"
