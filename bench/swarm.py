@@ -4,9 +4,10 @@
 the beacon's real signed payload, one cached RSA key per seat, many seats per
 process) against a tc master started from the shipped ``salt_tc/master.d``.
 
-Per variant of the seats' minion config, each on a fresh master (same seats):
-``default`` = the shipped template with Salt's own sign-in values
-(``auth_timeout`` 5 ...), ``shipped`` = ``salt_tc/minion/deskfleet-tc.conf`` as is.
+Per variant, each on a fresh master (same seats): ``default`` = the shipped template
+with Salt's own sign-in values (``auth_timeout`` 5 ...), ``shipped`` =
+``salt_tc/minion/deskfleet-tc.conf`` and ``salt_tc/master.d`` as is, ``salt_master`` =
+the shipped template against a master with Salt's one worker pool and ``zmq_backlog``.
 
 1. ramp          per size of ``--sizes`` (default: ``--seats`` only), one master throughout:
    login storm   the step's new seats sign in and send ``start`` (``--login-window`` s for the largest size, pro rata)
@@ -41,6 +42,10 @@ from bench import swarm_keys, swarm_phases, swarm_report
 CHECKOUT = pathlib.Path(__file__).resolve().parents[1]
 # Salt 3008.3's own values of what the template sets (the baseline)
 SALT_DEFAULTS = {"auth_timeout": 5, "acceptance_wait_time_max": 0, "random_reauth_delay": 10}
+# ... and of what salt_tc/master.d/50-capacity.conf sets (None: the key removed, Salt's default applies)
+SALT_MASTER_DEFAULTS = {"worker_pools": None, "zmq_backlog": 1000}
+# name: (seat overrides, master overrides)
+VARIANTS = {"default": (SALT_DEFAULTS, {}), "shipped": ({}, {}), "salt_master": ({}, SALT_MASTER_DEFAULTS)}
 
 
 def say(text=""):
@@ -159,7 +164,9 @@ def _parser():
     parser.add_argument("--steady", type=float, default=60.0, help="seconds of steady state (one heartbeat per seat)")
     parser.add_argument("--storm-window", type=float, default=60.0, help="seconds for one status change per seat")
     parser.add_argument("--reauth-deadline", type=float, default=240.0, help="max seconds to wait for re-auth")
-    parser.add_argument("--variants", default="default,shipped", help="default (Salt's auth values), shipped")
+    parser.add_argument("--variants", default="default,shipped",
+                        help="comma-separated: default (Salt's sign-in values on the seats), shipped, "
+                             "salt_master (shipped seats, Salt's worker pool and zmq_backlog on the master)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, stores)")
     return parser
 
@@ -168,7 +175,11 @@ def main(argv=None):
     from harness import tcroot  # pylint: disable=import-outside-toplevel
     from harness.lab import Lab, stop_daemons  # pylint: disable=import-outside-toplevel
 
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
     args.sizes = args.sizes or str(args.seats)
     args.seats = max(int(x) for x in args.sizes.split(","))
     signal.signal(signal.SIGTERM, _interrupt)
@@ -178,13 +189,12 @@ def main(argv=None):
         f"load {os.getloadavg()[0]:.1f}")
     key_dirs = swarm_keys.ensure(args.seats, say)
     args.root = tcroot.make(base / "root", 1, session=("desk-0001", "connected"))
-    variants = {"default": SALT_DEFAULTS, "shipped": {}}
     results = {}
     lab = Lab(base)
     try:
         for name in args.variants.split(","):
             try:
-                results[name] = swarm_phases.run_variant(lab, name, variants[name], key_dirs, args, SeatProcs)
+                results[name] = swarm_phases.run_variant(lab, name, VARIANTS[name], key_dirs, args, SeatProcs)
             except Exception as exc:  # pylint: disable=broad-except
                 say(f"   {name} FAILED: {exc!r}")
                 results[name] = {"error": repr(exc)}

@@ -24,11 +24,16 @@ RETIRED = "tc-swarm-retired"
 class SwarmMaster:
     """A tc master of the shipped config in ``base``; restartable with the same keys and store."""
 
-    def __init__(self, lab, name, key_dirs):
+    def __init__(self, lab, name, key_dirs, overrides=None):
         from harness import saltconf  # pylint: disable=import-outside-toplevel
         from harness.lab import Master  # pylint: disable=import-outside-toplevel
 
         conf = saltconf.lab_master_config("tc", lab.base / "etc")
+        for key, value in (overrides or {}).items():  # None: Salt's own value (the shipped key removed)
+            if value is None:
+                conf.pop(key, None)
+            else:
+                conf[key] = value
         self.master = Master(lab, name, conf)
         lab.daemons.append(self.master)
         swarm_keys.accept(self.master.opts["pki_dir"], key_dirs)

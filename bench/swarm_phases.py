@@ -178,9 +178,11 @@ def ramp(master, seats, key_dirs, args):
     return steps, reached, stopped
 
 
-def run_variant(lab, name, overrides, key_dirs, args, seat_procs_cls):
-    say(f"== {name}: {overrides or 'the shipped template'}")
-    master = SwarmMaster(lab, f"{name}-master", key_dirs).start()
+def run_variant(lab, name, variant, key_dirs, args, seat_procs_cls):
+    """``variant`` = (the seats' overrides of the shipped template, the master's of the shipped master.d)."""
+    overrides, master_overrides = variant
+    say(f"== {name}: seats {overrides or 'as shipped'}, master {master_overrides or 'as shipped'}")
+    master = SwarmMaster(lab, f"{name}-master", key_dirs, master_overrides).start()
     say(f"   master up, settled after {master.settled} s")
     work = lab.base / f"{name}-seats"
     work.mkdir()

@@ -112,6 +112,8 @@ def summary(results, args, wall):
         out[f"{name}_status_storm_seats"] = seats
         out[f"{name}_status_storm_failed"] = res["status_storm"]["failed"] + res["status_storm"]["stuck"]
         out[f"{name}_status_storm_cpu_core_share"] = res["status_storm"]["master_cpu_core_share"]
+        out[f"{name}_status_storm_latency_p50_s"] = res["status_storm"].get("latency_p50_s")
+        out[f"{name}_status_storm_latency_max_s"] = res["status_storm"].get("latency_max_s")
         _storm(out, f"{name}_reauth", res["reauth"], seats)
         if "rotation" in res:
             out[f"{name}_rotation_after_key_delete_s"] = res["rotation"]["rotated_after_s"]

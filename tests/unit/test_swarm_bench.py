@@ -108,3 +108,21 @@ def test_the_simulator_loads_its_own_keys_without_the_rsa_consistency_check():
     """)
     out = subprocess.run([sys.executable, "-c", probe], cwd=CHECKOUT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", (out.stdout[-500:], out.stderr[-2000:])
+
+
+def test_an_unknown_variant_is_refused_before_anything_starts():
+    run = subprocess.run([sys.executable, "-m", "bench.swarm", "--variants", "shipped,fast"], cwd=CHECKOUT,
+                         capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert run.returncode == 2 and "--variants: unknown fast (known: default, shipped, salt_master)" in run.stderr
+    assert "lab in" not in run.stdout  # refused before a master or a temp dir
+
+
+def test_the_salt_master_variant_removes_exactly_what_the_shipped_master_d_sets():
+    from bench import swarm  # pylint: disable=import-outside-toplevel
+    from harness import saltconf  # pylint: disable=import-outside-toplevel
+
+    shipped = saltconf.shipped_master_config("tc")
+    seats, master = swarm.VARIANTS["salt_master"]
+    assert seats == {} and set(master) == {"worker_pools", "zmq_backlog"}
+    assert shipped["worker_pools"]["auth"]["commands"] == ["_auth"]  # what the variant takes away is shipped
+    assert shipped["zmq_backlog"] != master["zmq_backlog"]
