@@ -13,6 +13,7 @@ the shipped template against a master with Salt's one worker pool and ``zmq_back
    login storm   the step's new seats sign in and send ``start`` (``--login-window`` s for the largest size, pro rata)
    steady        one heartbeat per seat over ``--steady`` s: master CPU (share of one core), PSS
                  (the ramp stops at the first size not fully signed in or short of memory: largest reached)
+   idle          at the largest size reached, ``--idle`` s with no seat sending: the cost of the connections
 2. status storm  one ``change`` per seat within ``--storm-window`` s
 3. re-auth storm the master restarts (new AES key), then ONE publication to one seat: every
                  seat signs in again; auth requests counted per seat (seat side, resends
@@ -162,6 +163,8 @@ def _parser():
                         help="seats per simulator process (about 4,000 descriptors each; 5 threads)")
     parser.add_argument("--login-window", type=float, default=30.0, help="seconds over which seats first sign in")
     parser.add_argument("--steady", type=float, default=60.0, help="seconds of steady state (one heartbeat per seat)")
+    parser.add_argument("--idle", type=float, default=60.0,
+                        help="seconds with every seat connected and none sending, at the largest size (0: skip)")
     parser.add_argument("--storm-window", type=float, default=60.0, help="seconds for one status change per seat")
     parser.add_argument("--reauth-deadline", type=float, default=240.0, help="max seconds to wait for re-auth")
     parser.add_argument("--variants", default="default,shipped",

@@ -1,6 +1,6 @@
 """
 One variant of the swarm bench: a fresh tc master from the shipped config, the
-seats, and the phases (login storm, steady, status storm, re-auth storm, loss).
+seats, and the phases (login storm, steady, idle, status storm, re-auth storm, loss).
 """
 
 import os
@@ -52,6 +52,15 @@ def steady(master, seats, args):
         f"PSS {cpu['master_pss_mb']} MB, RSS {cpu['master_rss_mb']} MB; latency p50 {res.get('latency_p50_s')} s; "
         f"load {res['load']}, seat processes RSS {res['sim_rss_mb']} MB, {res['sim_threads']} threads")
     return dict(cpu, **res)
+
+
+def idle(master, seats, args):
+    """Every seat connected, none sending for ``--idle`` s: what holding the connections costs the master."""
+    res, cpu = _timed(master, lambda: time.sleep(args.idle))  # a bench phase, not a wait for a condition
+    out = dict(cpu, seats=args.seats, wall_s=args.idle, load=round(os.getloadavg()[0], 1), **_sim_usage(seats))
+    say(f"   idle ({args.idle:g} s, {args.seats} seats connected, none sending): master "
+        f"{cpu['master_cpu_core_share']} of a core, PSS {cpu['master_pss_mb']} MB; load {out['load']}")
+    return out
 
 
 def status_storm(master, seats, args):
@@ -193,6 +202,8 @@ def run_variant(lab, name, variant, key_dirs, args, seat_procs_cls):
         if out["stopped_by"]:
             say(f"   ramp stopped: {out['stopped_by']}")
         out["seats"] = args.seats
+        if args.idle:
+            out["idle"] = idle(master, seats, args)
         out["status_storm"] = status_storm(master, seats, args)
         out["reauth"] = reauth_storm(master, seats, args)
         if not args.no_rotation:

@@ -109,6 +109,8 @@ def summary(results, args, wall):
             out[f"{name}_steady_cpu_core_share_at_{at}"] = step["steady"]["master_cpu_core_share"]
             out[f"{name}_steady_pss_mb_at_{at}"] = step["steady"]["master_pss_mb"]
             out[f"{name}_steady_load_at_{at}"] = step["steady"].get("load")
+        if "idle" in res:
+            out[f"{name}_idle_cpu_core_share_at_{seats}"] = res["idle"]["master_cpu_core_share"]
         out[f"{name}_status_storm_seats"] = seats
         out[f"{name}_status_storm_failed"] = res["status_storm"]["failed"] + res["status_storm"]["stuck"]
         out[f"{name}_status_storm_cpu_core_share"] = res["status_storm"]["master_cpu_core_share"]
