@@ -30,6 +30,8 @@ echo "make test: summary of both halves"
 for half in first second; do
   grep -E '^\[[^]]*\] ((FAILED|ERROR) tests/|SKIPPED \[|XPASS |=+ .*(passed|failed|error|skipped|no tests).* =+$)' \
     "$logs/$half" || true  # not captured log lines ("ERROR    salt.crypt: ...")
+  # where the time goes (pytest prints the slowest first): what to shorten when CI nears its budget
+  grep -E '^\[[^]]*\] [0-9.]+s (setup|call|teardown) +tests/' "$logs/$half" | head -8 || true
 done
 rm -rf "$logs"
 echo "make test: integration exit $rc_first; unit functional cloud lab readme exit $rc_second; $(( $(date +%s) - started )) s"
