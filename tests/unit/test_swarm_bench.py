@@ -126,3 +126,21 @@ def test_the_salt_master_variant_removes_exactly_what_the_shipped_master_d_sets(
     assert seats == {} and set(master) == {"worker_pools", "zmq_backlog"}
     assert shipped["worker_pools"]["auth"]["commands"] == ["_auth"]  # what the variant takes away is shipped
     assert shipped["zmq_backlog"] != master["zmq_backlog"]
+
+
+def test_the_simulator_builds_no_event_bus_and_lists_entry_points_once():
+    probe = textwrap.dedent("""
+        import salt.utils.entrypoints, salt.utils.event
+        from bench import swarm_seat
+        swarm_seat._patch_salt()
+        with salt.utils.event.get_event("minion", opts={}, listen=False) as bus:  # as Salt's sign-in uses it
+            assert bus.fire_event({"x": 1}, "tag") is True
+        assert not hasattr(salt.utils.event.get_event("minion"), "subscriber"), "a real SaltEvent was built"
+        listing = salt.utils.entrypoints.iter_entry_points
+        first = listing("salt.loader")
+        # an lru_cache, not the wrapper that clears it every 0.5 s
+        assert listing("salt.loader") is first and listing.cache_info().hits >= 1, listing.cache_info()
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", probe], cwd=CHECKOUT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.stdout[-500:], out.stderr[-2000:])
