@@ -217,7 +217,7 @@ def main(argv=None):
         json.dumps({"summary": out, "detail": results, "args": {k: str(v) for k, v in vars(args).items()}}, indent=1)
     )
     print(json.dumps(out), flush=True)
-    return 1 if any("error" in r for r in results.values()) else 0
+    return 1 if any("error" in r or "phase_failed" in r for r in results.values()) else 0
 
 
 if __name__ == "__main__":

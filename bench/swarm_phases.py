@@ -202,12 +202,17 @@ def run_variant(lab, name, variant, key_dirs, args, seat_procs_cls):
         if out["stopped_by"]:
             say(f"   ramp stopped: {out['stopped_by']}")
         out["seats"] = args.seats
-        if args.idle:
-            out["idle"] = idle(master, seats, args)
-        out["status_storm"] = status_storm(master, seats, args)
-        out["reauth"] = reauth_storm(master, seats, args)
-        if not args.no_rotation:
-            out["rotation"] = aes_rotation(master, seats, args)
+        phases = [("idle", idle)] if args.idle else []
+        phases += [("status_storm", status_storm), ("reauth", reauth_storm)]
+        phases += [] if args.no_rotation else [("rotation", aes_rotation)]
+        for key, phase in phases:
+            try:
+                out[key] = phase(master, seats, args)
+            except Exception as exc:  # pylint: disable=broad-except
+                # what broke is the finding: keep what was measured, say where it stopped, still count loss
+                out["phase_failed"] = f"{key}: {exc!r}"
+                say(f"   {key} FAILED: {exc!r}")
+                break
         out["loss"] = loss(master, seats)
     finally:
         seats.stop()

@@ -109,14 +109,21 @@ def summary(results, args, wall):
             out[f"{name}_steady_cpu_core_share_at_{at}"] = step["steady"]["master_cpu_core_share"]
             out[f"{name}_steady_pss_mb_at_{at}"] = step["steady"]["master_pss_mb"]
             out[f"{name}_steady_load_at_{at}"] = step["steady"].get("load")
+            out[f"{name}_steady_seats_current_at_{at}"] = step["steady"]["ok"]  # a step short of its size says so
         if "idle" in res:
             out[f"{name}_idle_cpu_core_share_at_{seats}"] = res["idle"]["master_cpu_core_share"]
-        out[f"{name}_status_storm_seats"] = seats
-        out[f"{name}_status_storm_failed"] = res["status_storm"]["failed"] + res["status_storm"]["stuck"]
-        out[f"{name}_status_storm_cpu_core_share"] = res["status_storm"]["master_cpu_core_share"]
-        out[f"{name}_status_storm_latency_p50_s"] = res["status_storm"].get("latency_p50_s")
-        out[f"{name}_status_storm_latency_max_s"] = res["status_storm"].get("latency_max_s")
-        _storm(out, f"{name}_reauth", res["reauth"], seats)
+        if "phase_failed" in res:
+            out[f"{name}_phase_failed"] = res["phase_failed"]
+        if "status_storm" in res:
+            storm = res["status_storm"]
+            out[f"{name}_status_storm_seats"] = seats
+            out[f"{name}_status_storm_failed"] = storm["failed"] + storm["stuck"]
+            out[f"{name}_status_storm_wall_s"] = storm["wall_s"]
+            out[f"{name}_status_storm_cpu_core_share"] = storm["master_cpu_core_share"]
+            out[f"{name}_status_storm_latency_p50_s"] = storm.get("latency_p50_s")
+            out[f"{name}_status_storm_latency_max_s"] = storm.get("latency_max_s")
+        if "reauth" in res:
+            _storm(out, f"{name}_reauth", res["reauth"], seats)
         if "rotation" in res:
             out[f"{name}_rotation_after_key_delete_s"] = res["rotation"]["rotated_after_s"]
             _storm(out, f"{name}_rotation", res["rotation"], seats)

@@ -144,3 +144,17 @@ def test_the_simulator_builds_no_event_bus_and_lists_entry_points_once():
     """)
     out = subprocess.run([sys.executable, "-c", probe], cwd=CHECKOUT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", (out.stdout[-500:], out.stderr[-2000:])
+
+
+def test_a_phase_that_breaks_leaves_the_figures_before_it_and_says_where_it_stopped():
+    step = {"seats": 10000, "login": {"auth": {"auth_requests_per_seat": 1.0}},
+            "steady": {"master_cpu_core_share": 0.69, "master_pss_mb": 1313, "load": 6.8, "ok": 9990}}
+    storm = {"auth": {"signed_in": 39, "auth_requests_per_seat": 2.0, "signed_in_max_s": 124.7},
+             "cpu": {"master_cpu_s": 16.3, "master_pss_mb": 1003}, "current": {"ok": 20, "stuck": 9980}}
+    res = {"auth_timeout": 120, "reached": 10000, "stopped_by": None, "seats": 10000, "ramp": [step],
+           "reauth": storm, "phase_failed": "rotation: TimeoutExpired('salt-key')",
+           "loss": {"lost": 0, "events_failed_at_seat": 0, "duplicates_absorbed": 0, "inventory_seats": 10000}}
+    out = swarm_report.summary({"shipped": res}, types.SimpleNamespace(sizes="10000"), 1.0)
+    assert out["shipped_phase_failed"].startswith("rotation:") and out["shipped_steady_seats_current_at_10000"] == 9990
+    assert out["shipped_reauth_signed_in"] == 39 and out["shipped_reauth_all_in_s"] is None  # not all: no "all in"
+    assert "shipped_rotation_signed_in" not in out and "shipped_status_storm_seats" not in out
