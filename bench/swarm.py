@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import pathlib
+import resource
 import shutil
 import signal
 import subprocess
@@ -170,6 +171,9 @@ def _parser():
     parser.add_argument("--variants", default="default,shipped",
                         help="comma-separated: default (Salt's sign-in values on the seats), shipped, "
                              "salt_master (shipped seats, Salt's worker pool and zmq_backlog on the master)")
+    parser.add_argument("--nofile", type=int, default=0,
+                        help="open-file limit (soft and hard) for the master and seats; 0: as inherited. "
+                             "Production sets LimitNOFILE; raising the hard limit needs root")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, stores)")
     return parser
 
@@ -186,10 +190,12 @@ def main(argv=None):
     args.sizes = args.sizes or str(args.seats)
     args.seats = max(int(x) for x in args.sizes.split(","))
     signal.signal(signal.SIGTERM, _interrupt)
+    if args.nofile:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (args.nofile, args.nofile))
     started = time.time()
     base = pathlib.Path(tempfile.mkdtemp(prefix="dfs-"))
     say(f"deskfleet swarm bench: {args.sizes} seats, {args.per_process} per process; lab in {base}; "
-        f"load {os.getloadavg()[0]:.1f}")
+        f"load {os.getloadavg()[0]:.1f}; open-file limit {resource.getrlimit(resource.RLIMIT_NOFILE)}")
     key_dirs = swarm_keys.ensure(args.seats, say)
     args.root = tcroot.make(base / "root", 1, session=("desk-0001", "connected"))
     results = {}

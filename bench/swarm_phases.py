@@ -70,12 +70,16 @@ def status_storm(master, seats, args):
     return dict(cpu, **res)
 
 
-def _wait_signed_in(seats, mark, deadline):
+def _wait_signed_in(master, seats, mark, deadline):
+    """Until every seat signed in again (or ``deadline``): the seats' stats, and the master's fd peak meanwhile."""
+    fds = (0, 0)
     while True:
+        usage = master.usage()
+        fds = max(fds, (usage["fds_max"], usage["fd_limit"]))
         stats = seats.stats()
         done = sum(1 for s in stats.values() if s["signed_in"])
         if done == len(stats) or time.time() > deadline:
-            return stats
+            return stats, {"fds_max": fds[0], "fd_limit": fds[1]}
         time.sleep(2)
 
 
@@ -86,18 +90,20 @@ def _publish_and_wait(master, seats, args, label):
     seats.ask({"cmd": "mark"})
     quiet = seats.stats()  # no publication yet: nobody should have signed in again
     jid, sent_at = master.publish("tc-swarm-00000")
-    stats = _wait_signed_in(seats, mark, sent_at + args.reauth_deadline)
+    stats, fds = _wait_signed_in(master, seats, mark, sent_at + args.reauth_deadline)
     cpu = report.cpu_share(before, master.usage(), time.time() - mark)
     # times from the publication (the master's first publish attempts may wait for its workers)
     auth = report.auth_figures(stats, master.auth.since(mark), args.seats, sent_at)
     auth["signed_in_before_publish"] = sum(1 for s in quiet.values() if s["signed_in"])
     current = seats.summed({"cmd": "beat", "window": 5, "reason": "heartbeat"})
     current["within_s"] = round(time.time() - sent_at, 1)
+    cpu.update(fds)
     say(f"   {label} (publish {jid and jid.get('jid')}): {auth['signed_in']}/{args.seats} signed in again, "
         f"all by {auth['signed_in_max_s']} s; auth requests per seat {auth['auth_requests_per_seat']} "
         f"(max {auth['auth_requests_max_one_seat']}), master processed {auth['master_auths_processed']}, "
         f"{cpu['master_cpu_s']} CPU s, PSS {cpu['master_pss_mb']} MB; then {current['ok']} heartbeats ok, "
-        f"{current['failed']} failed, {current['stuck']} stuck, {current['within_s']} s after the publish")
+        f"{current['failed']} failed, {current['stuck']} stuck, {current['within_s']} s after the publish; "
+        f"master descriptors: {fds['fds_max']} in one process (limit {fds['fd_limit']})")
     return {"auth": auth, "cpu": cpu, "current": current}
 
 

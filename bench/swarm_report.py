@@ -88,6 +88,8 @@ def _storm(out, key, res, seats):
     out[f"{key}_all_in_s"] = auth["signed_in_max_s"] if auth["signed_in"] == seats else None
     out[f"{key}_master_cpu_s"] = res["cpu"]["master_cpu_s"]
     out[f"{key}_pss_mb"] = res["cpu"]["master_pss_mb"]
+    out[f"{key}_master_fds_max"] = res["cpu"].get("fds_max")
+    out[f"{key}_master_fd_limit"] = res["cpu"].get("fd_limit")
     out[f"{key}_current_after_publish"] = res["current"]["ok"]
     out[f"{key}_stuck_after_publish"] = res["current"]["stuck"]
 
