@@ -189,9 +189,13 @@ def main(argv=None):
         parser.error(f"--variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
     args.sizes = args.sizes or str(args.seats)
     args.seats = max(int(x) for x in args.sizes.split(","))
-    signal.signal(signal.SIGTERM, _interrupt)
     if args.nofile:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (args.nofile, args.nofile))
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (args.nofile, args.nofile))
+        except ValueError:
+            parser.error(f"--nofile {args.nofile}: above this box's hard limit {hard} (raising it needs CAP_SYS_RESOURCE)")
+    signal.signal(signal.SIGTERM, _interrupt)
     started = time.time()
     base = pathlib.Path(tempfile.mkdtemp(prefix="dfs-"))
     say(f"deskfleet swarm bench: {args.sizes} seats, {args.per_process} per process; lab in {base}; "
