@@ -200,6 +200,9 @@ def main(argv=None):
     base = pathlib.Path(tempfile.mkdtemp(prefix="dfs-"))
     say(f"deskfleet swarm bench: {args.sizes} seats, {args.per_process} per process; lab in {base}; "
         f"load {os.getloadavg()[0]:.1f}; open-file limit {resource.getrlimit(resource.RLIMIT_NOFILE)}")
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if limit < 2 * args.seats + 100:  # in a storm the master's request router holds two per seat
+        say(f"   NOTE: open-file limit {limit} is under 2 x {args.seats} seats: the storms will wait on it (--nofile)")
     key_dirs = swarm_keys.ensure(args.seats, say)
     args.root = tcroot.make(base / "root", 1, session=("desk-0001", "connected"))
     results = {}

@@ -103,7 +103,9 @@ def _publish_and_wait(master, seats, args, label):
         f"(max {auth['auth_requests_max_one_seat']}), master processed {auth['master_auths_processed']}, "
         f"{cpu['master_cpu_s']} CPU s, PSS {cpu['master_pss_mb']} MB; then {current['ok']} heartbeats ok, "
         f"{current['failed']} failed, {current['stuck']} stuck, {current['within_s']} s after the publish; "
-        f"master descriptors: {fds['fds_max']} in one process (limit {fds['fd_limit']})")
+        f"master descriptors: {fds['fds_max']} in one process (limit {fds['fd_limit']})"
+        + (" -- AT ITS OPEN-FILE LIMIT: sign-in connections wait (--nofile, LimitNOFILE)"
+           if fds["fd_limit"] and fds["fds_max"] >= fds["fd_limit"] - 8 else ""))
     return {"auth": auth, "cpu": cpu, "current": current}
 
 
