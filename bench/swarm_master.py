@@ -100,31 +100,41 @@ class SwarmMaster:
         if self.auth:
             self.auth.stop()
 
-    def usage(self):
-        """
-        CPU seconds (user+system) and memory (RSS and PSS sums, MB) of the master's whole process tree;
-        the most descriptors one of its processes holds, and that process's limit (each seat holds two
-        connections, and a sign-in opens a third, all on the request router).
-        """
-        cpu = rss = pss = 0.0
-        fds = (0, 0)
+    def _tree(self):
+        """The master's processes (none if it is gone)."""
         try:
             procs = [psutil.Process(self.master.proc.pid)]
-            procs += procs[0].children(recursive=True)
+            return procs + procs[0].children(recursive=True)
         except psutil.Error:
-            return {"cpu_s": 0.0, "rss_mb": 0.0, "pss_mb": 0.0, "procs": 0, "fds_max": 0, "fd_limit": 0}
+            return []
+
+    def usage(self):
+        """CPU seconds (user+system) and memory (RSS and PSS sums, MB) of the master's whole process tree."""
+        cpu = rss = pss = 0.0
+        procs = self._tree()
         for proc in procs:
             try:
                 times = proc.cpu_times()
                 mem = proc.memory_full_info()
-                fds = max(fds, (proc.num_fds(), proc.rlimit(psutil.RLIMIT_NOFILE)[0]))
             except psutil.Error:
                 continue
             cpu += times.user + times.system
             rss += mem.rss
             pss += getattr(mem, "pss", mem.rss)
-        return {"cpu_s": cpu, "rss_mb": rss / 2**20, "pss_mb": pss / 2**20, "procs": len(procs),
-                "fds_max": fds[0], "fd_limit": fds[1]}
+        return {"cpu_s": cpu, "rss_mb": rss / 2**20, "pss_mb": pss / 2**20, "procs": len(procs)}
+
+    def descriptors(self):
+        """
+        ``(most descriptors one master process holds, that process's limit)``: a seat holds two connections
+        and a sign-in opens a third, all on the request router. Cheap (no smaps read): polled during storms.
+        """
+        most = (0, 0)
+        for proc in self._tree():
+            try:
+                most = max(most, (proc.num_fds(), proc.rlimit(psutil.RLIMIT_NOFILE)[0]))
+            except psutil.Error:
+                continue
+        return most
 
     def publish(self, target):
         """

@@ -74,8 +74,7 @@ def _wait_signed_in(master, seats, mark, deadline):
     """Until every seat signed in again (or ``deadline``): the seats' stats, and the master's fd peak meanwhile."""
     fds = (0, 0)
     while True:
-        usage = master.usage()
-        fds = max(fds, (usage["fds_max"], usage["fd_limit"]))
+        fds = max(fds, master.descriptors())
         stats = seats.stats()
         done = sum(1 for s in stats.values() if s["signed_in"])
         if done == len(stats) or time.time() > deadline:
